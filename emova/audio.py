@@ -1,0 +1,194 @@
+"""Audio: a mono float32 waveform with its sample rate; loading, resampling, features.
+
+Everything that reads audio from outside goes through `Audio.load` / `Audio.from_bytes`, which
+validate the input and raise `AudioError` (a `ValueError`) naming the problem.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from scipy.signal import resample_poly
+
+SAMPLE_RATE = 16_000
+N_MELS = 128
+HOP = 160  # 10 ms at 16 kHz
+WIN = 320  # 20 ms window
+N_FFT = 512
+MAX_SECONDS_DEFAULT = 600.0  # refuse longer inputs unless asked
+
+
+class AudioError(ValueError):
+    """Raised for audio input that cannot be used; the message says what was wrong."""
+
+
+@dataclass
+class Audio:
+    samples: np.ndarray  # (T,) float32 in [-1, 1]
+    sample_rate: int
+
+    def __post_init__(self) -> None:
+        s = np.asarray(self.samples)
+        if s.ndim == 2:
+            raise AudioError(
+                f"audio has {s.shape[1] if s.shape[0] > s.shape[1] else s.shape[0]} channels; "
+                "pass mono samples (Audio.load mixes stereo files down for you)"
+            )
+        if s.ndim != 1:
+            raise AudioError(f"audio samples must be a 1-D array, got shape {s.shape}")
+        if not np.issubdtype(s.dtype, np.number):
+            raise AudioError(f"audio samples must be numeric, got dtype {s.dtype}")
+        if not isinstance(self.sample_rate, (int, np.integer)) or not 1000 <= int(self.sample_rate) <= 384_000:
+            raise AudioError(f"sample rate must be an integer in [1000, 384000] Hz, got {self.sample_rate!r}")
+        s = s.astype(np.float32, copy=False)
+        if not np.all(np.isfinite(s)):
+            raise AudioError("audio contains NaN or infinite samples")
+        self.samples = s
+        self.sample_rate = int(self.sample_rate)
+
+    # ------------------------------------------------------------------ I/O
+    @classmethod
+    def load(cls, path: str | Path, sample_rate: int | None = None) -> Audio:
+        """Read a WAV/FLAC/OGG file, mix to mono, optionally resample."""
+        path = Path(path)
+        if not path.exists():
+            raise AudioError(f"audio file not found: {path}")
+        if path.is_dir():
+            raise AudioError(f"expected an audio file, got a directory: {path}")
+        if path.stat().st_size == 0:
+            raise AudioError(f"audio file is empty (0 bytes): {path}")
+        try:
+            data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        except Exception as e:  # soundfile raises several types; name the file and the reason
+            raise AudioError(f"cannot read {path} as audio (supported: WAV, FLAC, OGG): {e}") from None
+        return cls._from_array(data, sr, str(path), sample_rate)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, sample_rate: int | None = None, what: str = "audio") -> Audio:
+        if not data:
+            raise AudioError(f"{what} is empty (0 bytes)")
+        try:
+            arr, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        except Exception as e:
+            raise AudioError(f"cannot decode {what} (supported: WAV, FLAC, OGG): {e}") from None
+        return cls._from_array(arr, sr, what, sample_rate)
+
+    @classmethod
+    def _from_array(cls, data: np.ndarray, sr: int, what: str, sample_rate: int | None) -> Audio:
+        if data.shape[0] == 0:
+            raise AudioError(f"{what} contains no samples")
+        mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+        audio = cls(mono, sr)
+        return audio.resample(sample_rate) if sample_rate else audio
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(path), np.clip(self.samples, -1.0, 1.0), self.sample_rate, subtype="PCM_16")
+        return path
+
+    def to_wav_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        sf.write(buf, np.clip(self.samples, -1.0, 1.0), self.sample_rate, format="WAV", subtype="PCM_16")
+        return buf.getvalue()
+
+    # ------------------------------------------------------------ transforms
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+    def resample(self, sample_rate: int) -> Audio:
+        if sample_rate == self.sample_rate:
+            return self
+        g = math.gcd(int(sample_rate), self.sample_rate)
+        up, down = int(sample_rate) // g, self.sample_rate // g
+        out = resample_poly(self.samples.astype(np.float64), up, down).astype(np.float32)
+        return Audio(out, int(sample_rate))
+
+    def peak(self) -> float:
+        return float(np.abs(self.samples).max()) if len(self.samples) else 0.0
+
+    def is_silent(self, threshold_db: float = -50.0) -> bool:
+        """True when the loudest 10 ms frame is below `threshold_db` dBFS."""
+        if len(self.samples) == 0:
+            return True
+        hop = max(1, self.sample_rate // 100)
+        n = len(self.samples) // hop
+        if n == 0:
+            rms = float(np.sqrt(np.mean(self.samples**2)))
+        else:
+            frames = self.samples[: n * hop].reshape(n, hop)
+            rms = float(np.sqrt((frames**2).mean(axis=1)).max())
+        return 20 * math.log10(rms + 1e-12) < threshold_db
+
+    def validate_speech(self, max_seconds: float = MAX_SECONDS_DEFAULT, min_seconds: float = 0.05) -> Audio:
+        """Checks for speech inputs: not empty, not silent, not too long. Returns self."""
+        if self.duration < min_seconds:
+            raise AudioError(f"audio is too short ({self.duration * 1000:.0f} ms); need at least {min_seconds * 1000:.0f} ms")
+        if self.duration > max_seconds:
+            raise AudioError(f"audio is too long ({self.duration:.1f} s); the limit is {max_seconds:.0f} s")
+        if self.is_silent():
+            raise AudioError("audio is silent (no frame louder than -50 dBFS)")
+        return self
+
+
+def as_audio(x: str | Path | Audio, sample_rate: int | None = SAMPLE_RATE) -> Audio:
+    """Accept a path or an Audio; return Audio at `sample_rate`."""
+    if isinstance(x, Audio):
+        return x.resample(sample_rate) if sample_rate else x
+    if isinstance(x, (str, Path)):
+        return Audio.load(x, sample_rate)
+    raise AudioError(f"expected a path or an emova.Audio, got {type(x).__name__}")
+
+
+@lru_cache(maxsize=8)
+def _mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> torch.Tensor:
+    import librosa
+
+    return torch.from_numpy(librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)).float()
+
+
+def log_mel(
+    wave: torch.Tensor | np.ndarray,
+    sr: int = SAMPLE_RATE,
+    n_mels: int = N_MELS,
+    hop: int = HOP,
+    win: int = WIN,
+    n_fft: int = N_FFT,
+    fmin: float = 0.0,
+    fmax: float | None = None,
+) -> torch.Tensor:
+    """Log-mel spectrogram. (T,) or (B, T) waveform → (n_mels, F) or (B, n_mels, F), F = T // hop + 1."""
+    x = torch.as_tensor(wave, dtype=torch.float32)
+    squeeze = x.dim() == 1
+    if squeeze:
+        x = x[None]
+    window = torch.hann_window(win, device=x.device)
+    spec = torch.stft(x, n_fft, hop_length=hop, win_length=win, window=window, center=True, return_complex=True)
+    power = spec.real**2 + spec.imag**2  # (B, n_fft//2+1, F)
+    mel = _mel_basis(sr, n_fft, n_mels, fmin, fmax).to(x.device) @ power
+    out = torch.log(mel + 1e-6)
+    return out[0] if squeeze else out
+
+
+def f0_contour(audio: Audio, time_step: float = 0.01, floor: float = 60.0, ceiling: float = 600.0) -> np.ndarray:
+    """F0 in Hz per `time_step` (0 where unvoiced), via Praat (parselmouth)."""
+    import parselmouth
+
+    snd = parselmouth.Sound(audio.samples.astype(np.float64), sampling_frequency=audio.sample_rate)
+    pitch = snd.to_pitch(time_step=time_step, pitch_floor=floor, pitch_ceiling=ceiling)
+    f0 = pitch.selected_array["frequency"]
+    return np.asarray(f0, dtype=np.float32)
+
+
+def median_f0(audio: Audio) -> float:
+    f0 = f0_contour(audio)
+    voiced = f0[f0 > 0]
+    return float(np.median(voiced)) if len(voiced) else 0.0
