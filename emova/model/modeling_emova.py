@@ -1,0 +1,206 @@
+"""EmovaForConditionalGeneration: vision tower → MLP projector → causal LM, by composition.
+
+    pixel_values ──► vision_tower ──► mm_projector ──┐ masked_scatter into the `<image>` positions
+    input_ids ─────► language_model.get_input_embeddings() ─┴─► language_model (any causal LM) ──► logits
+
+Speech needs no module: speech units are ordinary vocabulary tokens `<|speech_k|>`.
+Parameter names: `vision_tower.*` (transformers' Qwen2-VL ViT names), `mm_projector.{0,2}.*`,
+`language_model.model.*`, `language_model.lm_head.weight`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    GenerationMixin,
+    PreTrainedModel,
+)
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from emova.model.configuration_emova import EmovaConfig
+from emova.model.projector import build_projector
+from emova.model.vision import build_vision_tower, encode_images
+
+
+class EmovaPreTrainedModel(PreTrainedModel):
+    config_class = EmovaConfig
+    base_model_prefix = ""
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Qwen2DecoderLayer", "Qwen2VLVisionBlock", "SiglipEncoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = float(getattr(self.config.get_text_config(), "initializer_range", 0.02))
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(mean=0.0, std=std)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.normal_(mean=0.0, std=std)
+        else:
+            super()._init_weights(module)
+
+
+class EmovaForConditionalGeneration(EmovaPreTrainedModel, GenerationMixin):
+    """The EMOVA omni-modal LM. Works with and without images; `generate` accepts pixel_values."""
+
+    def __init__(self, config: EmovaConfig) -> None:
+        super().__init__(config)
+        self.vision_tower = build_vision_tower(config.vision_config)
+        self.mm_projector = build_projector(
+            config.mm_projector_config, config.vision_output_size, config.text_config.hidden_size
+        )
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        if config.tie_word_embeddings:
+            self._tied_weights_keys = {"language_model.lm_head.weight": "language_model.model.embed_tokens.weight"}
+        self.post_init()
+
+    # ---- plumbing the generation / PEFT / resize code expects ----------------------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    def get_decoder(self) -> nn.Module:
+        return self.language_model.get_decoder()
+
+    # ---- vision ----------------------------------------------------------------------------------
+    def get_image_features(
+        self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Projected image tokens of all images, concatenated: (N_image_tokens, D_llm)."""
+        feats = encode_images(self.vision_tower, pixel_values, image_grid_thw)  # (N, D_vision)
+        proj_dtype = next(self.mm_projector.parameters()).dtype
+        return self.mm_projector(feats.to(proj_dtype))  # (N, D_llm)
+
+    def merge_image_features(
+        self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, image_features: torch.Tensor
+    ) -> torch.Tensor:
+        """Write image_features (N, D) into the N `<image>` positions of inputs_embeds (B, T, D)."""
+        mask = input_ids == self.config.image_token_index  # (B, T)
+        n_tokens, n_features = int(mask.sum()), int(image_features.shape[0])
+        if n_tokens != n_features:
+            raise ValueError(
+                f"Image features and image tokens do not match: input_ids hold {n_tokens} `<image>` tokens "
+                f"(id {self.config.image_token_index}) but the images give {n_features} features. Build inputs "
+                f"with EmovaProcessor, which repeats `<image>` once per vision token."
+            )
+        mask3 = mask.unsqueeze(-1).expand_as(inputs_embeds)  # (B, T, D)
+        return inputs_embeds.masked_scatter(mask3, image_features.to(inputs_embeds.device, inputs_embeds.dtype))
+
+    # ---- forward / generate ----------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Any | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        if cache is None and "past_key_values" in kwargs:
+            cache = kwargs.pop("past_key_values")
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, T, D)
+            if pixel_values is not None:
+                feats = self.get_image_features(pixel_values, image_grid_thw)
+                inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, feats)
+            else:
+                prefill = cache is None or cache.get_seq_length() == 0
+                n_img = int((input_ids == self.config.image_token_index).sum())
+                if prefill and n_img:
+                    raise ValueError(f"input_ids hold {n_img} `<image>` tokens but no pixel_values were given")
+        elif pixel_values is not None:
+            raise ValueError("pixel_values need input_ids (to find the `<image>` positions), not inputs_embeds")
+        return self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        cache: Any | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            cache=cache,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
+        )
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            # images were consumed at prefill; generate only drops pixel_values by itself
+            inputs.pop("pixel_values", None)
+            inputs.pop("image_grid_thw", None)
+        return inputs
+
+    # ---- which parts train -----------------------------------------------------------------------
+    def set_trainable(
+        self, *, llm: bool, projector: bool, vision: bool, vision_from_layer: int | None = None
+    ) -> None:
+        """Freeze/unfreeze the three parts. `vision_from_layer=k` trains ViT blocks >= k plus the merger
+        (EMOVA stage 2 trains the upper half of the ViT)."""
+        self.language_model.requires_grad_(llm)
+        self.mm_projector.requires_grad_(projector)
+        self.vision_tower.requires_grad_(vision and vision_from_layer is None)
+        if vision and vision_from_layer is not None:
+            blocks = getattr(self.vision_tower, "blocks", None)
+            if blocks is None:
+                raise ValueError("vision_from_layer is only supported for the Qwen2-VL vision tower")
+            for i, block in enumerate(blocks):
+                block.requires_grad_(i >= vision_from_layer)
+            self.vision_tower.merger.requires_grad_(True)
+
+
+def register_auto_classes() -> None:
+    """Make `AutoConfig` / `AutoModelForCausalLM` / `AutoModelForImageTextToText` know `emova` (idempotent)."""
+    try:
+        AutoConfig.register("emova", EmovaConfig)
+    except ValueError:
+        pass  # already registered
+    for auto in (AutoModelForCausalLM, AutoModelForImageTextToText):
+        try:
+            auto.register(EmovaConfig, EmovaForConditionalGeneration)
+        except ValueError:
+            pass
+
+
+register_auto_classes()
+
+__all__ = ["EmovaForConditionalGeneration", "EmovaPreTrainedModel", "register_auto_classes"]
