@@ -28,27 +28,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from emova.model.prompts import ANSWER_KEYS, ASR_PROMPT, CHAT_PROMPT, TTS_PROMPT
 from emova.styles import EMOTIONS, PITCHES, Style
 
 IMAGE_TOKEN = "<image>"
-ASR_PROMPT = "Please recognize the text corresponding to the follwing speech.\n"
-TTS_PROMPT = "Please synthesize the speech corresponding to the follwing text.\n"
-# The official instruction, character for character: the official code writes it as a Python raw
-# string, so its "\n" are a backslash and an "n", and a full-width comma precedes the last key.
-SPOKEN_DIALOGUE_PROMPT = (
-    r'Please recognize the texts, emotion and pitch from the user question speech units and provide the '
-    r'texts, emotion, pitch and speech units for the assistant response. \nEmotion should be chosen from '
-    r'["neutral", "happy", "sad", "angry", "surprised", "disgusted", "fearful"]. \nPitch should be chosen '
-    r'from ["low", "normal", "high"].\nYour output should be in json format.\nAn output example is:\n'
-    r'{"user question text": "", "user question emotion": "", "user question pitch": "", '
-    r'"assistant response text": "", "assistant response emotion": "", "assistant response pitch": ""，'
-    r'"assistant response speech": ""}\n\nuser question speech:'
-)
-DIALOGUE_KEYS: tuple[str, ...] = (
-    "user question text", "user question emotion", "user question pitch",
-    "assistant response text", "assistant response emotion", "assistant response pitch",
-    "assistant response speech",
-)  # fmt: skip
+# The trained prompts, verbatim (misspelling, literal backslash-n pairs and full-width comma included),
+# and the answer keys in order: one source of truth, shared with the model's processor.
+SPOKEN_DIALOGUE_PROMPT = CHAT_PROMPT
+DIALOGUE_KEYS: tuple[str, ...] = ANSWER_KEYS
 SPEECH_ROLES = ("input", "output")
 RECORD_FIELDS = frozenset({"id", "image", "conversations", "speech", "meta"})
 

@@ -246,12 +246,16 @@ def templates_for(ask: str, split: str) -> list[str]:
     return ids
 
 
-def phrase(fact: Fact, rng: random.Random, split: str = "train") -> QA:
-    """Ask a fact in one of its phrasings. In held-out, a share are held-out-only phrasings."""
+def phrase(fact: Fact, rng: random.Random, split: str = "train", spoken: bool = False) -> QA:
+    """Ask a fact in one of its phrasings. In held-out, a share are held-out-only phrasings.
+
+    `spoken=True` avoids written-only variants (the British "colour"), whose transcript would be
+    ambiguous once spoken."""
     if split not in ("train", "heldout"):
         raise ValueError(f"unknown split {split!r}; expected 'train' or 'heldout'")
-    ids = templates_for(fact.ask, "train")
-    novel = [t for t in TEMPLATES[fact.ask] if t in HELDOUT_ONLY_TEMPLATES]
+    ok = [t for t, text in TEMPLATES[fact.ask].items() if not (spoken and "colour" in text)]
+    ids = [t for t in ok if t not in HELDOUT_ONLY_TEMPLATES]
+    novel = [t for t in ok if t in HELDOUT_ONLY_TEMPLATES]
     if split == "heldout" and novel and rng.random() < NOVEL_PHRASING_PROB:
         tid = rng.choice(novel)
     else:
@@ -260,13 +264,18 @@ def phrase(fact: Fact, rng: random.Random, split: str = "train") -> QA:
     return QA(fact.qtype, question, fact.answer, fact.sentence, fact.aliases, tid, tid in HELDOUT_ONLY_TEMPLATES)
 
 
-def questions_for_scene(scene: Scene, rng: random.Random, n: int = 3, split: str = "train") -> list[QA]:
+def questions_for_scene(
+    scene: Scene, rng: random.Random, n: int = 3, split: str = "train", spoken: bool = False
+) -> list[QA]:
     """Up to `n` questions about different facts, spread over question types (reading first if any)."""
     by_type: dict[str, list[Fact]] = {}
     for f in scene_facts(scene):
         by_type.setdefault(f.qtype, []).append(f)
     for facts in by_type.values():
         rng.shuffle(facts)
+    if "count" in by_type:  # pop() takes from the end: favour "how many shapes", disfavour zeros
+        counts = by_type["count"]
+        counts.sort(key=lambda f: (f.ask == "count_all" and rng.random() < 0.4, f.answer != "0" or rng.random() < 0.3))
     types = list(by_type)
     rng.shuffle(types)
     if "reading" in types:  # reading is rare (only images with text): never skip it
@@ -277,7 +286,7 @@ def questions_for_scene(scene: Scene, rng: random.Random, n: int = 3, split: str
         for t in types:
             if by_type[t] and len(chosen) < n:
                 chosen.append(by_type[t].pop())
-    return [phrase(f, rng, split) for f in chosen]
+    return [phrase(f, rng, split, spoken) for f in chosen]
 
 
 def _object_phrase(obj: SceneObject) -> str:

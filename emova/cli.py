@@ -1,0 +1,137 @@
+"""The `emova` command line. Every command calls the same library objects the Python API exposes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from emova.assets import ASSETS
+
+EXAMPLES = ASSETS / "examples"
+
+
+def _cmd_speech_encode(a: argparse.Namespace) -> None:
+    from emova.speech.tokenizer import SpeechTokenizer
+
+    tok = SpeechTokenizer.from_pretrained(a.model)
+    units = tok.encode(a.wav)
+    if a.reduce:
+        units = tok.reduce(units)
+    print(json.dumps({"units": units}) if a.json else tok.units_to_string(units))
+
+
+def _cmd_data_speech(a: argparse.Namespace) -> None:
+    from emova.data.speech.corpus import CorpusConfig, render_corpus
+
+    cfg = CorpusConfig(n_train_sentences=a.n_sentences, seed=a.seed, fsdd_dir=a.fsdd)
+    print(render_corpus(a.out, cfg, workers=a.workers))
+
+
+def _cmd_train_s2u(a: argparse.Namespace) -> None:
+    from emova.speech.tokenizer import SpeechTokenizer
+    from emova.train.s2u import S2UTrainConfig, train_s2u
+    from emova.speech.s2u import S2UModel
+    from emova.train.checkpoint import load_checkpoint
+
+    cfg = S2UTrainConfig.load(a.config, corpus=a.corpus, out_dir=a.out, max_steps=a.max_steps)
+    run = train_s2u(cfg)
+    if a.export:
+        model = S2UModel(cfg.model_config())
+        load_checkpoint(run / "final", model)
+        print("exported to", SpeechTokenizer(model).save_pretrained(a.export))
+
+
+def _cmd_eval_s2u(a: argparse.Namespace) -> None:
+    from emova.eval.s2u import run_eval_s2u
+
+    run_eval_s2u(a.model, a.corpus, a.out, a.max_items)
+
+
+def _cmd_bench_s2u(a: argparse.Namespace) -> None:
+    from emova.eval.bench import bench_s2u
+
+    bench_s2u(a.model, a.threads, a.seconds, a.repeats, a.out)
+
+
+def _cmd_demo(a: argparse.Namespace) -> None:
+    from emova.speech.tokenizer import SpeechTokenizer
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    wav = EXAMPLES / "question.wav"
+    tok = SpeechTokenizer.from_pretrained("emova-tiny")
+    units = tok.encode(wav)
+    reduced = tok.reduce(units)
+    result = {"input": str(wav), "units_25hz": len(units), "reduced_units": len(reduced),
+              "unit_string": tok.units_to_string(reduced), "recognised_phones": " ".join(tok.recognize_phones(wav))}
+    (out / "demo.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="emova", description="EMOVA: see, hear and speak with emotions")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="run the bundled tiny model on bundled example inputs")
+    d.add_argument("--out", default="demo_out")
+    d.set_defaults(func=_cmd_demo)
+
+    sp = sub.add_parser("speech", help="speech tokenizer / detokenizer").add_subparsers(dest="speech_cmd", required=True)
+    e = sp.add_parser("encode", help="speech → units")
+    e.add_argument("wav")
+    e.add_argument("--reduce", action="store_true", help="remove consecutive duplicate units")
+    e.add_argument("--json", action="store_true", help="print a JSON list instead of the unit string")
+    e.add_argument("--model", default="emova-tiny")
+    e.set_defaults(func=_cmd_speech_encode)
+
+    data = sub.add_parser("data", help="generate training data").add_subparsers(dest="data_cmd", required=True)
+    ds = data.add_parser("speech", help="render the speech corpus (resumable)")
+    ds.add_argument("--out", default="data_cache/speech")
+    ds.add_argument("--n-sentences", type=int, default=7000)
+    ds.add_argument("--seed", type=int, default=1234)
+    ds.add_argument("--fsdd", default=None, help="FSDD directory (training split) to include")
+    ds.add_argument("--workers", type=int, default=2)
+    ds.set_defaults(func=_cmd_data_speech)
+
+    tr = sub.add_parser("train", help="training").add_subparsers(dest="train_cmd", required=True)
+    ts = tr.add_parser("s2u", help="train the speech tokenizer (resumes from the latest checkpoint)")
+    ts.add_argument("--config", default=str(Path(__file__).parent / "configs" / "s2u_tiny.yaml"))
+    ts.add_argument("--corpus", default=None)
+    ts.add_argument("--out", default=None)
+    ts.add_argument("--max-steps", type=int, default=None)
+    ts.add_argument("--export", default=None, help="write the trained tokenizer to this directory")
+    ts.set_defaults(func=_cmd_train_s2u)
+
+    ev = sub.add_parser("eval", help="evaluation suites").add_subparsers(dest="eval_cmd", required=True)
+    es = ev.add_parser("s2u", help="speech tokenizer: PER, style invariance, probes, usage")
+    es.add_argument("--model", default="emova-tiny")
+    es.add_argument("--corpus", default="data_cache/speech")
+    es.add_argument("--out", default="reports/eval_s2u.json")
+    es.add_argument("--max-items", type=int, default=None)
+    es.set_defaults(func=_cmd_eval_s2u)
+
+    be = sub.add_parser("bench", help="speed benchmarks").add_subparsers(dest="bench_cmd", required=True)
+    bs = be.add_parser("s2u", help="speech tokenizer real-time factor")
+    bs.add_argument("--model", default="emova-tiny")
+    bs.add_argument("--threads", type=int, default=2)
+    bs.add_argument("--seconds", type=float, default=10.0)
+    bs.add_argument("--repeats", type=int, default=5)
+    bs.add_argument("--out", default="reports/bench_s2u.json")
+    bs.set_defaults(func=_cmd_bench_s2u)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ValueError as e:  # bad input: one clear line, no traceback
+        print(f"emova: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+from emova.data.world.build import main
+
+main()

@@ -1,0 +1,164 @@
+"""`emova eval s2u`: what the speech tokenizer's units carry, on held-out speech only.
+
+Reports (JSON + a printed table):
+  per            CTC greedy phone error rate per held-out voice (heldout_per split)
+  invariance     median normalised edit distance of reduced units: same sentence + voice in two
+                 styles (pitch-only, rate-only, both) vs two different sentences, and their ratios
+  probes         linear probes (logistic regression, 5-fold CV grouped by sentence) predicting pitch,
+                 emotion and speaker from bag-of-units vs from mean/std log-mel; chance = majority class
+  usage          unit perplexity over all held-out frames; units per 40 ms check
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from emova.audio import Audio, log_mel
+from emova.data.speech.corpus import read_manifest
+from emova.eval.metrics import error_rate, normalised_edit_distance, unit_perplexity
+from emova.speech.tokenizer import SpeechTokenizer
+
+
+def _encode_rows(tok: SpeechTokenizer, root: Path, rows: list[dict], progress: bool) -> list[list[int]]:
+    out = []
+    for i in tqdm(range(0, len(rows), 16), desc="encoding", disable=not progress):
+        out += tok.encode_batch([Audio.load(root / r["path"]) for r in rows[i : i + 16]])
+    return out
+
+
+def _probe(X: np.ndarray, y: list[str], groups: list[str]) -> dict:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y_arr = np.array(y)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+    pred = cross_val_predict(clf, X, y_arr, groups=groups, cv=GroupKFold(n_splits=5))
+    values, counts = np.unique(y_arr, return_counts=True)
+    return {"accuracy": float((pred == y_arr).mean()), "chance": float(counts.max() / counts.sum()),
+            "n": int(len(y_arr)), "classes": int(len(values))}
+
+
+def _bag_of_units(units: list[list[int]], size: int) -> np.ndarray:
+    X = np.zeros((len(units), size), dtype=np.float32)
+    for i, u in enumerate(units):
+        np.add.at(X[i], np.array(u), 1.0)
+        X[i] /= max(1, len(u))
+    keep = X.sum(0) > 0  # drop never-used units (keeps the probe well-posed)
+    return np.sqrt(X[:, keep])
+
+
+def _mel_stats(root: Path, rows: list[dict]) -> np.ndarray:
+    feats = []
+    for r in rows:
+        m = log_mel(Audio.load(root / r["path"]).samples)
+        feats.append(torch.cat([m.mean(-1), m.std(-1)]).numpy())
+    return np.stack(feats)
+
+
+def evaluate_s2u(tokenizer: SpeechTokenizer, corpus: str | Path, max_items: int | None = None,
+                 progress: bool = True) -> dict:
+    root = Path(corpus)
+    report: dict = {"corpus": str(root)}
+
+    # 1. phone error rate per held-out voice
+    rows = read_manifest(root, ("heldout_per",))[:max_items]
+    per: dict[str, dict] = {}
+    for voice in sorted({r["voice"] for r in rows}):
+        vr = [r for r in rows if r["voice"] == voice]
+        hyps = [tokenizer.recognize_phones(Audio.load(root / r["path"])) for r in tqdm(vr, desc=f"PER {voice}", disable=not progress)]
+        per[voice] = {"per": error_rate([r["phones"].split() for r in vr], hyps), "n": len(vr)}
+    report["per"] = per
+
+    # 2. style invariance of reduced units
+    srows = read_manifest(root, ("heldout_style",))[: (max_items or 10**9) * 4]
+    sunits = _encode_rows(tokenizer, root, srows, progress)
+    by_group: dict[str, list[int]] = {}
+    for i, r in enumerate(srows):
+        by_group.setdefault(r["group"], []).append(i)
+    red = [tokenizer.reduce(u) for u in sunits]
+    kinds = ["pitch_only", "rate_only", "both"]
+    same: dict[str, list[float]] = {k: [] for k in kinds}
+    diff: list[float] = []
+    groups = list(by_group.values())
+    for gi, g in enumerate(groups):
+        for k, idx in zip(kinds, g[1:]):
+            same[k].append(normalised_edit_distance(red[g[0]], red[idx]))
+        # a different sentence by the same voice (groups cycle through the voices)
+        other = next((h for h in groups[gi + 1 :] if srows[h[0]]["voice"] == srows[g[0]]["voice"]), None)
+        if other is not None:
+            diff.append(normalised_edit_distance(red[g[0]], red[other[0]]))
+    med_diff = statistics.median(diff) if diff else float("nan")
+    inv = {"different_sentences": {"median": med_diff, "pairs": len(diff)}}
+    for k in kinds:
+        m = statistics.median(same[k]) if same[k] else float("nan")
+        inv[k] = {"median": m, "ratio": m / med_diff if diff else float("nan"), "pairs": len(same[k])}
+    all_same = [x for k in kinds for x in same[k]]
+    inv["all_styles"] = {"median": statistics.median(all_same), "ratio": statistics.median(all_same) / med_diff,
+                         "pairs": len(all_same)}
+    report["invariance"] = inv
+
+    # 3. probes: units vs mel statistics
+    prows = read_manifest(root, ("heldout_probe",))
+    if max_items:
+        prows = prows[: max_items * 3]
+    punits = _encode_rows(tokenizer, root, prows, progress)
+    bag = _bag_of_units(punits, tokenizer.codebook_size)
+    mel = _mel_stats(root, prows)
+    sentence = [r["group"] for r in prows]
+    styles = [r["style"] for r in prows]
+    pitch_idx = [i for i, r in enumerate(prows) if r["id"].endswith("_0")]
+    emo_idx = [i for i, r in enumerate(prows) if r["id"].endswith("_1")]
+    probes = {}
+    for label, idx, key in (("pitch", pitch_idx, lambda s: s.split("pitch-")[1]),
+                            ("emotion", emo_idx, lambda s: s.split("emotion-")[1].split("_")[0]),
+                            ("speaker", list(range(len(prows))), None)):
+        y = [prows[i]["voice"] if key is None else key(styles[i]) for i in idx]
+        grp = [sentence[i] for i in idx]
+        probes[label] = {"units": _probe(bag[idx], y, grp), "mel_stats": _probe(mel[idx], y, grp)}
+    report["probes"] = probes
+
+    # 4. usage and timing
+    all_units = sunits + punits
+    durations = [r["duration"] for r in srows + prows]
+    off = [abs(len(u) - d * 25) for u, d in zip(all_units, durations)]
+    report["usage"] = {"perplexity": unit_perplexity(all_units), "distinct_units": len({x for u in all_units for x in u}),
+                       "max_abs_units_minus_25hz": float(max(off)), "frames": int(sum(len(u) for u in all_units))}
+    return report
+
+
+def format_report(r: dict) -> str:
+    lines = ["S2U evaluation (held-out data)", "", "phone error rate (CTC greedy)"]
+    for v, x in r["per"].items():
+        lines.append(f"  {v:28s} PER {x['per'] * 100:6.2f}%   n={x['n']}")
+    inv = r["invariance"]
+    lines += ["", "style invariance: median normalised edit distance of reduced units"]
+    lines.append(f"  different sentences          {inv['different_sentences']['median']:.3f}")
+    for k in ("pitch_only", "rate_only", "both", "all_styles"):
+        lines.append(f"  same sentence, {k:13s} {inv[k]['median']:.3f}   ratio {inv[k]['ratio']:.3f}")
+    lines += ["", "linear probes (accuracy; chance = majority class)", "  label     units    mel-stats  chance"]
+    for k, p in r["probes"].items():
+        lines.append(f"  {k:8s} {p['units']['accuracy'] * 100:6.1f}%  {p['mel_stats']['accuracy'] * 100:6.1f}%    "
+                     f"{p['units']['chance'] * 100:5.1f}%")
+    u = r["usage"]
+    lines += ["", f"unit perplexity {u['perplexity']:.1f} ({u['distinct_units']} distinct units over {u['frames']} frames)",
+              f"max |units - 25 Hz x duration| = {u['max_abs_units_minus_25hz']:.2f}"]
+    return "\n".join(lines)
+
+
+def run_eval_s2u(model: str, corpus: str, out: str | None, max_items: int | None = None) -> dict:
+    tok = SpeechTokenizer.from_pretrained(model)
+    report = evaluate_s2u(tok, corpus, max_items=max_items)
+    text = format_report(report)
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=1))
+    return report
