@@ -248,6 +248,10 @@ def validate_record(rec: object, image_root: str | os.PathLike | None = None) ->
         _fail(rid, f"an image record needs exactly one '{IMAGE_TOKEN}\\n' opening the first turn (found {n_img})")
     if image is None and n_img:
         _fail(rid, f"'{IMAGE_TOKEN}' appears but the record has no 'image'")
+    for i in range(0, len(conv), 2):
+        q = conv[i]["value"]
+        if q.removeprefix(IMAGE_TOKEN + "\n").startswith(SPOKEN_DIALOGUE_PROMPT):
+            _check_dialogue_answer(rid, conv[i + 1]["value"])
     speech = rec.get("speech", [])
     if not isinstance(speech, list):
         _fail(rid, "'speech' must be a list")
@@ -269,10 +273,6 @@ def validate_record(rec: object, image_root: str | os.PathLike | None = None) ->
         _fail(rid, f"placeholder(s) {sorted(used - keys)} have no 'speech' entry")
     if keys - used:
         _fail(rid, f"'speech' entries {sorted(keys - used)} are not used in any turn")
-    for i in range(0, len(conv), 2):
-        q = conv[i]["value"]
-        if q.removeprefix(IMAGE_TOKEN + "\n").startswith(SPOKEN_DIALOGUE_PROMPT):
-            _check_dialogue_answer(rid, conv[i + 1]["value"])
     if "meta" in rec and not isinstance(rec["meta"], dict):
         _fail(rid, "'meta' must be an object")
 

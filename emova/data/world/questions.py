@@ -175,6 +175,10 @@ def _unique_ref(scene: Scene, obj: SceneObject) -> str | None:
     return None
 
 
+def _count_aliases(n: int) -> tuple[str, ...]:
+    return (str(n), number_word(n)) + (("no", "none") if n == 0 else ())
+
+
 def _count_sentence(n: int, noun_singular: str, noun_plural: str) -> str:
     if n == 0:
         return f"There are no {noun_plural}."
@@ -209,13 +213,13 @@ def scene_facts(scene: Scene) -> list[Fact]:
     n = len(scene.objects)
     facts.append(Fact(
         "count", "count_all", (), str(n),
-        _count_sentence(n, "shape", "shapes"), (str(n), number_word(n)),
+        _count_sentence(n, "shape", "shapes"), _count_aliases(n),
     ))  # fmt: skip
     for shape in SHAPES:
         k = shapes[shape]
         facts.append(Fact(
             "count", "count_shape", (("plural", PLURALS[shape]),), str(k),
-            _count_sentence(k, shape, PLURALS[shape]), (str(k), number_word(k)),
+            _count_sentence(k, shape, PLURALS[shape]), _count_aliases(k),
         ))  # fmt: skip
     for color in COLORS:
         k = colors[color]
@@ -223,7 +227,7 @@ def scene_facts(scene: Scene) -> list[Fact]:
             continue  # zero-count questions only for a few colours, so they do not swamp the rest
         facts.append(Fact(
             "count", "count_color", (("color", color),), str(k),
-            _count_sentence(k, f"{color} shape", f"{color} shapes"), (str(k), number_word(k)),
+            _count_sentence(k, f"{color} shape", f"{color} shapes"), _count_aliases(k),
         ))  # fmt: skip
     if scene.text is not None:
         if scene.text_kind == "digit":
