@@ -296,11 +296,8 @@ def map_official_state_dict(
                 shown = "\n  ".join(items[:40]) + (f"\n  … and {len(items) - 40} more" if len(items) > 40 else "")
                 parts.append(f"{len(items)} {title} key(s):\n  {shown}")
         raise CheckpointMismatchError("checkpoint does not match the configured architecture;\n" + "\n".join(parts))
-    out = {}
-    for k, v in mapped.items():
-        ref = expected[k]
-        out[k] = v.to(ref.dtype) if ref.dtype.is_floating_point else v.to(ref.dtype)
-    return out, report
+    # checkpoints may be stored in half precision; cast to the model's dtypes (float32 / int64)
+    return {k: v.to(expected[k].dtype) for k, v in mapped.items()}, report
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
