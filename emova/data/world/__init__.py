@@ -3,7 +3,7 @@
 See docs/tiny_world.md. Entry point: `build_world(out_dir, split)`.
 """
 
-from emova.data.world.build import DEFAULT_SIZES, WorldSizes, build_world
+from emova.data.world.build import DEFAULT_SIZES, TASKS, WorldSizes, build_world, load_split
 from emova.data.world.formats import (
     RecordError,
     SpeechRequest,
@@ -17,9 +17,11 @@ __all__ = [
     "DEFAULT_SIZES",
     "RecordError",
     "SpeechRequest",
+    "TASKS",
     "WorldSizes",
     "build_world",
     "fill_speech_units",
+    "load_split",
     "load_records",
     "records_needing_speech",
     "validate_record",

@@ -34,6 +34,7 @@ from emova.data.world import dialogues as dlg
 from emova.data.world.formats import (
     asr_record,
     image_record,
+    load_records,
     save_records,
     spoken_dialogue_record,
     text_record,
@@ -268,6 +269,16 @@ def build_world(
         if not paths[task].exists():
             save_records(paths[task], _MAKERS[task](split, seed, scenes, sz))
     return paths
+
+
+def load_split(out_dir: str | Path, split: str, tasks: tuple[str, ...] = TASKS) -> dict[str, list[dict]]:
+    """The validated records of a built split, {task: records} (image paths checked under out_dir)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; expected some of {', '.join(TASKS)}")
+    return {t: load_records(Path(out_dir) / split / f"{t}.json", image_root=out_dir) for t in tasks}
 
 
 def main(argv: list[str] | None = None) -> None:
