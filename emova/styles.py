@@ -64,8 +64,7 @@ class Style:
 
 
 def all_styles() -> list[Style]:
-    """All 2 x 7 x 3 x 3 = 126 styles, in the order of the official `u2s_style2idx` table."""
-    return [
-        Style(gender=g, emotion=e, speed=s, pitch=p)
-        for g, e, s, p in product(GENDERS, EMOTIONS, SPEEDS, PITCHES)
-    ]
+    """All 2 x 7 x 3 x 3 = 126 styles, in the order of the official `u2s_style2idx` table:
+    the condition strings sorted alphabetically (index 41 = female, neutral, normal, normal)."""
+    styles = [Style(gender=g, emotion=e, speed=s, pitch=p) for g, e, s, p in product(GENDERS, EMOTIONS, SPEEDS, PITCHES)]
+    return sorted(styles, key=str)

@@ -29,3 +29,9 @@ def test_unknown_field_values():
 def test_all_styles_is_the_126_table():
     styles = all_styles()
     assert len(styles) == 126 and len(set(map(str, styles))) == 126
+
+
+def test_all_styles_follows_official_index_order():
+    styles = all_styles()
+    assert [str(s) for s in styles] == sorted(str(s) for s in styles)
+    assert str(styles[41]) == "gender-female_emotion-neutral_speed-normal_pitch-normal"
