@@ -30,10 +30,10 @@ def _cmd_data_speech(a: argparse.Namespace) -> None:
 
 
 def _cmd_train_s2u(a: argparse.Namespace) -> None:
-    from emova.speech.tokenizer import SpeechTokenizer
-    from emova.train.s2u import S2UTrainConfig, train_s2u
     from emova.speech.s2u import S2UModel
+    from emova.speech.tokenizer import SpeechTokenizer
     from emova.train.checkpoint import load_checkpoint
+    from emova.train.s2u import S2UTrainConfig, train_s2u
 
     cfg = S2UTrainConfig.load(a.config, corpus=a.corpus, out_dir=a.out, max_steps=a.max_steps)
     run = train_s2u(cfg)
@@ -68,6 +68,12 @@ def _cmd_demo(a: argparse.Namespace) -> None:
               "unit_string": tok.units_to_string(reduced), "recognised_phones": " ".join(tok.recognize_phones(wav))}
     (out / "demo.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
+
+
+def _cmd_convert(a: argparse.Namespace) -> None:
+    from emova.convert.model import convert_checkpoint
+
+    print(convert_checkpoint(a.src, a.dst, to=a.to))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--repeats", type=int, default=5)
     bs.add_argument("--out", default="reports/bench_s2u.json")
     bs.set_defaults(func=_cmd_bench_s2u)
+    cv = sub.add_parser("convert", help="convert model checkpoints between the official layouts and ours")
+    cv.add_argument("src", help="checkpoint directory (official HF, official training layout, or ours)")
+    cv.add_argument("dst", help="output directory")
+    cv.add_argument("--to", default="emova", choices=["emova", "official-hf", "official-train"])
+    cv.set_defaults(func=_cmd_convert)
     return p
 
 

@@ -1,4 +1,4 @@
-"""Model sizes as data: `configs/model/*.yaml` → validated EmovaConfig (+ image settings), and parameter
+"""Model sizes as data: `emova/configs/model/*.yaml` → validated EmovaConfig (+ image settings), and parameter
 counts on the meta device (nothing is allocated)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from transformers import AutoConfig
 
 from emova.model.configuration_emova import EmovaConfig
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
 _TOP_KEYS = {"name", "description", "text_config", "vision_config", "mm_projector_config",
              "image_token_index", "image_processor", "official"}
 _IMAGE_KEYS = {"min_pixels", "max_pixels", "patch_size", "merge_size", "temporal_patch_size"}
@@ -59,7 +59,7 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
 
 
 def load_model_config(name_or_path: str | Path) -> ModelSpec:
-    """Load `configs/model/<name>.yaml` (or a path) and validate it; unknown keys are errors."""
+    """Load `emova/configs/model/<name>.yaml` (or a path) and validate it; unknown keys are errors."""
     path = resolve_config_path(name_or_path)
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     if not isinstance(data, dict):

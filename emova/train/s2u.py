@@ -120,7 +120,7 @@ class GroupedCorpus:
         # bucket: sort within windows of 50 groups by max duration → little padding
         buckets = [sorted(order[i : i + 400], key=lambda g: max(self.durations[self.groups[g]]))
                    for i in range(0, len(order), 400)]
-        batches, cur, cur_len = [], [], 0.0
+        batches, cur = [], []
         for bucket in buckets:
             for g in bucket:
                 idx = self.groups[g]

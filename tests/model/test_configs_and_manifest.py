@@ -35,7 +35,7 @@ def test_sizes_and_counts():
 
 
 def test_unknown_keys_are_errors(tmp_path: Path):
-    base = (Path(__file__).resolve().parents[2] / "configs" / "model" / "tiny.yaml").read_text()
+    base = (Path(__file__).resolve().parents[2] / "emova" / "configs" / "model" / "tiny.yaml").read_text()
     bad = tmp_path / "bad.yaml"
     bad.write_text(base + "colour: red\n")
     with pytest.raises(ValueError, match="unknown keys \\['colour'\\]"):
