@@ -90,3 +90,34 @@ def test_emova_size_config_runs():
     with torch.no_grad():
         out = m.encode(torch.randn(1, 128, 101))
     assert out["units"].shape == (1, 26)
+
+
+def test_ten_minute_file_is_encoded(tok, tmp_path):
+    rng = np.random.default_rng(0)
+    a = Audio((rng.normal(0, 0.1, 16000 * 600)).astype(np.float32), 16000)
+    p = tmp_path / "long.wav"
+    a.save(p)
+    units = tok.encode(p)
+    assert abs(len(units) - 600 * 25) <= 1
+
+
+def test_stereo_file_is_mixed_down(tok, tone, tmp_path):
+    import soundfile as sf
+
+    p = tmp_path / "st.wav"
+    sf.write(p, np.stack([tone.samples, tone.samples], 1), 16000)
+    assert tok.encode(p) == tok.encode(tone)
+
+
+def test_cli_reports_bad_input_without_traceback(tok, tone, tmp_path, capsys):
+    from emova.cli import main
+
+    tok.save_pretrained(tmp_path / "st")
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"not audio" * 100)
+    assert main(["speech", "encode", str(junk), "--model", str(tmp_path / "st")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("emova: error: cannot read") and "Traceback" not in err
+    tone.save(tmp_path / "ok.wav")
+    assert main(["speech", "encode", str(tmp_path / "ok.wav"), "--model", str(tmp_path / "st"), "--reduce"]) == 0
+    assert capsys.readouterr().out.startswith("<|speech_")
