@@ -303,6 +303,19 @@ def train_s2u(cfg: S2UTrainConfig, progress: bool = True) -> Path:
     return out
 
 
+def export_s2u(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Write a training checkpoint (`runs/s2u/final` or `step-N`) as a SpeechTokenizer directory."""
+    from emova.speech.tokenizer import SpeechTokenizer
+
+    checkpoint = Path(checkpoint)
+    cfg_path = checkpoint.parent / "model_config.json"
+    if not cfg_path.exists():
+        raise ValueError(f"{checkpoint}: no model_config.json next to it; is this an S2U run directory?")
+    model = S2UModel(S2UConfig.from_dict(json.loads(cfg_path.read_text())))
+    load_checkpoint(checkpoint, model)
+    return SpeechTokenizer(model).save_pretrained(out_dir)
+
+
 def plot_log(log_path: Path) -> None:
     """Loss curves as PNG next to the CSV (skipped when matplotlib is absent)."""
     try:
