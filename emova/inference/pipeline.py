@@ -1,0 +1,329 @@
+"""`Emova`: the one object every CLI, server and UI calls.
+
+    m = Emova.from_pretrained("emova-tiny")          # or our layout dir, or an official EMOVA model dir
+    r = m.chat([{"role": "user", "content": [{"type": "image", "image": "shapes.png"},
+                                             {"type": "audio", "audio": "question.wav"}]}])
+    r.transcript, r.user_emotion, r.user_pitch, r.text, r.emotion, r.pitch, r.units, r.audio, r.raw
+
+A user turn with audio is a spoken-dialogue turn: speech → S2U units (reduced) → the released
+instruction (`chat_prompt`) → the model answers one JSON object (parsed by `json_repair`) → the reply
+units are spoken by the U2S in the style of the reply's labels (gender from `voice`) unless
+`style_override` says otherwise. A turn without audio is a text turn: the model answers text; that
+text is then spoken through the TTS prompt (`speak=False` skips it).
+
+Directory layouts `from_pretrained` accepts:
+  ours       DIR/llm (EmovaForConditionalGeneration + tokenizer + emova_processor.json),
+             DIR/speech_tokenizer, DIR/speech_detokenizer
+  official   DIR = an EMOVA model directory (official-hf or official-train layout, with its tokenizer
+             files) + the official speech tokenizer in DIR/speech_tokenizer or `speech_tokenizer=`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from emova.assets import resolve_model_dir
+from emova.audio import Audio
+from emova.inference.generation import GenerationSettings, generate_tokens
+from emova.inference.json_repair import parse_answer, units_in
+from emova.inference.messages import Turn, check_messages, load_audio, load_image, resolve_style
+from emova.inference.speech_io import Detokenizer, UnitEncoder, load_detokenizer, load_unit_encoder
+from emova.model.processor import EmovaProcessor, build_image_processor, reduce_units
+from emova.model.prompts import asr_prompt, chat_prompt, tts_prompt
+from emova.styles import Style
+
+QWEN2VL_DEFAULT_PIXELS = (56 * 56, 28 * 28 * 1280)
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+_UNIT_TOKEN = re.compile(r"<\|speech_\d+\|>")
+
+
+class GenerationError(RuntimeError):
+    """The model produced nothing usable for the request (e.g. no speech units for `synthesize`)."""
+
+
+@dataclass
+class ChatResult:
+    """One assistant turn. Labels are None where the model gave none (text turns give none)."""
+
+    transcript: str | None
+    user_emotion: str | None
+    user_pitch: str | None
+    text: str
+    emotion: str | None
+    pitch: str | None
+    units: list[int]
+    audio: Audio | None
+    raw: str
+    style: Style | None = None  # the style the audio was rendered in
+    mode: str = "spoken"  # "spoken" (audio in, JSON answer) or "text"
+    repairs: list[str] = field(default_factory=list)  # what json_repair fixed in `raw`
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def repaired(self) -> bool:
+        return bool(self.repairs)
+
+    def as_message(self) -> dict[str, Any]:
+        """This turn as an assistant message for the next `chat` call (multi-turn history)."""
+        return {"role": "assistant", "content": self.raw if self.mode == "spoken" and self.raw.strip() else self.text}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly (audio summarised, not included)."""
+        return {
+            "transcript": self.transcript, "user_emotion": self.user_emotion, "user_pitch": self.user_pitch,
+            "text": self.text, "emotion": self.emotion, "pitch": self.pitch, "units": self.units,
+            "style": str(self.style) if self.style else None, "mode": self.mode, "repairs": self.repairs,
+            "audio": None if self.audio is None else {"sample_rate": self.audio.sample_rate,
+                                                      "seconds": round(self.audio.duration, 3)},
+            "raw": self.raw, "timings": self.timings,
+        }  # fmt: skip
+
+
+@dataclass
+class ChatPlan:
+    """A checked chat request, ready to generate."""
+
+    inputs: dict[str, torch.Tensor]
+    mode: str
+    voice: str
+    style_override: Any
+    settings: GenerationSettings
+    speak: bool
+    started: float
+
+
+def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r}; accepted: {', '.join(_DTYPES)} or a torch.dtype")
+    return _DTYPES[dtype]
+
+
+def _image_processor_for(model_dir: Path) -> Any:
+    """Official directories: Qwen2-VL image settings from preprocessor_config.json or config.json."""
+    settings: dict[str, int] = {}
+    pre = model_dir / "preprocessor_config.json"
+    if pre.is_file():
+        data = json.loads(pre.read_text(encoding="utf-8"))
+        size = data.get("size") or {}
+        settings["min_pixels"] = int(data.get("min_pixels", size.get("shortest_edge", QWEN2VL_DEFAULT_PIXELS[0])))
+        settings["max_pixels"] = int(data.get("max_pixels", size.get("longest_edge", QWEN2VL_DEFAULT_PIXELS[1])))
+        for k in ("patch_size", "merge_size", "temporal_patch_size"):
+            if k in data:
+                settings[k] = int(data[k])
+    else:
+        cfg = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+        vision = cfg.get("vision_config") or cfg.get("mm_vision_tower") or {}
+        settings["min_pixels"] = int(vision.get("min_pixels", QWEN2VL_DEFAULT_PIXELS[0]))
+        settings["max_pixels"] = int(vision.get("max_pixels", QWEN2VL_DEFAULT_PIXELS[1]))
+        for ours, theirs in (("patch_size", "patch_size"), ("merge_size", "spatial_merge_size"),
+                             ("temporal_patch_size", "temporal_patch_size")):
+            if theirs in vision:
+                settings[ours] = int(vision[theirs])
+    return build_image_processor(**settings)
+
+
+class Emova:
+    """EMOVA inference: chat (text, images, speech; multi-turn), transcribe, synthesize, answer."""
+
+    def __init__(self, model: Any, processor: EmovaProcessor, speech_tokenizer: UnitEncoder,
+                 detokenizer: Detokenizer, max_audio_seconds: float = 300.0) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.speech_tokenizer = speech_tokenizer
+        self.detokenizer = detokenizer
+        self.max_audio_seconds = max_audio_seconds
+        tok = processor.tokenizer
+        stops = {processor.im_end_id}
+        for t in (tok.eos_token_id, tok.convert_tokens_to_ids("<|endoftext|>")):
+            if isinstance(t, int) and t >= 0 and t != tok.unk_token_id:
+                stops.add(t)
+        self.stop_ids = stops
+        self._speech_ids = set(processor.speech_token_ids)
+
+    # ------------------------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_dir: str | Path = "emova-tiny",
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str | None = None,
+        speech_tokenizer: str | Path | None = None,
+        speech_detokenizer: str | Path | None = None,
+        max_audio_seconds: float = 300.0,
+    ) -> Emova:
+        """Bundled name or local directory, our layout or an official one (see the module docstring)."""
+        from emova.convert.model import detect_layout, load_emova_model
+
+        root = resolve_model_dir(name_or_dir)
+        dev = torch.device(device)
+        dt = _as_dtype(dtype)
+        if (root / "llm").is_dir():
+            llm_dir = root / "llm"
+            st_dir = Path(speech_tokenizer) if speech_tokenizer else root / "speech_tokenizer"
+            sd_dir = Path(speech_detokenizer) if speech_detokenizer else root / "speech_detokenizer"
+            if not sd_dir.is_dir() and speech_detokenizer is None:
+                sd_dir = st_dir  # an official speech tokenizer decodes too
+        elif (root / "config.json").is_file():
+            llm_dir = root
+            detect_layout(root)  # ValueError naming what is wrong when this is no EMOVA checkpoint
+            st_dir = Path(speech_tokenizer) if speech_tokenizer else root / "speech_tokenizer"
+            sd_dir = Path(speech_detokenizer) if speech_detokenizer else st_dir
+        else:
+            raise ValueError(f"{root}: not an emova model directory; expected llm/ + speech_tokenizer/ + "
+                             f"speech_detokenizer/ (our layout) or an EMOVA checkpoint with config.json")
+        for what, d in (("speech tokenizer", st_dir), ("speech detokenizer", sd_dir)):
+            if not d.is_dir():
+                raise ValueError(f"no {what} at {d}; put it there or pass speech_tokenizer=DIR "
+                                 f"(the official one: Emova-ollm/emova_speech_tokenizer_hf)")
+        if not (llm_dir / "tokenizer_config.json").is_file() and not (llm_dir / "tokenizer.json").is_file():
+            raise ValueError(f"{llm_dir}: no tokenizer files (tokenizer.json / tokenizer_config.json); "
+                             f"copy the released model's tokenizer files next to its config.json")
+        model = load_emova_model(llm_dir, dtype=dt).to(dev)
+        processor = EmovaProcessor.from_pretrained(llm_dir)
+        if processor.image_processor is None:
+            processor.image_processor = _image_processor_for(llm_dir)
+        encoder = load_unit_encoder(st_dir, device=str(dev), max_seconds=max_audio_seconds)
+        detok = load_detokenizer(sd_dir, device=str(dev))
+        return cls(model, processor, encoder, detok, max_audio_seconds=max_audio_seconds)
+
+    # ----------------------------------------------------------------------------------- plumbing
+    def _tokens(self, inputs: dict[str, torch.Tensor], settings: GenerationSettings) -> Iterator[int]:
+        """The token source (KV-cached). Tests replace it to force-feed known outputs."""
+        return generate_tokens(self.model, inputs, self.stop_ids, settings)
+
+    def _units_string(self, audio: Audio) -> str:
+        units = reduce_units(self.speech_tokenizer.encode(audio))
+        if not units:
+            raise ValueError("the speech tokenizer returned no units for this audio (too short?)")
+        return self.processor.units_to_string(units, reduce=False)
+
+    def _render_turns(self, turns: list[Turn]) -> tuple[list[dict[str, Any]], list[Any]]:
+        messages, images = [], []
+        for t in turns:
+            text = "\n".join(s.strip() for s in t.texts)
+            if t.audios:
+                text = (text + "\n" if text else "") + chat_prompt(self._units_string(t.audios[0]))
+            images.extend(t.images)
+            messages.append({"role": t.role, "content": text})
+        return messages, images
+
+    def _encode(self, messages: list[dict[str, Any]], images: list[Any] | None = None) -> dict[str, torch.Tensor]:
+        inputs = self.processor(messages, images=images or None, add_generation_prompt=True)
+        inputs.pop("labels", None)
+        return inputs
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.processor.decode(ids, skip_special_tokens=True)
+
+    def _settings(self, max_new_tokens: int | None, default: int, **kw: Any) -> GenerationSettings:
+        return GenerationSettings(max_new_tokens=default if max_new_tokens is None else max_new_tokens, **kw)
+
+    def tts_units(self, text: str, settings: GenerationSettings) -> Iterator[int]:
+        """Speech units for `text` via the TTS prompt, yielded as they are generated."""
+        inputs = self._encode([{"role": "user", "content": tts_prompt(text)}])
+        for tok in self._tokens(inputs, settings):
+            if tok in self._speech_ids:
+                yield self.processor.ids_to_units([tok])[0]
+
+    # --------------------------------------------------------------------------------------- chat
+    def prepare_chat(self, messages: Any, voice: str = "female", style_override: Any = None,
+                     max_new_tokens: int | None = None, speak: bool = True, temperature: float = 0.0,
+                     seed: int | None = None) -> ChatPlan:
+        """Check everything (messages, voice, style) and build the model inputs; raises ValueError."""
+        started = time.perf_counter()
+        resolve_style(voice, None, None, style_override)  # fail before any generation
+        turns = check_messages(messages, self.max_audio_seconds)
+        mode = "spoken" if turns[-1].audios else "text"
+        settings = self._settings(max_new_tokens, 1024, temperature=temperature, seed=seed)
+        rendered, images = self._render_turns(turns)
+        inputs = self._encode(rendered, images)
+        return ChatPlan(inputs, mode, voice, style_override, settings, speak, started)
+
+    def chat(self, messages: Any, voice: str = "female", style_override: Style | dict[str, Any] | str | None = None,
+             stream: bool = False, max_new_tokens: int | None = None, speak: bool = True,
+             temperature: float = 0.0, seed: int | None = None) -> ChatResult | Iterator[Any]:
+        """One assistant turn for `messages` (SPEC.md shape; the last message is the user's).
+        stream=True returns an iterator of `TextDelta`, `AudioChunk`, then one `Final` event."""
+        plan = self.prepare_chat(messages, voice, style_override, max_new_tokens, speak, temperature, seed)
+        if stream:
+            from emova.inference.streaming import stream_chat
+
+            return stream_chat(self, plan)
+        ids = list(self._tokens(plan.inputs, plan.settings))
+        t_gen = time.perf_counter()
+        result = self.finish(plan, self._decode(ids))
+        if plan.speak and result.units:
+            result.audio = self.detokenizer.decode(result.units, style=result.style)
+        result.timings.update(generate_s=t_gen - plan.started, total_s=time.perf_counter() - plan.started)
+        return result
+
+    def finish(self, plan: ChatPlan, raw: str, units: list[int] | None = None) -> ChatResult:
+        """Turn the raw answer into a ChatResult (no audio yet). Text turns get their TTS units here
+        unless `units` are given."""
+        if plan.mode == "spoken":
+            p = parse_answer(raw)
+            style = resolve_style(plan.voice, p.emotion, p.pitch, plan.style_override)
+            return ChatResult(p.transcript, p.user_emotion, p.user_pitch, p.text or "", p.emotion, p.pitch,
+                              p.units if units is None else units, None, raw, style, "spoken", p.repairs)
+        found, _ = units_in(raw)
+        text = raw.replace("<image>", "")
+        repairs = []
+        if found:
+            text = _UNIT_TOKEN.sub("", text)
+            repairs.append(f"removed {len(found)} speech unit(s) from the text reply")
+        text = text.strip()
+        style = resolve_style(plan.voice, None, None, plan.style_override)
+        if units is None:
+            units = list(self.tts_units(text, plan.settings)) if plan.speak and text else []
+        return ChatResult(None, None, None, text, None, None, units, None, raw, style, "text", repairs)
+
+    # ------------------------------------------------------------------------------- single tasks
+    def transcribe(self, audio: str | Path | Audio, max_new_tokens: int = 256) -> str:
+        """Speech → text with the ASR prompt."""
+        a = load_audio(audio, "audio", self.max_audio_seconds)
+        inputs = self._encode([{"role": "user", "content": asr_prompt(self._units_string(a))}])
+        raw = self._decode(list(self._tokens(inputs, self._settings(max_new_tokens, 256))))
+        return _UNIT_TOKEN.sub("", raw).strip()
+
+    def synthesize(self, text: str, style: Style | str = Style(), max_new_tokens: int = 1024,
+                   reference: Audio | None = None) -> Audio:
+        """Text → speech units (TTS prompt) → U2S in `style`."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("text to synthesize is empty")
+        style = Style.parse(style)
+        units = list(self.tts_units(text.strip(), self._settings(max_new_tokens, 1024)))
+        if not units:
+            raise GenerationError("the model generated no speech units for this text")
+        return self.detokenizer.decode(units, style=style, reference=reference)
+
+    def answer(self, image: Any, question: str, max_new_tokens: int = 256) -> str:
+        """A typed question about an image → the text answer."""
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("question is empty")
+        img = load_image(image, "image")
+        inputs = self._encode([{"role": "user", "content": question.strip()}], [img])
+        raw = self._decode(list(self._tokens(inputs, self._settings(max_new_tokens, 256))))
+        return _UNIT_TOKEN.sub("", raw).strip()
+
+
+def concat_audio(chunks: list[Audio]) -> Audio | None:
+    if not chunks:
+        return None
+    return Audio(np.concatenate([c.samples for c in chunks]), chunks[0].sample_rate)
+
+
+__all__ = ["ChatPlan", "ChatResult", "Emova", "GenerationError", "concat_audio"]

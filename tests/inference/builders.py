@@ -1,0 +1,49 @@
+"""Tiny random model directories for the pipeline tests: our layout and the official one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from emova.convert.speech_tokenizer import OfficialSpeechTokenizer, save_speech_tokenizer
+from emova.model.modeling_emova import EmovaForConditionalGeneration
+from emova.model.processor import EmovaProcessor, build_image_processor
+from emova.model.tokenizer_builder import build_tokenizer
+from emova.speech.s2u import S2UConfig, S2UModel
+from emova.speech.tokenizer import SpeechTokenizer
+from tests.model.conftest import make_config
+from tests.model.test_official import write_official
+from tests.test_official_speech import _randomise, tiny_config
+
+S2U_SMALL = dict(conv_channels=32, blocks=[{"layers": 1, "dim": 32, "heads": 2}], post_dim=32, post_layers=1,
+                 post_heads=2)
+MIN_PIXELS, MAX_PIXELS = 56 * 56, 112 * 112
+
+
+def official_speech_tokenizer_dir(path: Path) -> Path:
+    """A tiny random official-layout speech tokenizer (S2U + VITS U2S + 126 style prototypes)."""
+    torch.manual_seed(0)
+    model = OfficialSpeechTokenizer(tiny_config()).eval()
+    _randomise(model)
+    return save_speech_tokenizer(model, path)
+
+
+def our_layout_dir(root: Path) -> Path:
+    """root/llm (tiny LLM + tokenizer + processor settings), root/speech_tokenizer (our S2U),
+    root/speech_detokenizer (our U2S when emova.speech.detokenizer exists, else the official VITS)."""
+    torch.manual_seed(0)
+    EmovaForConditionalGeneration(make_config()).eval().save_pretrained(str(root / "llm"))
+    EmovaProcessor(build_tokenizer(), build_image_processor(MIN_PIXELS, MAX_PIXELS)).save_pretrained(root / "llm")
+    SpeechTokenizer(S2UModel(S2UConfig.from_dict(S2U_SMALL))).save_pretrained(root / "speech_tokenizer",
+                                                                                dtype=torch.float32)
+    official_speech_tokenizer_dir(root / "speech_detokenizer")
+    return root
+
+
+def official_layout_dir(root: Path, layout: str = "official-hf") -> Path:
+    """An EMOVA checkpoint in a released layout (+ its tokenizer files) and root/speech_tokenizer."""
+    write_official(root, layout)
+    build_tokenizer().save_pretrained(str(root))
+    official_speech_tokenizer_dir(root / "speech_tokenizer")
+    return root
