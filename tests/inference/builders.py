@@ -37,8 +37,30 @@ def our_layout_dir(root: Path) -> Path:
     EmovaProcessor(build_tokenizer(), build_image_processor(MIN_PIXELS, MAX_PIXELS)).save_pretrained(root / "llm")
     SpeechTokenizer(S2UModel(S2UConfig.from_dict(S2U_SMALL))).save_pretrained(root / "speech_tokenizer",
                                                                                 dtype=torch.float32)
-    official_speech_tokenizer_dir(root / "speech_detokenizer")
+    our_detokenizer_dir(root / "speech_detokenizer")
     return root
+
+
+def our_detokenizer_dir(path: Path) -> str:
+    """A tiny random `SpeechDetokenizer` (our U2S) when emova.speech.detokenizer is importable and builds;
+    otherwise the official VITS layout. Returns which one was written: "ours" or "official"."""
+    try:
+        from emova.speech.detokenizer import SpeechDetokenizer
+        from emova.speech.style_encoder import StyleEncoder, StyleEncoderConfig, StylePrototypes
+        from emova.speech.u2s import U2SConfig, U2SModel
+        from emova.speech.vocoder import VocoderConfig, build_vocoder
+
+        torch.manual_seed(0)
+        u2s = U2SModel(U2SConfig(dim=32, enc_layers=1, dec_layers=1, predictor_layers=1))
+        enc = StyleEncoder(StyleEncoderConfig(hidden=32))
+        voc = build_vocoder(VocoderConfig(dim=32, intermediate=64, layers=1))
+        detok = SpeechDetokenizer(u2s, enc, voc, StylePrototypes(torch.randn(126, u2s.cfg.style_dim)))
+        detok.save_pretrained(path, dtype=torch.float32)
+        SpeechDetokenizer.from_pretrained(path)
+        return "ours"
+    except Exception:  # noqa: BLE001 — the module is still being built; fall back to the official decoder
+        official_speech_tokenizer_dir(path)
+        return "official"
 
 
 def official_layout_dir(root: Path, layout: str = "official-hf") -> Path:

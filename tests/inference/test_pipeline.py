@@ -231,11 +231,32 @@ def test_from_pretrained_refuses_what_is_not_a_model(tmp_path):
         Emova.from_pretrained(tmp_path)
 
 
-def test_decode_stream_adapter_chunks_and_crossfades(emova):
-    detok = emova.detokenizer
-    torch.manual_seed(0)
-    chunks = list(detok.decode_stream(iter(range(100, 160)), style="gender-female_emotion-happy_speed-normal_pitch-high"))
+def test_official_decode_stream_adapter_is_lazy_and_crossfades(official_dir):
+    from emova.inference.speech_io import Detokenizer, OfficialDetokenizer, load_detokenizer
+
+    detok = load_detokenizer(official_dir / "speech_tokenizer")
+    assert isinstance(detok, OfficialDetokenizer) and isinstance(detok, Detokenizer)
+    pulled = []
+
+    def units():
+        for u in range(100, 160):
+            pulled.append(u)
+            yield u
+
+    stream = detok.decode_stream(units(), style="gender-female_emotion-happy_speed-normal_pitch-high")
+    first = next(stream)
+    assert len(pulled) == detok.first_chunk  # the first chunk needs only the first few units
+    chunks = [first, *stream]
     assert len(chunks) >= 3 and all(isinstance(c, Audio) and len(c.samples) for c in chunks)
     assert all(np.isfinite(c.samples).all() for c in chunks)
     with pytest.raises(ValueError, match="reference"):
         detok.decode([1, 2], reference=Audio(np.zeros(100, np.float32), 16000))
+
+
+def test_our_layout_uses_our_detokenizer_when_built(emova, ours_dir):
+    import json
+
+    fmt = json.loads((ours_dir / "speech_detokenizer" / "config.json").read_text()).get("format")
+    expected = "SpeechDetokenizer" if fmt == "emova-u2s-v1" else "OfficialDetokenizer"
+    assert type(emova.detokenizer).__name__ == expected
+    assert type(emova.speech_tokenizer).__name__ == "SpeechTokenizer"

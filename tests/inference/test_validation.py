@@ -1,0 +1,121 @@
+"""Bad input gets a ValueError naming the problem, before any generation runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from emova.audio import Audio, AudioError
+from emova.inference.messages import resolve_style
+
+
+@pytest.fixture
+def strict(emova, monkeypatch):
+    """The model must never be reached by a bad request."""
+
+    def boom(*_a, **_k):
+        raise AssertionError("generation ran for a bad request")
+
+    monkeypatch.setattr(emova, "_tokens", boom)
+    return emova
+
+
+def user(*parts):
+    return [{"role": "user", "content": list(parts)}]
+
+
+@pytest.mark.parametrize("messages, match", [
+    ([], "messages is empty"),
+    ("hello", "must be a list"),
+    ([{"role": "robot", "content": "hi"}], "role 'robot'"),
+    ([{"role": "user", "content": "hi", "name": "x"}], "unknown field"),
+    ([{"role": "user", "content": "   "}], "content is empty"),
+    ([{"role": "user", "content": []}], "empty list"),
+    ([{"role": "user", "content": [{"type": "video", "video": "x.mp4"}]}], "unknown part type 'video'"),
+    ([{"role": "user", "content": [{"type": "image"}]}], "needs a 'image' field"),
+    ([{"role": "user", "content": [{"type": "text", "text": 3}]}], "text must be a string"),
+    ([{"role": "user", "content": [{"type": "text", "text": ""}]}], "only empty text"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], "last message must come from the user"),
+    ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}, {"role": "user", "content": "c"}],
+     "system message may only come first"),
+    ([{"role": "assistant", "content": [{"type": "image", "image": Image.new("RGB", (8, 8))}]},
+      {"role": "user", "content": "hi"}], "assistant messages may only hold text"),
+    ([{"role": "user", "content": [{"type": "image", "image": 42}]}], "expected a file path or a PIL"),
+])  # fmt: skip
+def test_bad_messages(strict, messages, match):
+    with pytest.raises(ValueError, match=match):
+        strict.chat(messages)
+
+
+def test_bad_images(strict, tmp_path):
+    with pytest.raises(ValueError, match="image file not found"):
+        strict.chat(user({"type": "image", "image": str(tmp_path / "nope.png")}))
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"\x89PNG not really an image")
+    with pytest.raises(ValueError, match="cannot read .* as an image"):
+        strict.chat(user({"type": "image", "image": junk}))
+    with pytest.raises(ValueError, match="limit is 4096 px"):
+        strict.chat(user({"type": "image", "image": Image.new("RGB", (5000, 16))}))
+    big = tmp_path / "big.png"
+    Image.new("RGB", (4100, 8)).save(big)
+    with pytest.raises(ValueError, match="limit is 4096 px"):
+        strict.answer(big, "what?")
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(b"\0" * (21 * 1024 * 1024))
+    with pytest.raises(ValueError, match="limit is 20 MB"):
+        strict.chat(user({"type": "image", "image": huge}))
+
+
+def test_bad_audio(strict, tmp_path, speech, monkeypatch):
+    silent = Audio(np.zeros(16000, np.float32), 16000)
+    with pytest.raises(AudioError, match=r"content\[0\]: audio is silent"):
+        strict.chat(user({"type": "audio", "audio": silent}))
+    notaudio = tmp_path / "x.wav"
+    notaudio.write_bytes(b"RIFF....WAVEfmt junk")
+    with pytest.raises(AudioError, match="cannot read"):
+        strict.chat(user({"type": "audio", "audio": notaudio}))
+    with pytest.raises(AudioError, match="expected a file path or an emova.Audio"):
+        strict.chat(user({"type": "audio", "audio": np.zeros(10)}))
+    with pytest.raises(ValueError, match="one audio part per message"):
+        strict.chat(user({"type": "audio", "audio": speech}, {"type": "audio", "audio": speech}))
+    monkeypatch.setattr(strict, "max_audio_seconds", 0.5)
+    with pytest.raises(AudioError, match="too long"):
+        strict.chat(user({"type": "audio", "audio": speech}))
+    with pytest.raises(AudioError, match="too long"):
+        strict.transcribe(speech)
+
+
+def test_bad_voice_and_styles(strict):
+    msgs = [{"role": "user", "content": "hi"}]
+    with pytest.raises(ValueError, match="unknown voice 'robot'"):
+        strict.chat(msgs, voice="robot")
+    with pytest.raises(ValueError, match="unknown emotion 'joyful'"):
+        strict.chat(msgs, style_override={"emotion": "joyful"})
+    with pytest.raises(ValueError, match="unknown pitch 'very high'"):
+        strict.chat(msgs, style_override={"pitch": "very high"})
+    with pytest.raises(ValueError, match="unknown field"):
+        strict.chat(msgs, style_override={"mood": "happy"})
+    with pytest.raises(ValueError, match="style_override 'cheerful'"):
+        strict.chat(msgs, style_override="cheerful")
+    with pytest.raises(ValueError, match="malformed style string"):
+        strict.synthesize("hi", style="happy voice")
+    with pytest.raises(ValueError, match="empty"):
+        strict.synthesize("  ")
+    with pytest.raises(ValueError, match="question is empty"):
+        strict.answer(Image.new("RGB", (32, 32)), "")
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        strict.chat(msgs, max_new_tokens=0)
+
+
+def test_resolve_style_defaults_and_bad_labels():
+    assert str(resolve_style("male", "happy", "high")) == "gender-male_emotion-happy_speed-normal_pitch-high"
+    assert str(resolve_style("female", None, "weird")) == "gender-female_emotion-neutral_speed-normal_pitch-normal"
+    assert str(resolve_style("female", "sad", "low", {"speed": "slow"})) == "gender-female_emotion-sad_speed-slow_pitch-low"
+
+
+def test_from_pretrained_bad_dtype(ours_dir):
+    from emova.inference.pipeline import Emova
+
+    with pytest.raises(ValueError, match="dtype 'float8'"):
+        Emova.from_pretrained(ours_dir, dtype="float8")
