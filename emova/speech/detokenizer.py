@@ -1,0 +1,254 @@
+"""`SpeechDetokenizer`: speech units + a style → speech (EMOVA's U2S), batch and streaming.
+
+A detokenizer directory (`emova/assets/emova-tiny/speech_detokenizer/`) holds
+    config.json         format "emova-u2s-v1", the U2S / style encoder / vocoder configs, stream settings
+    model.safetensors   u2s.*, style_encoder.*, vocoder.* (fp16) and `prototypes` (126, 256) fp32
+An official EMOVA speech-tokenizer directory (UVITS decoder + `style_embedding`) is accepted too and is
+run through `emova.convert.speech_tokenizer.load_official_speech_tokenizer`.
+
+Units are always reduced first (consecutive duplicates removed), so raw 25 Hz units from
+`SpeechTokenizer.encode` and reduced units from the LLM give the same result.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from emova.assets import resolve_model_dir
+from emova.audio import Audio, as_audio
+from emova.speech.style_encoder import StyleEncoder, StyleEncoderConfig, StylePrototypes
+from emova.speech.u2s import U2SConfig, U2SModel
+from emova.speech.vocoder import VocoderConfig, build_vocoder, mel_frames
+from emova.styles import Style
+
+FORMAT = "emova-u2s-v1"
+UNIT_PATTERN = "<|speech_N|>"
+
+
+@dataclass
+class StreamConfig:
+    first_chunk_units: int = 10  # units that must have arrived before the first chunk is made
+    chunk_units: int = 24  # units per later chunk
+    lookahead_units: int = 4  # right context a chunk waits for (not emitted with it)
+    left_context_units: int = 32
+    crossfade_samples: int = 256
+    vocoder_margin_frames: int = 8
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.lookahead_units < self.first_chunk_units <= 10:
+            raise ValueError("stream config needs 0 <= lookahead_units < first_chunk_units <= 10")
+        if self.chunk_units < 1 or self.left_context_units < 0 or self.crossfade_samples < 0:
+            raise ValueError("stream config: chunk_units >= 1, left_context_units >= 0, crossfade_samples >= 0")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StreamConfig:
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown stream config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+def parse_units(units: Iterable[int] | str | np.ndarray | torch.Tensor, n_units: int) -> list[int]:
+    """Validate units (ints in [0, n_units), or a `<|speech_N|>…` string) and reduce them."""
+    if isinstance(units, str):
+        from emova.speech.tokenizer import UNIT_RE
+
+        s = units.strip()
+        found = [int(m) for m in UNIT_RE.findall(s)]
+        if UNIT_RE.sub("", s).strip():
+            raise ValueError(f"unit string must contain only {UNIT_PATTERN} tokens, got {s[:40]!r}")
+        units = found
+    elif isinstance(units, torch.Tensor):
+        units = units.reshape(-1).tolist()
+    elif isinstance(units, np.ndarray):
+        units = units.reshape(-1).tolist()
+    out: list[int] = []
+    for u in units:
+        if isinstance(u, (bool, np.bool_)) or not isinstance(u, (int, np.integer)):
+            raise ValueError(f"speech units must be integers, got {u!r}")
+        if not 0 <= int(u) < n_units:
+            raise ValueError(f"speech unit {int(u)} out of range [0, {n_units})")
+        out.append(int(u))
+    if not out:
+        raise ValueError("cannot decode an empty unit list; give at least one speech unit")
+    return [u for i, u in enumerate(out) if i == 0 or u != out[i - 1]]
+
+
+class SpeechDetokenizer:
+    def __init__(self, u2s: U2SModel, style_encoder: StyleEncoder, vocoder: torch.nn.Module,
+                 prototypes: StylePrototypes, stream: StreamConfig | None = None) -> None:
+        self.u2s = u2s.eval()
+        self.style_encoder = style_encoder.eval()
+        self.vocoder = vocoder.eval()
+        self.vocoder_config: VocoderConfig = vocoder.cfg
+        self.prototypes = prototypes
+        self.stream_config = stream or StreamConfig()
+        self.config = u2s.cfg
+        self.sample_rate = u2s.cfg.sample_rate
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path = "emova-tiny") -> SpeechDetokenizer:
+        d = resolve_model_dir(name_or_path, "speech_detokenizer")
+        cfg_path = d / "config.json"
+        if not cfg_path.is_file():
+            raise ValueError(f"{d} is not a speech detokenizer directory (no config.json)")
+        try:
+            meta = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{cfg_path}: invalid JSON ({e})") from None
+        if meta.get("format") != FORMAT:
+            if "u2s_style2idx" in meta or "u2s_unit_type" in meta:
+                from emova.speech.official_detokenizer import OfficialDetokenizer
+
+                return OfficialDetokenizer.load(d)  # type: ignore[return-value]
+            raise ValueError(f"{cfg_path}: unsupported format {meta.get('format')!r}; expected {FORMAT!r} "
+                             "or an official EMOVA speech-tokenizer config")
+        unknown = set(meta) - {"format", "u2s", "style_encoder", "vocoder", "stream", "sample_rate", "styles", "info"}
+        if unknown:
+            raise ValueError(f"{cfg_path}: unknown keys {sorted(unknown)}")
+        u2s = U2SModel(U2SConfig.from_dict(meta["u2s"]))
+        enc = StyleEncoder(StyleEncoderConfig.from_dict(meta["style_encoder"]))
+        voc = build_vocoder(VocoderConfig.from_dict(meta["vocoder"]))
+        weights = d / "model.safetensors"
+        if not weights.is_file():
+            raise ValueError(f"{d}: missing model.safetensors")
+        state = load_file(str(weights))
+        for prefix, module in (("u2s.", u2s), ("style_encoder.", enc), ("vocoder.", voc)):
+            sub = {k[len(prefix):]: v.float() for k, v in state.items() if k.startswith(prefix)}
+            missing, unexpected = module.load_state_dict(sub, strict=False)
+            if missing or unexpected:
+                raise ValueError(f"{weights}: {prefix[:-1]} weights do not match the config "
+                                 f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        if "prototypes" not in state:
+            raise ValueError(f"{weights}: no style prototype table")
+        protos = StylePrototypes(state["prototypes"].float(), meta.get("info", {}).get("prototype_counts"))
+        return cls(u2s, enc, voc, protos, StreamConfig.from_dict(meta.get("stream", {})))
+
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype = torch.float16, info: dict | None = None) -> Path:
+        d = Path(path)
+        d.mkdir(parents=True, exist_ok=True)
+        meta = {"format": FORMAT, "sample_rate": self.sample_rate, "u2s": self.u2s.cfg.to_dict(),
+                "style_encoder": self.style_encoder.cfg.to_dict(), "vocoder": self.vocoder_config.to_dict(),
+                "stream": asdict(self.stream_config), "styles": self.prototypes.keys,
+                "info": {"prototype_counts": self.prototypes.counts, **(info or {})}}
+        (d / "config.json").write_text(json.dumps(meta, indent=1))
+        sd: dict[str, torch.Tensor] = {}
+        for prefix, module in (("u2s.", self.u2s), ("style_encoder.", self.style_encoder), ("vocoder.", self.vocoder)):
+            for k, v in module.state_dict().items():
+                sd[prefix + k] = (v.to(dtype) if v.is_floating_point() else v).contiguous()
+        sd["prototypes"] = self.prototypes.table.float().contiguous()
+        save_file(sd, str(d / "model.safetensors"))
+        return d
+
+    # ------------------------------------------------------------------ style
+    @torch.no_grad()
+    def style_vector(self, style: Style | str | None = None, reference: Audio | str | Path | None = None) -> torch.Tensor:
+        """(1, 256) style vector: from `reference` audio when given, else the prototype of `style`."""
+        if reference is not None:
+            ref = as_audio(reference, self.sample_rate).validate_speech(max_seconds=60.0)
+            mel = mel_frames(ref.samples, self.vocoder_config)[None]
+            return self.style_encoder(mel)
+        if style is None:
+            style = Style()
+        return self.prototypes.vector(style)[None]
+
+    # ------------------------------------------------------------------ decoding
+    @torch.no_grad()
+    def _mel(self, units: list[int], g: torch.Tensor, length_scale: float = 1.0) -> dict[str, torch.Tensor]:
+        return self.u2s.infer(torch.tensor([units]), g, length_scale=length_scale)
+
+    @torch.no_grad()
+    def vocode(self, mel: torch.Tensor) -> np.ndarray:
+        """(F, n_mels) log-mel → float32 waveform of (F - 1) * hop samples."""
+        if mel.shape[0] < 2:
+            mel = torch.cat([mel, mel], 0)
+        return self.vocoder(mel[None].float())[0].clamp(-1.0, 1.0).numpy().astype(np.float32)
+
+    def decode(self, units: Iterable[int] | str, style: Style | str | None = None,
+               reference: Audio | str | Path | None = None, length_scale: float = 1.0) -> Audio:
+        """Units (raw or reduced ids, or a unit string) + style → 16 kHz speech. A `reference` clip, when
+        given, sets the style (voice, emotion, pitch, speed) instead of `style`."""
+        u = parse_units(units, self.config.n_units)
+        if not 0.2 <= length_scale <= 5.0:
+            raise ValueError(f"length_scale must be in [0.2, 5], got {length_scale}")
+        g = self.style_vector(style, reference)
+        out = self._mel(u, g, length_scale)
+        return Audio(self.vocode(out["mel"]), self.sample_rate)
+
+    def decode_stream(self, units: Iterable[int] | str, style: Style | str | None = None,
+                      reference: Audio | str | Path | None = None) -> Iterator[Audio]:
+        """Yield audio chunks as units arrive. The first chunk is made once `first_chunk_units` (≤ 10) units
+        have arrived; each chunk is decoded with left context and a few units of lookahead, and seams are
+        crossfaded over `crossfade_samples`."""
+        sc = self.stream_config
+        g = self.style_vector(style, reference)
+        it = iter(units) if not isinstance(units, str) else iter(parse_units(units, self.config.n_units))
+        buf: list[int] = []  # reduced units received so far
+        done = False
+        emitted = 0
+        tail: np.ndarray | None = None
+        any_unit = False
+
+        def pull(n: int) -> None:
+            nonlocal done, any_unit
+            while not done and len(buf) < n:
+                try:
+                    u = next(it)
+                except StopIteration:
+                    done = True
+                    break
+                any_unit = True
+                v = parse_units([u], self.config.n_units)[0]
+                if not buf or buf[-1] != v:
+                    buf.append(v)
+
+        target = sc.first_chunk_units - sc.lookahead_units
+        while True:
+            pull(target + sc.lookahead_units)
+            end = min(target, len(buf)) if not done else len(buf)
+            if end <= emitted:
+                if done:
+                    break
+                continue
+            last = done and end == len(buf)
+            wav = self._chunk(buf, emitted, end, g, last)
+            if tail is not None and len(tail) and len(wav) >= len(tail):
+                n = len(tail)
+                fade = np.linspace(0.0, 1.0, n, dtype=np.float32)
+                wav[:n] = tail * (1 - fade) + wav[:n] * fade
+            xf = 0 if last else min(sc.crossfade_samples, len(wav) // 2)
+            out, tail = (wav[: len(wav) - xf], wav[len(wav) - xf:]) if xf else (wav, None)
+            emitted = end
+            if len(out):
+                yield Audio(out, self.sample_rate)
+            if last:
+                break
+            target = emitted + sc.chunk_units
+        if not any_unit:
+            raise ValueError("cannot decode an empty unit list; give at least one speech unit")
+
+    def _chunk(self, buf: list[int], s: int, e: int, g: torch.Tensor, last: bool) -> np.ndarray:
+        """Audio of units [s, e) decoded in the window [s - left, e + lookahead) (plus crossfade tail)."""
+        sc = self.stream_config
+        hop = self.vocoder_config.hop
+        w0 = max(0, s - sc.left_context_units)
+        w1 = len(buf) if last else min(len(buf), e + sc.lookahead_units)
+        out = self._mel(buf[w0:w1], g)
+        mel, uidx = out["mel"], out["unit_index"] + w0
+        n_frames = mel.shape[0]
+        f_s = int((uidx < s).sum())
+        f_e = n_frames if last else int((uidx < e).sum())
+        m = sc.vocoder_margin_frames
+        v0, v1 = max(0, f_s - m), min(n_frames, f_e + m + 1)
+        wave = self.vocode(mel[v0:v1])
+        a = (f_s - v0) * hop
+        b = len(wave) if last else min(len(wave), (f_e - v0) * hop + sc.crossfade_samples)
+        return wave[a:b].copy()

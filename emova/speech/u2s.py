@@ -1,0 +1,252 @@
+"""The tiny trainable U2S: reduced speech units + a 256-d style vector → log-mel frames.
+
+    reduced units (B, N)
+      → embedding + transformer unit encoder (content only)          h   (B, N, D)
+      → duration predictor  (sees h and the style)                  log(1 + frames per unit)
+      → length regulation   (fractional durations, rounded cumsum)  h_f (B, F, D)
+      → F0 predictor        (sees h_f and the style)                F0 *shape* (z-scored) + voicing
+      → prosody head        (style only)                            utterance log-F0 mean and spread
+      → log-F0 = mean + spread * shape
+      → decoder: ConvNeXt blocks, FiLM(style) in every block, + F0 embedding  → (B, F, n_mels)
+
+Units carry no pitch, speed or speaker (the S2U is trained to drop them), so everything prosodic
+comes from the style vector: it conditions the duration predictor, the F0 predictor, the prosody
+head and every decoder block. The level and range of the pitch come from the style alone (a global
+head trained on per-utterance statistics), so regression towards the mean inside the contour
+predictor cannot flatten the pitch or emotion a style asks for, and the contour of a frame never
+depends on frames far away (streaming decodes the same pitch as a full decode).
+
+Mel: 16 kHz, n_fft 1024, hop 256 (16 ms), 80 bins, natural-log power (`emova.audio.log_mel`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+F0_REF = math.log(150.0)  # normalised log-F0 = (log f0 - F0_REF) / F0_SCALE
+F0_SCALE = 0.5
+
+
+@dataclass
+class U2SConfig:
+    n_units: int = 4096
+    sample_rate: int = 16_000
+    n_fft: int = 1024
+    hop: int = 256
+    win: int = 1024
+    n_mels: int = 80
+    dim: int = 160
+    enc_layers: int = 3
+    enc_heads: int = 2
+    dec_layers: int = 5
+    dec_kernel: int = 7
+    style_dim: int = 256
+    predictor_layers: int = 2
+    predictor_kernel: int = 5
+    f0_bins: int = 128
+    f0_min: float = 50.0
+    f0_max: float = 700.0
+    dropout: float = 0.0  # dropout costs ~20% of a CPU step and a few-epoch run does not overfit
+    shape_gain: float = 1.0  # calibrated after training: undoes the shrinkage of the predicted F0 shape
+
+    def __post_init__(self) -> None:
+        for k in ("n_units", "sample_rate", "n_fft", "hop", "win", "n_mels", "dim", "enc_layers", "enc_heads",
+                  "dec_layers", "dec_kernel", "style_dim", "predictor_layers", "predictor_kernel", "f0_bins"):
+            v = getattr(self, k)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"U2SConfig.{k} must be a positive integer, got {v!r}")
+        if self.dim % self.enc_heads:
+            raise ValueError(f"U2SConfig.dim ({self.dim}) must be divisible by enc_heads ({self.enc_heads})")
+        if self.dec_kernel % 2 == 0 or self.predictor_kernel % 2 == 0:
+            raise ValueError("U2SConfig.dec_kernel and predictor_kernel must be odd")
+        if not 0 < self.f0_min < self.f0_max:
+            raise ValueError(f"U2SConfig needs 0 < f0_min < f0_max, got {self.f0_min}, {self.f0_max}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"U2SConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.win > self.n_fft:
+            raise ValueError("U2SConfig.win must be <= n_fft")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> U2SConfig:
+        if not isinstance(d, dict):
+            raise ValueError(f"U2S config must be a mapping, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown U2S config keys: {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def frames_per_unit(self) -> float:
+        """Mel frames per 40 ms unit."""
+        return 0.04 * self.sample_rate / self.hop
+
+
+TINY = U2SConfig()
+
+
+class FiLM(nn.Module):
+    """x * (1 + gamma(s)) + beta(s); zero-initialised so training starts from the identity."""
+
+    def __init__(self, style_dim: int, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(style_dim, 2 * dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:  # x (B, T, D), s (B, S)
+        gamma, beta = self.proj(s)[:, None].chunk(2, dim=-1)
+        return x * (1 + gamma) + beta
+
+
+class ConvNeXtBlock(nn.Module):
+    """Depthwise conv → LayerNorm → FiLM(style) → pointwise MLP, residual. Works on (B, T, D)."""
+
+    def __init__(self, dim: int, kernel: int, style_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.dw = nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.film = FiLM(style_dim, dim)
+        self.pw1 = nn.Linear(dim, 3 * dim)
+        self.pw2 = nn.Linear(3 * dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # mask: (B, T, 1), 1 inside the sequence
+        y = self.dw((x * mask).transpose(1, 2)).transpose(1, 2)
+        y = self.film(self.norm(y), s)
+        y = self.pw2(self.drop(F.gelu(self.pw1(y))))
+        return (x + y) * mask
+
+
+class Predictor(nn.Module):
+    """A small style-conditioned conv stack → `n_out` values per position."""
+
+    def __init__(self, dim: int, style_dim: int, layers: int, kernel: int, n_out: int, dropout: float) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(ConvNeXtBlock(dim, kernel, style_dim, dropout) for _ in range(layers))
+        self.style_in = nn.Linear(style_dim, dim)
+        self.out = nn.Linear(dim, n_out)
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.style_in(s)[:, None]
+        for b in self.blocks:
+            x = b(x, s, mask)
+        return self.out(x) * mask
+
+
+class UnitEncoder(nn.Module):
+    """Unit embedding + convolutional (relative) position + pre-norm transformer. Style-free."""
+
+    def __init__(self, cfg: U2SConfig) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(cfg.n_units, cfg.dim)
+        nn.init.normal_(self.emb.weight, 0.0, cfg.dim**-0.5)
+        self.pos = nn.Conv1d(cfg.dim, cfg.dim, 9, padding=4, groups=cfg.enc_heads)
+        layer = nn.TransformerEncoderLayer(cfg.dim, cfg.enc_heads, cfg.dim * 4, cfg.dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.layers = nn.TransformerEncoder(layer, cfg.enc_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.dim)
+
+    def forward(self, units: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        # units (B, N); pad (B, N) True at padding → (B, N, D)
+        x = self.emb(units).masked_fill(pad[..., None], 0.0)
+        x = x + F.gelu(self.pos(x.transpose(1, 2))).transpose(1, 2)
+        return self.norm(self.layers(x, src_key_padding_mask=pad if pad.any() else None))
+
+
+def regulate_indices(durations: torch.Tensor, n_units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fractional durations (B, N) in frames → frame-to-unit index (B, F) and frame counts (B,).
+
+    Unit i covers frames [round(c_{i-1}), round(c_i)) where c is the cumulative sum, so rounding errors
+    never accumulate and the total is round(sum(d))."""
+    B, N = durations.shape
+    valid = torch.arange(N, device=durations.device)[None] < n_units[:, None]
+    ends = torch.round(torch.cumsum(durations.clamp(min=0) * valid, dim=1)).long()  # (B, N)
+    n_frames = ends[:, -1].clamp(min=1)
+    Fmax = int(n_frames.max())
+    frames = torch.arange(Fmax, device=durations.device)[None, :].expand(B, Fmax)
+    idx = torch.searchsorted(ends, frames.contiguous(), right=True).clamp(max=N - 1)  # (B, F)
+    return idx, n_frames
+
+
+class U2SModel(nn.Module):
+    def __init__(self, cfg: U2SConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        D, S = cfg.dim, cfg.style_dim
+        self.encoder = UnitEncoder(cfg)
+        self.duration = Predictor(D, S, cfg.predictor_layers, 3, 1, cfg.dropout)
+        self.pitch = Predictor(D, S, cfg.predictor_layers, cfg.predictor_kernel, 2, cfg.dropout)
+        self.prosody = nn.Sequential(nn.Linear(S, 256), nn.GELU(), nn.Linear(256, 3))  # lf0 mean, lf0 std, log dur
+        self.f0_emb = nn.Embedding(cfg.f0_bins + 1, D)  # last row: unvoiced
+        edges = torch.linspace(math.log(cfg.f0_min), math.log(cfg.f0_max), cfg.f0_bins - 1)
+        self.register_buffer("f0_edges", edges, persistent=False)
+        self.dec_in = nn.Linear(D, D)
+        self.decoder = nn.ModuleList(ConvNeXtBlock(D, cfg.dec_kernel, S, cfg.dropout) for _ in range(cfg.dec_layers))
+        self.dec_norm = nn.LayerNorm(D)
+        self.to_mel = nn.Linear(D, cfg.n_mels)
+
+    # ------------------------------------------------------------------ pieces
+    def encode(self, units: torch.Tensor, n_units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pad = torch.arange(units.shape[1], device=units.device)[None] >= n_units[:, None]
+        return self.encoder(units, pad), (~pad).float()[..., None]
+
+    def predict_log_durations(self, h: torch.Tensor, style: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.duration(h, style, mask)[..., 0]  # (B, N): log(1 + frames)
+
+    def f0_embedding(self, lf0: torch.Tensor, voiced: torch.Tensor) -> torch.Tensor:
+        """lf0 (B, F) normalised log-F0, voiced (B, F) in {0, 1} → (B, F, D)."""
+        logf = lf0 * F0_SCALE + F0_REF
+        b = torch.bucketize(logf.contiguous(), self.f0_edges)
+        b = torch.where(voiced > 0.5, b, torch.full_like(b, self.cfg.f0_bins))
+        return self.f0_emb(b)
+
+    def decode_mel(self, hf: torch.Tensor, lf0: torch.Tensor, voiced: torch.Tensor, style: torch.Tensor,
+                   fmask: torch.Tensor) -> torch.Tensor:
+        x = self.dec_in(hf) + self.f0_embedding(lf0, voiced)
+        for b in self.decoder:
+            x = b(x, style, fmask)
+        return self.to_mel(self.dec_norm(x)) * fmask  # (B, F, n_mels)
+
+    # ---------------------------------------------------------------- training
+    def forward(self, units: torch.Tensor, n_units: torch.Tensor, style: torch.Tensor, durations: torch.Tensor,
+                lf0: torch.Tensor, voiced: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Teacher-forced pass. durations (B, N) integer frames per unit; lf0 / voiced (B, F) targets
+        with F = max(sum(durations)). Returns predictions for every loss term."""
+        h, umask = self.encode(units, n_units)
+        log_dur = self.predict_log_durations(h, style, umask)
+        idx, n_frames = regulate_indices(durations.float(), n_units)
+        Fr = lf0.shape[1]
+        idx = F.pad(idx, (0, max(0, Fr - idx.shape[1])), value=0)[:, :Fr]
+        fmask = (torch.arange(Fr, device=units.device)[None] < n_frames[:, None]).float()[..., None]
+        hf = torch.gather(h, 1, idx[..., None].expand(-1, -1, h.shape[-1])) * fmask
+        pitch = self.pitch(hf, style, fmask)  # (B, F, 2)
+        mel = self.decode_mel(hf, lf0, voiced, style, fmask)
+        return {"log_dur": log_dur, "f0_shape": pitch[..., 0], "vuv_logit": pitch[..., 1], "mel": mel,
+                "prosody": self.prosody(style), "frame_mask": fmask[..., 0], "unit_mask": umask[..., 0]}
+
+    # --------------------------------------------------------------- inference
+    @torch.no_grad()
+    def infer(self, units: torch.Tensor, style: torch.Tensor, length_scale: float = 1.0) -> dict[str, torch.Tensor]:
+        """units (1, N), style (1, S) → mel (F, n_mels), durations (N,) in frames, lf0, voiced (F,)."""
+        n = torch.tensor([units.shape[1]], device=units.device)
+        h, umask = self.encode(units, n)
+        dur = (torch.exp(self.predict_log_durations(h, style, umask)) - 1).clamp(min=0) * length_scale
+        idx, n_frames = regulate_indices(dur, n)
+        hf = torch.gather(h, 1, idx[..., None].expand(-1, -1, h.shape[-1]))
+        fmask = torch.ones(1, hf.shape[1], 1, device=units.device)
+        pitch = self.pitch(hf, style, fmask)
+        voiced = (pitch[..., 1] > 0).float()
+        pros = self.prosody(style)  # (1, 3)
+        lf0 = pros[:, :1] + pros[:, 1:2].clamp(min=0.0) * self.cfg.shape_gain * pitch[..., 0]
+        mel = self.decode_mel(hf, lf0, voiced, style, fmask)
+        return {"mel": mel[0], "durations": dur[0], "lf0": lf0[0], "voiced": voiced[0], "unit_index": idx[0]}

@@ -1,0 +1,415 @@
+"""Training the tiny U2S detokenizer: cache → U2S + style encoder → vocoder → prototypes → export.
+
+Stages (each resumable; `stages` picks which run, so U2S and vocoder can train in two processes):
+    prepare   units of every group's neutral rendering (given SpeechTokenizer), mels, F0, DTW timing
+    u2s       U2S + style encoder: mel L1 + duration + F0 shape / voicing + prosody head + style labels
+    vocoder   Vocos vocoder on ground-truth mels: multi-resolution STFT + mel L1
+    export    style prototypes (mean style vector per condition string), F0-shape calibration, save
+
+Runs on accelerate (bf16 autocast on CPU), writes safetensors checkpoints, logs CSV + PNG.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from emova.audio import Audio
+from emova.data.speech.corpus import read_manifest
+from emova.speech.style_encoder import StyleEncoder, StyleEncoderConfig, StylePrototypes
+from emova.speech.u2s import U2SConfig, U2SModel, regulate_indices
+from emova.speech.vocoder import VocoderConfig, build_vocoder, mel_frames, mel_l1, multi_resolution_stft_loss
+from emova.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from emova.train.u2s_data import U2SData, prepare_cache
+
+STAGES = ("prepare", "u2s", "vocoder", "export")
+
+
+@dataclass
+class U2STrainConfig:
+    corpus: str = "data_cache/speech"
+    tokenizer: str = "emova-tiny"
+    cache_dir: str = "data_cache/u2s"
+    out_dir: str = "runs/u2s"
+    export_dir: str | None = "emova/assets/emova-tiny/speech_detokenizer"
+    splits: list[str] = field(default_factory=lambda: ["train"])
+    max_groups: int | None = None
+    workers: int = 2
+    model: dict = field(default_factory=dict)  # U2SConfig overrides
+    style_encoder: dict = field(default_factory=dict)
+    vocoder: dict = field(default_factory=dict)
+    export_vocoder: str = "vocos"  # vocos | griffin_lim (pick by `emova eval u2s`)
+    # U2S optimisation
+    max_steps: int = 6000
+    max_minutes: float | None = None  # wall-clock budget per stage (also shapes the LR schedule)
+    batch_frames: int = 4000
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    other_ref_p: float = 0.25
+    w_dur: float = 1.0
+    w_f0: float = 1.0
+    w_vuv: float = 0.5
+    w_prosody: float = 1.0
+    w_labels: float = 0.2
+    # vocoder optimisation
+    vocoder_steps: int = 6000
+    vocoder_minutes: float | None = None
+    vocoder_batch: int = 16
+    vocoder_segment: int = 12_800  # samples
+    vocoder_lr: float = 1e-3
+    vocoder_items: int = 6000
+    # common
+    threads: int = 1
+    bf16: bool = True
+    seed: int = 0
+    save_every: int = 500
+    log_every: int = 20
+    prototypes_per_style: int = 40
+
+    def __post_init__(self) -> None:
+        for k in ("max_steps", "batch_frames", "vocoder_steps", "vocoder_batch", "vocoder_segment", "threads"):
+            if int(getattr(self, k)) < 1:
+                raise ValueError(f"U2STrainConfig.{k} must be >= 1")
+        if self.export_vocoder not in ("vocos", "griffin_lim", "hifigan"):
+            raise ValueError(f"export_vocoder must be vocos, hifigan or griffin_lim, got {self.export_vocoder!r}")
+        self.u2s_config()
+        self.vocoder_config()
+        StyleEncoderConfig.from_dict(self.style_encoder)
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides) -> U2STrainConfig:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of config keys")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(f.name for f in fields(cls))}")
+        return cls(**data)
+
+    def u2s_config(self) -> U2SConfig:
+        return U2SConfig.from_dict(self.model)
+
+    def vocoder_config(self, kind: str | None = None) -> VocoderConfig:
+        u = self.u2s_config()
+        d = {"sample_rate": u.sample_rate, "n_fft": u.n_fft, "hop": u.hop, "win": u.win, "n_mels": u.n_mels,
+             **self.vocoder}
+        if kind:
+            d["kind"] = kind
+        return VocoderConfig.from_dict(d)
+
+
+class U2SBundle(nn.Module):
+    """What the u2s stage trains: the U2S model and the style encoder."""
+
+    def __init__(self, u2s: U2SConfig, style: StyleEncoderConfig) -> None:
+        super().__init__()
+        self.u2s = U2SModel(u2s)
+        self.style_encoder = StyleEncoder(style)
+
+
+def _lr(step: int, elapsed: float, peak: float, warmup: int, max_steps: int, minutes: float | None) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    p = step / max_steps
+    if minutes:
+        p = max(p, elapsed / (60 * minutes))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+def u2s_losses(bundle: U2SBundle, batch: dict, cfg: U2STrainConfig) -> dict[str, torch.Tensor]:
+    style = bundle.style_encoder(batch["ref"], batch["ref_lens"])
+    Fr = batch["mel"].shape[1]
+    o = bundle.u2s(batch["units"], batch["n_units"], style, batch["durs"], batch["lf0"], batch["vuv"])
+    fm, um = o["frame_mask"].float(), o["unit_mask"].float()
+    # the regulated length equals the true length by construction (durations sum to the frame count)
+    mel = (o["mel"].float() - batch["mel"]).abs().mean(-1)
+    losses = {"mel": (mel * fm).sum() / fm.sum()}
+    dur_t = torch.log1p(batch["durs"])
+    losses["dur"] = (((o["log_dur"].float() - dur_t) ** 2) * um).sum() / um.sum()
+    w = fm * (0.3 + 0.7 * batch["vuv"])
+    losses["f0"] = (((o["f0_shape"].float() - batch["f0_shape"]) ** 2) * w).sum() / w.sum()
+    bce = F.binary_cross_entropy_with_logits(o["vuv_logit"].float(), batch["vuv"], reduction="none")
+    losses["vuv"] = (bce * fm).sum() / fm.sum()
+    losses["prosody"] = F.mse_loss(o["prosody"].float(), batch["stats"])
+    losses["labels"] = bundle.style_encoder.label_loss(style.float(), batch["labels"])
+    losses["total"] = (losses["mel"] + cfg.w_dur * losses["dur"] + cfg.w_f0 * losses["f0"] + cfg.w_vuv * losses["vuv"]
+                       + cfg.w_prosody * losses["prosody"] + cfg.w_labels * losses["labels"])
+    assert o["mel"].shape[1] == Fr
+    return losses
+
+
+def _open_log(path: Path, header: list[str], fresh: bool):
+    new = fresh or not path.exists()
+    f = open(path, "w" if new else "a", newline="")
+    w = csv.writer(f)
+    if new:
+        w.writerow(header)
+    return f, w
+
+
+def _keep_last(run: Path, keep: int = 2) -> None:
+    for old in sorted(run.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def train_u2s_model(cfg: U2STrainConfig, progress: bool = True) -> Path:
+    from accelerate import Accelerator
+
+    torch.manual_seed(cfg.seed)
+    run = Path(cfg.out_dir) / "u2s"
+    run.mkdir(parents=True, exist_ok=True)
+    bundle = U2SBundle(cfg.u2s_config(), StyleEncoderConfig.from_dict(cfg.style_encoder))
+    opt = torch.optim.AdamW(bundle.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    step, epoch, bi0, elapsed0 = 0, 0, 0, 0.0
+    ck = latest_checkpoint(run)
+    if ck is not None:
+        meta = load_checkpoint(ck, bundle, opt)
+        step, epoch, bi0, elapsed0 = meta["step"], meta["epoch"], meta["batch_in_epoch"], meta.get("elapsed", 0.0)
+        print(f"resuming u2s from {ck} (step {step})")
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.bf16 else "no")
+    bundle, opt = acc.prepare(bundle, opt)
+    data = U2SData(cfg.cache_dir)
+    logf, writer = _open_log(run / "log.csv", ["step", "epoch", "lr", "total", "mel", "dur", "f0", "vuv", "prosody",
+                                               "labels", "elapsed_s"], step == 0)
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="train u2s", unit="step", disable=not progress)
+    t0 = time.time() - elapsed0
+    bundle.train()
+
+    def out_of_time() -> bool:
+        return bool(cfg.max_minutes) and time.time() - t0 > 60 * cfg.max_minutes
+
+    while step < cfg.max_steps and not out_of_time():
+        batches = data.batches(epoch, cfg.seed, cfg.batch_frames)
+        for bi in range(bi0, len(batches)):
+            if step >= cfg.max_steps or out_of_time():
+                break
+            batch = data.collate(batches[bi], random.Random(cfg.seed * 7919 + step), cfg.other_ref_p)
+            lr = _lr(step, time.time() - t0, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.max_minutes)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            with acc.autocast():
+                losses = u2s_losses(acc.unwrap_model(bundle), batch, cfg)
+            opt.zero_grad(set_to_none=True)
+            acc.backward(losses["total"])
+            torch.nn.utils.clip_grad_norm_(bundle.parameters(), 1.0)
+            opt.step()
+            step += 1
+            bar.update()
+            if step % cfg.log_every == 0:
+                writer.writerow([step, epoch, f"{lr:.3e}"] + [f"{losses[k].item():.4f}" for k in
+                                 ("total", "mel", "dur", "f0", "vuv", "prosody", "labels")] + [f"{time.time() - t0:.1f}"])
+                logf.flush()
+                bar.set_postfix(mel=f"{losses['mel'].item():.3f}", dur=f"{losses['dur'].item():.3f}")
+            if step % cfg.save_every == 0:
+                save_checkpoint(run / f"step-{step}", acc.unwrap_model(bundle), opt,
+                                {"step": step, "epoch": epoch, "batch_in_epoch": bi + 1, "elapsed": time.time() - t0})
+                _keep_last(run)
+        else:
+            epoch, bi0 = epoch + 1, 0
+            continue
+        break
+    bar.close()
+    logf.close()
+    save_checkpoint(run / f"step-{step}", acc.unwrap_model(bundle), opt,
+                    {"step": step, "epoch": epoch, "batch_in_epoch": 0, "elapsed": time.time() - t0})
+    _keep_last(run)
+    plot_log(run / "log.csv", ("mel", "dur", "f0", "vuv", "prosody", "labels"))
+    return run
+
+
+def _vocoder_waves(cfg: U2STrainConfig) -> list[np.ndarray]:
+    rows = read_manifest(cfg.corpus, tuple(cfg.splits))
+    rng = random.Random(cfg.seed)
+    rng.shuffle(rows)
+    sr = cfg.vocoder_config().sample_rate
+    return [Audio.load(Path(cfg.corpus) / r["path"], sr).samples for r in rows[: cfg.vocoder_items]]
+
+
+def train_vocoder(cfg: U2STrainConfig, progress: bool = True) -> Path:
+    from accelerate import Accelerator
+
+    torch.manual_seed(cfg.seed + 1)
+    vcfg = cfg.vocoder_config()
+    run = Path(cfg.out_dir) / "vocoder"
+    run.mkdir(parents=True, exist_ok=True)
+    model = build_vocoder(vcfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.vocoder_lr, weight_decay=0.01, betas=(0.8, 0.99))
+    step, elapsed0 = 0, 0.0
+    ck = latest_checkpoint(run)
+    if ck is not None:
+        meta = load_checkpoint(ck, model, opt)
+        step, elapsed0 = meta["step"], meta.get("elapsed", 0.0)
+        print(f"resuming vocoder from {ck} (step {step})")
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.bf16 else "no")
+    model, opt = acc.prepare(model, opt)
+    waves = [w for w in _vocoder_waves(cfg) if len(w) > cfg.vocoder_segment]
+    if not waves:
+        raise ValueError("no corpus utterances longer than vocoder_segment")
+    seg = cfg.vocoder_segment // vcfg.hop * vcfg.hop
+    logf, writer = _open_log(run / "log.csv", ["step", "lr", "total", "stft", "mel", "elapsed_s"], step == 0)
+    bar = tqdm(total=cfg.vocoder_steps, initial=step, desc="train vocoder", unit="step", disable=not progress)
+    t0 = time.time() - elapsed0
+    model.train()
+    while step < cfg.vocoder_steps and not (cfg.vocoder_minutes and time.time() - t0 > 60 * cfg.vocoder_minutes):
+        rng = random.Random(cfg.seed * 104729 + step)
+        segs = []
+        for _ in range(cfg.vocoder_batch):
+            w = waves[rng.randrange(len(waves))]
+            o = rng.randrange(0, len(w) - seg)
+            segs.append(torch.from_numpy(w[o : o + seg]))
+        x = torch.stack(segs)  # (B, seg)
+        mel = mel_frames(x, vcfg)  # (B, seg / hop + 1, n_mels)
+        lr = _lr(step, time.time() - t0, cfg.vocoder_lr, 200, cfg.vocoder_steps, cfg.vocoder_minutes)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        with acc.autocast():
+            y = model(mel)
+        y = y.float()[:, :seg]
+        stft = multi_resolution_stft_loss(y, x[:, : y.shape[1]])
+        ml = mel_l1(y, x[:, : y.shape[1]], vcfg)
+        loss = stft + ml
+        opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update()
+        if step % cfg.log_every == 0:
+            writer.writerow([step, f"{lr:.3e}", f"{loss.item():.4f}", f"{stft.item():.4f}", f"{ml.item():.4f}",
+                             f"{time.time() - t0:.1f}"])
+            logf.flush()
+            bar.set_postfix(stft=f"{stft.item():.3f}", mel=f"{ml.item():.3f}")
+        if step % cfg.save_every == 0:
+            save_checkpoint(run / f"step-{step}", acc.unwrap_model(model), opt, {"step": step, "elapsed": time.time() - t0})
+            _keep_last(run)
+    bar.close()
+    logf.close()
+    save_checkpoint(run / f"step-{step}", acc.unwrap_model(model), opt, {"step": step, "elapsed": time.time() - t0})
+    _keep_last(run)
+    plot_log(run / "log.csv", ("stft", "mel"))
+    return run
+
+
+@torch.no_grad()
+def calibrate_shape_gain(bundle: U2SBundle, data: U2SData, n: int = 200) -> float:
+    """Ratio of target to predicted F0-shape spread on voiced frames (predictions shrink towards 0)."""
+    rng = random.Random(0)
+    idx = rng.sample(range(len(data)), min(n, len(data)))
+    pred_sd, true_sd = [], []
+    for s in range(0, len(idx), 16):
+        b = data.collate(idx[s : s + 16], rng, 0.0)
+        style = bundle.style_encoder(b["ref"], b["ref_lens"])
+        h, umask = bundle.u2s.encode(b["units"], b["n_units"])
+        ix, nf = regulate_indices(b["durs"], b["n_units"])
+        Fr = b["mel"].shape[1]
+        ix = F.pad(ix, (0, max(0, Fr - ix.shape[1])))[:, :Fr]
+        fm = (torch.arange(Fr)[None] < nf[:, None]).float()[..., None]
+        hf = torch.gather(h, 1, ix[..., None].expand(-1, -1, h.shape[-1])) * fm
+        z = bundle.u2s.pitch(hf, style, fm)[..., 0]
+        for k in range(len(b["units"])):
+            v = (b["vuv"][k] > 0) & (fm[k, :, 0] > 0)
+            if v.sum() > 5:
+                pred_sd.append(float(z[k][v].std()))
+                true_sd.append(float(b["f0_shape"][k][v].std()))
+    if not pred_sd:
+        return 1.0
+    return float(np.clip(np.median(true_sd) / max(1e-3, np.median(pred_sd)), 1.0, 2.5))
+
+
+@torch.no_grad()
+def build_prototypes(encoder: StyleEncoder, data: U2SData, per_style: int) -> StylePrototypes:
+    encoder.eval()
+
+    def encode(ids: list[int]) -> torch.Tensor:
+        mels = [torch.from_numpy(data.mel[i].astype(np.float32)) for i in ids]
+        lens = torch.tensor([len(m) for m in mels])
+        return encoder(torch.nn.utils.rnn.pad_sequence(mels, batch_first=True), lens)
+
+    return StylePrototypes.build(encode, [(i, m["style"]) for i, m in enumerate(data.meta)], per_style)
+
+
+def export_detokenizer(cfg: U2STrainConfig, out: str | Path | None = None, vocoder_kind: str | None = None):
+    from emova.speech.detokenizer import SpeechDetokenizer
+
+    out = out or cfg.export_dir
+    if out is None:
+        raise ValueError("no export directory given")
+    bundle = U2SBundle(cfg.u2s_config(), StyleEncoderConfig.from_dict(cfg.style_encoder))
+    ck = latest_checkpoint(Path(cfg.out_dir) / "u2s")
+    if ck is None:
+        raise ValueError(f"no U2S checkpoint under {cfg.out_dir}/u2s; train the u2s stage first")
+    load_checkpoint(ck, bundle)
+    bundle.eval()
+    data = U2SData(cfg.cache_dir)
+    bundle.u2s.cfg.shape_gain = calibrate_shape_gain(bundle, data)
+    protos = build_prototypes(bundle.style_encoder, data, cfg.prototypes_per_style)
+    kind = vocoder_kind or cfg.export_vocoder
+    vcfg = cfg.vocoder_config(kind)
+    voc = build_vocoder(vcfg)
+    if kind != "griffin_lim":
+        vck = latest_checkpoint(Path(cfg.out_dir) / "vocoder")
+        if vck is None:
+            raise ValueError(f"no vocoder checkpoint under {cfg.out_dir}/vocoder; train it or export griffin_lim")
+        load_checkpoint(vck, voc)
+    detok = SpeechDetokenizer(bundle.u2s, bundle.style_encoder, voc, protos)
+    info = {"u2s_checkpoint": str(ck), "trained_on": cfg.corpus, "tokenizer": cfg.tokenizer}
+    return detok, detok.save_pretrained(out, info=info)
+
+
+def train_u2s(cfg: U2STrainConfig, stages: tuple[str, ...] = STAGES, progress: bool = True) -> Path:
+    """Run the chosen stages in order; every stage resumes where a killed run stopped."""
+    bad = set(stages) - set(STAGES)
+    if bad:
+        raise ValueError(f"unknown stages {sorted(bad)}; expected some of {', '.join(STAGES)}")
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    if "prepare" in stages:
+        prepare_cache(cfg.corpus, cfg.cache_dir, cfg.tokenizer, cfg.vocoder_config(), tuple(cfg.splits),
+                      cfg.max_groups, workers=cfg.workers, progress=progress)
+    if "u2s" in stages:
+        train_u2s_model(cfg, progress)
+    if "vocoder" in stages:
+        train_vocoder(cfg, progress)
+    if "export" in stages:
+        _, d = export_detokenizer(cfg)
+        print("exported", d)
+    return out
+
+
+def plot_log(log_path: Path, keys: tuple[str, ...]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    rows = list(csv.DictReader(open(log_path)))
+    if not rows:
+        return
+    steps = [int(r["step"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k in keys:
+        ax.plot(steps, [max(1e-4, float(r[k])) for r in rows], label=k)
+    ax.set_xlabel("step")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(log_path.with_suffix(".png"))
+    plt.close(fig)
