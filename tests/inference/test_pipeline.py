@@ -260,3 +260,12 @@ def test_our_layout_uses_our_detokenizer_when_built(emova, ours_dir):
     expected = "SpeechDetokenizer" if fmt == "emova-u2s-v1" else "OfficialDetokenizer"
     assert type(emova.detokenizer).__name__ == expected
     assert type(emova.speech_tokenizer).__name__ == "SpeechTokenizer"
+
+
+def test_ttfa_helper(emova, speech, monkeypatch):
+    from tests.inference.ttfa import measure_ttfa
+
+    monkeypatch.setattr(emova, "_tokens", Feed(emova, format_answer(ANSWER)))
+    out = measure_ttfa(emova, audio_msg(speech), runs=2, warmup=0)
+    assert out["runs_without_audio"] == 0 and out["reply_units"] == 30
+    assert 0 < out["stream_first_audio_p50_s"] <= out["stream_total_p50_s"]
