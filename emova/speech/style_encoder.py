@@ -66,11 +66,17 @@ class StyleEncoder(nn.Module):
         """mel: (B, F, n_mels) log-mel frames (padding after `lengths`) → (B, style_dim), unit norm."""
         if mel.dim() != 3 or mel.shape[-1] != self.cfg.n_mels:
             raise ValueError(f"style encoder expects (B, F, {self.cfg.n_mels}) log-mel, got {tuple(mel.shape)}")
-        mask = None
-        if lengths is not None:
-            mask = (torch.arange(mel.shape[1], device=mel.device)[None] < lengths[:, None]).float()[:, None]
-        # a fixed affine rescale only: loudness is part of the style (emotions differ in energy)
-        return self.enc((mel + 5.0) / 4.0, mask)
+        x = (mel + 5.0) / 4.0  # a fixed affine rescale only: loudness is part of the style
+        if lengths is None:
+            return self.enc(x)
+        # MelStyleEncoder's forward, with padding zeroed before every convolution so it cannot leak in
+        keep = (torch.arange(mel.shape[1], device=mel.device)[None] < lengths[:, None])[..., None]  # (B, F, 1)
+        e = self.enc
+        h = e.spectral(x) * keep
+        for block in e.temporal:
+            h = block(h.transpose(1, 2)).transpose(1, 2) * keep
+        h = e.fc(e.slf_attn(h, ~keep[..., 0])) * keep
+        return F.normalize(h.sum(1) / keep.sum(1).clamp(min=1), dim=1)
 
     def label_logits(self, style: torch.Tensor) -> dict[str, torch.Tensor]:
         return {k: head(style) for k, head in self.heads.items()}

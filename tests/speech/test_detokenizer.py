@@ -1,0 +1,156 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from emova.audio import Audio
+from emova.speech.detokenizer import SpeechDetokenizer, StreamConfig, parse_units
+from emova.speech.style_encoder import StyleEncoder, StyleEncoderConfig, StylePrototypes
+from emova.speech.u2s import U2SConfig, U2SModel
+from emova.speech.vocoder import VocoderConfig, build_vocoder, mel_frames
+from emova.styles import Style
+
+
+def make_detok(kind: str = "vocos") -> SpeechDetokenizer:
+    torch.manual_seed(0)
+    u2s = U2SModel(U2SConfig(dim=32, enc_layers=1, dec_layers=2, predictor_layers=1))
+    for mod in u2s.modules():
+        if mod.__class__.__name__ == "FiLM":
+            torch.nn.init.normal_(mod.proj.weight, 0, 0.3)
+    with torch.no_grad():  # ~2.5 frames per unit, as a trained model gives
+        u2s.duration.out.bias.fill_(1.25)
+        u2s.duration.out.weight.mul_(0.01)
+    enc = StyleEncoder(StyleEncoderConfig(hidden=32))
+    voc = build_vocoder(VocoderConfig(kind=kind, dim=32, intermediate=64, layers=2, gl_iters=4))
+    return SpeechDetokenizer(u2s, enc, voc, StylePrototypes(torch.randn(126, 256)))
+
+
+@pytest.fixture(scope="module")
+def detok():
+    return make_detok()
+
+
+UNITS = [int(u) for u in np.random.default_rng(0).integers(0, 4096, 60)]
+
+
+def test_decode_returns_16k_audio_of_the_predicted_length(detok):
+    a = detok.decode(UNITS[:30], Style())
+    assert a.sample_rate == 16000 and a.samples.dtype == np.float32
+    assert 0.5 < a.duration < 2.5  # ~30 units x 40 ms
+    assert np.abs(a.samples).max() <= 1.0
+    longer = detok.decode(UNITS[:30], Style(), length_scale=2.0)
+    assert abs(longer.duration / a.duration - 2.0) < 0.1
+
+
+def test_units_are_reduced_and_strings_accepted(detok):
+    raw = [5, 5, 5, 9, 9, 17, 5]
+    assert parse_units(raw, 4096) == [5, 9, 17, 5]
+    a = detok.decode(raw)
+    b = detok.decode([5, 9, 17, 5])
+    c = detok.decode("<|speech_5|><|speech_9|> <|speech_17|><|speech_5|>")
+    assert np.array_equal(a.samples, b.samples) and np.array_equal(b.samples, c.samples)
+
+
+def test_style_and_reference_change_the_output(detok):
+    a = detok.decode(UNITS[:30], "gender-female_emotion-neutral_speed-normal_pitch-normal")
+    b = detok.decode(UNITS[:30], Style(gender="male", emotion="angry"))
+    n = min(len(a.samples), len(b.samples))
+    assert not np.allclose(a.samples[:n], b.samples[:n], atol=1e-3)
+    t = np.arange(16000) / 16000
+    ref = Audio((0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32), 16000)
+    g = detok.style_vector(reference=ref)
+    assert g.shape == (1, 256) and abs(float(g.norm()) - 1) < 1e-4
+    assert not torch.allclose(g, detok.style_vector(Style()))
+    assert detok.decode(UNITS[:10], reference=ref).duration > 0
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(units=[]), "empty"),
+    (dict(units=[1, 4096]), "out of range"),
+    (dict(units=[-3]), "out of range"),
+    (dict(units=[1.5]), "integers"),
+    (dict(units=[True]), "integers"),
+    (dict(units="<|speech_1|> hello"), "only"),
+    (dict(units=[1, 2], style="gender-female_emotion-happy"), "malformed"),
+    (dict(units=[1, 2], style="gender-robot_emotion-happy_speed-normal_pitch-normal"), "unknown gender"),
+    (dict(units=[1, 2], style="gender-female_emotion-bored_speed-normal_pitch-normal"), "unknown emotion"),
+    (dict(units=[1, 2], style=42), "Style or a condition string"),
+    (dict(units=[1, 2], length_scale=0.0), "length_scale"),
+])
+def test_bad_input_raises_clear_value_errors(detok, bad, match):
+    with pytest.raises(ValueError, match=match):
+        detok.decode(**bad)
+
+
+def test_stream_errors(detok):
+    with pytest.raises(ValueError, match="empty"):
+        list(detok.decode_stream(iter([])))
+    with pytest.raises(ValueError, match="out of range"):
+        list(detok.decode_stream(iter([1, 2, 3, 5000])))
+    with pytest.raises(ValueError):
+        StreamConfig(first_chunk_units=12)
+
+
+def test_first_chunk_needs_at_most_10_units(detok):
+    pulled = []
+
+    def source():
+        for u in UNITS:
+            pulled.append(u)
+            yield u
+
+    gen = detok.decode_stream(source(), Style())
+    first = next(gen)
+    assert len(pulled) <= 10 and first.duration > 0.05
+    rest = list(gen)
+    assert len(pulled) == len(UNITS) and len(rest) >= 2
+
+
+def test_stream_matches_decode(detok):
+    full = detok.decode(UNITS, Style())
+    chunks = list(detok.decode_stream(iter(UNITS), Style()))
+    joined = np.concatenate([c.samples for c in chunks])
+    assert abs(len(joined) / len(full.samples) - 1) < 0.1
+    ma, mb = mel_frames(joined, detok.vocoder_config), mel_frames(full.samples, detok.vocoder_config)
+    n = min(len(ma), len(mb))
+    d_stream = (ma[:n] - mb[:n]).abs().mean()
+    other = detok.decode(UNITS[::-1], Style())
+    mo = mel_frames(other.samples, detok.vocoder_config)
+    m = min(len(mo), len(mb))
+    assert d_stream < 0.5 * (mo[:m] - mb[:m]).abs().mean()
+
+
+def test_save_and_load_roundtrip(detok, tmp_path):
+    d = detok.save_pretrained(tmp_path / "detok", dtype=torch.float32)
+    meta = json.loads((d / "config.json").read_text())
+    assert meta["format"] == "emova-u2s-v1" and len(meta["styles"]) == 126
+    back = SpeechDetokenizer.from_pretrained(d)
+    assert np.allclose(back.decode(UNITS[:20]).samples, detok.decode(UNITS[:20]).samples, atol=1e-5)
+    half = SpeechDetokenizer.from_pretrained(detok.save_pretrained(tmp_path / "half"))  # fp16 weights
+    a, b = half.decode(UNITS[:20]), detok.decode(UNITS[:20])
+    assert abs(len(a.samples) - len(b.samples)) <= 256
+
+
+def test_loading_refuses_bad_directories(tmp_path, detok):
+    with pytest.raises(ValueError, match="no model"):
+        SpeechDetokenizer.from_pretrained(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no config.json"):
+        SpeechDetokenizer.from_pretrained(tmp_path / "empty")
+    d = detok.save_pretrained(tmp_path / "x", dtype=torch.float32)
+    meta = json.loads((d / "config.json").read_text())
+    meta["u2s"]["n_layerz"] = 3
+    (d / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="unknown U2S config keys"):
+        SpeechDetokenizer.from_pretrained(d)
+    meta["format"] = "something-else"
+    (d / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="unsupported format"):
+        SpeechDetokenizer.from_pretrained(d)
+
+
+def test_griffin_lim_detokenizer_streams_too():
+    d = make_detok("griffin_lim")
+    chunks = list(d.decode_stream(iter(UNITS[:30]), Style(gender="male")))
+    assert len(chunks) >= 2 and all(np.isfinite(c.samples).all() for c in chunks)

@@ -1,0 +1,91 @@
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from emova.data.speech.corpus import CorpusConfig, render_corpus
+from emova.speech.detokenizer import SpeechDetokenizer
+from emova.speech.s2u import S2UConfig, S2UModel
+from emova.speech.tokenizer import SpeechTokenizer
+from emova.styles import Style
+from emova.train.u2s import U2STrainConfig, train_u2s
+from emova.train.u2s_data import U2SData, align_durations
+
+S2U_SMALL = dict(conv_channels=32, blocks=[{"layers": 1, "dim": 32, "heads": 2}], post_dim=32, post_layers=1,
+                 post_heads=2)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("u2s")
+    render_corpus(root / "corpus", CorpusConfig(n_train_sentences=4, n_heldout_per=1, n_heldout_style=0,
+                                                n_heldout_probe=0), workers=1, progress=False)
+    torch.manual_seed(0)
+    SpeechTokenizer(S2UModel(S2UConfig.from_dict(S2U_SMALL))).save_pretrained(root / "tok", dtype=torch.float32)
+    cfg = U2STrainConfig(corpus=str(root / "corpus"), tokenizer=str(root / "tok"), cache_dir=str(root / "cache"),
+                         out_dir=str(root / "run"), export_dir=str(root / "detok"), workers=1,
+                         model=dict(dim=32, enc_layers=1, dec_layers=1, predictor_layers=1),
+                         style_encoder=dict(hidden=32), vocoder=dict(dim=32, intermediate=64, layers=1),
+                         max_steps=4, vocoder_steps=3, batch_frames=800, vocoder_items=8, save_every=2,
+                         log_every=1, prototypes_per_style=3)
+    return root, cfg
+
+
+def test_align_durations_follow_a_time_stretch():
+    rng = np.random.default_rng(0)
+    mel_a = rng.normal(size=(50, 80)).astype(np.float32)
+    raw = np.repeat(np.arange(20), 1)  # 20 units of 40 ms ≈ 50 frames of 16 ms
+    change = np.concatenate([[True], raw[1:] != raw[:-1]])
+    raw_to_red = np.cumsum(change) - 1
+    same = align_durations(mel_a, mel_a, raw_to_red, 20, 256, 16000, same=True)
+    slow = align_durations(mel_a, np.repeat(mel_a, 2, axis=0), raw_to_red, 20, 256, 16000, same=False)
+    assert same.sum() == 50 and slow.sum() == 100
+    assert np.abs(slow[2:-2] - 2 * same[2:-2]).max() <= 2  # every unit lasts about twice as long
+
+
+def test_cache_pairs_neutral_units_with_every_rendering(setup):
+    root, cfg = setup
+    train_u2s(cfg, stages=("prepare",), progress=False)
+    data = U2SData(cfg.cache_dir)
+    assert len(data) == 4 * 3  # every rendering of the 4 training groups
+    by_group: dict[str, list[int]] = {}
+    for i, m in enumerate(data.meta):
+        by_group.setdefault(m["group"], []).append(i)
+        assert int(data.durs[i].sum()) == len(data.mel[i]) == len(data.lf0[i])  # timing covers every frame
+        assert data.mel[i].shape[1] == 80
+    for items in by_group.values():
+        first = data.meta[items[0]]
+        assert first["style"] == str(Style(gender=Style.parse(first["style"]).gender))  # neutral first
+        for i in items[1:]:
+            assert np.array_equal(data.units[i], data.units[items[0]])  # input = the neutral rendering's units
+    u = data.units[0]
+    assert (u[1:] != u[:-1]).all()  # reduced
+    with pytest.raises(ValueError, match="other settings"):
+        train_u2s(U2STrainConfig(**{**cfg.__dict__, "max_groups": 2}), stages=("prepare",), progress=False)
+
+
+def test_train_resume_export_and_decode(setup, capsys):
+    root, cfg = setup
+    train_u2s(cfg, stages=("prepare", "u2s", "vocoder", "export"), progress=False)
+    rows = list(csv.DictReader(open(root / "run" / "u2s" / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert all(np.isfinite(float(r["total"])) for r in rows)
+    longer = U2STrainConfig(**{**cfg.__dict__, "max_steps": 6})
+    train_u2s(longer, stages=("u2s",), progress=False)
+    assert "resuming u2s" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(root / "run" / "u2s" / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    detok = SpeechDetokenizer.from_pretrained(root / "detok")
+    a = detok.decode([3, 7, 11, 7, 3] * 4, Style(gender="male", emotion="sad"))
+    assert a.sample_rate == 16000 and a.duration > 0
+    assert detok.prototypes.counts[41] >= 1  # the female neutral prototype came from renderings
+
+
+def test_config_rejects_unknown_keys(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("max_steps: 3\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match="unknown keys"):
+        U2STrainConfig.load(p)
+    with pytest.raises(ValueError, match="unknown U2S config keys"):
+        U2STrainConfig(model={"dims": 3})
