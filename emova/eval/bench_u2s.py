@@ -104,3 +104,22 @@ def bench_u2s(model: str = "emova-tiny", threads: int = 2, n_units: int = 150, r
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(res, indent=1))
     return res
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m emova.eval.bench_u2s` (what `emova bench u2s` runs)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="emova bench u2s")
+    p.add_argument("--model", default="emova-tiny")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--units", type=int, default=150)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", default="reports/bench_u2s.json")
+    p.add_argument("--no-vits", action="store_true", help="skip the VITS-size config")
+    a = p.parse_args(argv)
+    bench_u2s(a.model, a.threads, a.units, a.repeats, a.out, vits=not a.no_vits)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -308,6 +308,22 @@ def print_table(res: dict) -> None:
         print(f"error check: {k:20s} {v[:90]}")
 
 
+def main(argv: list[str] | None = None) -> None:
+    """`python -m emova.eval.u2s` (what `emova eval u2s` runs)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="emova eval u2s")
+    p.add_argument("--model", default="emova-tiny")
+    p.add_argument("--tokenizer", default="emova-tiny", help="the S2U the U2S was trained on")
+    p.add_argument("--corpus", default="data_cache/speech")
+    p.add_argument("--out", default="reports/eval_u2s.json")
+    p.add_argument("--n-sentences", type=int, default=50)
+    p.add_argument("--n-control", type=int, default=20)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    evaluate_u2s(a.model, a.tokenizer, a.corpus, a.out, a.n_sentences, a.n_control)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    torch.set_num_threads(2)
-    evaluate_u2s()
+    main()

@@ -252,3 +252,10 @@ class SpeechDetokenizer:
         a = (f_s - v0) * hop
         b = len(wave) if last else min(len(wave), (f_e - v0) * hop + sc.crossfade_samples)
         return wave[a:b].copy()
+
+
+def decode_to_file(units: str | list[int], style: str | Style | None, out: str | Path,
+                   model: str | Path = "emova-tiny", reference: str | Path | None = None) -> Path:
+    """What `emova speech decode --units … --style … [--reference WAV] --out WAV` runs."""
+    detok = SpeechDetokenizer.from_pretrained(model)
+    return detok.decode(units, style=style, reference=reference).save(out)

@@ -413,3 +413,26 @@ def plot_log(log_path: Path, keys: tuple[str, ...]) -> None:
     fig.tight_layout()
     fig.savefig(log_path.with_suffix(".png"))
     plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m emova.train.u2s` (what `emova train u2s` runs)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="emova train u2s", description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=str(Path(__file__).parents[1] / "configs" / "u2s_tiny.yaml"))
+    p.add_argument("--corpus", default=None)
+    p.add_argument("--tokenizer", default=None, help="bundled name, tokenizer directory or S2U run directory")
+    p.add_argument("--out", dest="out_dir", default=None)
+    p.add_argument("--export", dest="export_dir", default=None)
+    p.add_argument("--max-minutes", type=float, default=None)
+    p.add_argument("--vocoder-minutes", type=float, default=None)
+    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    a = p.parse_args(argv)
+    cfg = U2STrainConfig.load(a.config, corpus=a.corpus, tokenizer=a.tokenizer, out_dir=a.out_dir,
+                              export_dir=a.export_dir, max_minutes=a.max_minutes, vocoder_minutes=a.vocoder_minutes)
+    train_u2s(cfg, tuple(s for s in a.stages.split(",") if s))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
