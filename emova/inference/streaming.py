@@ -18,6 +18,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 from emova.audio import Audio
@@ -156,8 +157,10 @@ def _stream_text(m: Emova, plan: ChatPlan, clock: _Clock, chunks: list[Audio]) -
     result = m.finish(plan, m._decode(ids), units=[])
     if plan.speak and result.text:
         units: list[int] = []
-        yield from _audio_events(m, _collect(m.tts_units(result.text, plan.settings), units), result.style,
-                                 clock, chunks)
+        source = iter(m.tts_units(result.text, plan.settings))
+        first = next(source, None)  # decode_stream may refuse an empty unit stream
+        if first is not None:
+            yield from _audio_events(m, _collect(chain([first], source), units), result.style, clock, chunks)
         result.units = units
     return result
 

@@ -269,3 +269,16 @@ def test_ttfa_helper(emova, speech, monkeypatch):
     out = measure_ttfa(emova, audio_msg(speech), runs=2, warmup=0)
     assert out["runs_without_audio"] == 0 and out["reply_units"] == 30
     assert 0 < out["stream_first_audio_p50_s"] <= out["stream_total_p50_s"]
+
+
+def test_file_inputs_and_a_text_turn_without_units(emova, speech, image, tmp_path, monkeypatch):
+    wav, png = tmp_path / "q.wav", tmp_path / "img.png"
+    speech.resample(22050).save(wav)
+    image.save(png)
+    monkeypatch.setattr(emova, "_tokens", Feed(emova, format_answer(ANSWER)))
+    r = emova.chat(audio_msg(str(wav), {"type": "image", "image": png}, {"type": "text", "text": "Listen:"}))
+    assert r.units == list(range(40, 70)) and isinstance(r.audio, Audio)
+    monkeypatch.setattr(emova, "_tokens", Feed(emova, "Just text.", "no units at all"))
+    events = list(emova.chat([{"role": "user", "content": "hi"}], stream=True))
+    assert {e.type for e in events[:-1]} == {"text"} and events[-1].type == "final"
+    assert events[-1].result.audio is None and events[-1].result.units == []
