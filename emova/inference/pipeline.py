@@ -36,7 +36,7 @@ from emova.audio import Audio
 from emova.inference.generation import GenerationSettings, generate_tokens
 from emova.inference.json_repair import parse_answer, units_in
 from emova.inference.messages import Turn, check_messages, load_audio, load_image, resolve_style
-from emova.inference.speech_io import Detokenizer, UnitEncoder, load_detokenizer, load_unit_encoder
+from emova.inference.speech_io import Detokenizer, UnitEncoder, load_speech_pair
 from emova.model.processor import EmovaProcessor, build_image_processor, reduce_units
 from emova.model.prompts import asr_prompt, chat_prompt, tts_prompt
 from emova.styles import Style
@@ -196,8 +196,7 @@ class Emova:
         processor = EmovaProcessor.from_pretrained(llm_dir)
         if processor.image_processor is None:
             processor.image_processor = _image_processor_for(llm_dir)
-        encoder = load_unit_encoder(st_dir, device=str(dev), max_seconds=max_audio_seconds)
-        detok = load_detokenizer(sd_dir, device=str(dev))
+        encoder, detok = load_speech_pair(st_dir, sd_dir, device=str(dev), max_seconds=max_audio_seconds)
         return cls(model, processor, encoder, detok, max_audio_seconds=max_audio_seconds)
 
     # ----------------------------------------------------------------------------------- plumbing

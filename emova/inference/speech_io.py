@@ -142,17 +142,20 @@ def is_official_speech_tokenizer(path: str | Path) -> bool:
         return False
 
 
-_OFFICIAL_CACHE: dict[tuple[str, str], Any] = {}
-
-
 def _official(path: Path, device: str) -> Any:
     from emova.convert.speech_tokenizer import load_official_speech_tokenizer
 
-    key = (str(path.resolve()), device)
-    if key not in _OFFICIAL_CACHE:  # one load serves both the encoder and the decoder side
-        _OFFICIAL_CACHE.clear()
-        _OFFICIAL_CACHE[key] = load_official_speech_tokenizer(path, device=device)
-    return _OFFICIAL_CACHE[key]
+    return load_official_speech_tokenizer(path, device=device)
+
+
+def load_speech_pair(tokenizer_dir: str | Path, detokenizer_dir: str | Path, device: str = "cpu",
+                     max_seconds: float = DEFAULT_MAX_AUDIO_SECONDS) -> tuple[UnitEncoder, Detokenizer]:
+    """Both speech ends; one official checkpoint used for both sides is loaded once."""
+    t, d = Path(tokenizer_dir), Path(detokenizer_dir)
+    if t.resolve() == d.resolve() and is_official_speech_tokenizer(t):
+        model = _official(t, device)
+        return OfficialUnitEncoder(model, max_seconds=max_seconds), OfficialDetokenizer(model)
+    return load_unit_encoder(t, device, max_seconds), load_detokenizer(d, device)
 
 
 def load_unit_encoder(path: str | Path, device: str = "cpu",
@@ -185,4 +188,4 @@ def load_detokenizer(path: str | Path, device: str = "cpu") -> Detokenizer:
 
 
 __all__ = ["Detokenizer", "UnitEncoder", "OfficialDetokenizer", "OfficialUnitEncoder", "load_detokenizer",
-           "load_unit_encoder", "is_official_speech_tokenizer"]
+           "load_speech_pair", "load_unit_encoder", "is_official_speech_tokenizer"]

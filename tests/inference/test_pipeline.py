@@ -282,3 +282,10 @@ def test_file_inputs_and_a_text_turn_without_units(emova, speech, image, tmp_pat
     events = list(emova.chat([{"role": "user", "content": "hi"}], stream=True))
     assert {e.type for e in events[:-1]} == {"text"} and events[-1].type == "final"
     assert events[-1].result.audio is None and events[-1].result.units == []
+
+
+def test_one_official_checkpoint_serves_both_speech_ends(official_dir):
+    from emova.inference.speech_io import load_speech_pair
+
+    enc, dec = load_speech_pair(official_dir / "speech_tokenizer", official_dir / "speech_tokenizer")
+    assert enc.model is dec.model
