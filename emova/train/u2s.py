@@ -427,10 +427,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--export", dest="export_dir", default=None)
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--vocoder-minutes", type=float, default=None)
+    p.add_argument("--export-vocoder", default=None, choices=["vocos", "griffin_lim", "hifigan"])
+    p.add_argument("--cache", dest="cache_dir", default=None)
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     a = p.parse_args(argv)
     cfg = U2STrainConfig.load(a.config, corpus=a.corpus, tokenizer=a.tokenizer, out_dir=a.out_dir,
-                              export_dir=a.export_dir, max_minutes=a.max_minutes, vocoder_minutes=a.vocoder_minutes)
+                              export_dir=a.export_dir, max_minutes=a.max_minutes, vocoder_minutes=a.vocoder_minutes,
+                              export_vocoder=a.export_vocoder, cache_dir=a.cache_dir)
     train_u2s(cfg, tuple(s for s in a.stages.split(",") if s))
 
 
