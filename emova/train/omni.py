@@ -24,6 +24,7 @@ Logs: `log.csv` (step, epoch, lr, loss, tokens/s, …) and `loss.png`; progress 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -150,7 +151,13 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like key=value")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        value = yaml.safe_load(v)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        out[k.strip()] = value
     return out
 
 
@@ -164,21 +171,33 @@ class OmniLossModule(nn.Module):
         self.model = model
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = self.model(**batch, use_cache=False)
-        loss = out.loss
-        if "pixel_values" not in batch:
-            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-            vcfg = base.config.vision_config
-            if vcfg.model_type == "qwen2_vl_vision":
-                m = int(vcfg.spatial_merge_size)
-                width = int(vcfg.in_channels) * int(vcfg.temporal_patch_size) * int(vcfg.patch_size) ** 2
-                pixels = torch.zeros(m * m, width, device=loss.device)  # one merged token
-                grid = torch.tensor([[1, m, m]], device=loss.device)
-            else:
-                size = int(vcfg.image_size)
-                pixels, grid = torch.zeros(1, int(vcfg.num_channels), size, size, device=loss.device), None
-            loss = loss + 0.0 * base.get_image_features(pixels, grid).float().sum()
-        return loss
+        # One module order for every batch — embeddings → ViT → projector → LLM — so that ZeRO-3/FSDP2
+        # issue the same all-gathers on every rank whatever each rank's batch holds (a text-only batch
+        # encodes a 1-token dummy image at weight 0).
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        ids = batch["input_ids"]
+        embeds = base.get_input_embeddings()(ids)  # (B, T, D)
+        if "pixel_values" in batch:
+            feats = base.get_image_features(batch["pixel_values"], batch.get("image_grid_thw"))  # (N, D)
+            embeds = base.merge_image_features(ids, embeds, feats)
+            extra = None
+        else:
+            feats = base.get_image_features(*self._dummy_image(base, embeds.device))  # (1, D)
+            extra = 0.0 * feats.float().sum()
+        out = self.model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"],
+                         use_cache=False)
+        return out.loss if extra is None else out.loss + extra
+
+    @staticmethod
+    def _dummy_image(base: nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Inputs for the smallest image the tower accepts (Qwen2-VL: one merged token)."""
+        vcfg = base.config.vision_config
+        if vcfg.model_type == "qwen2_vl_vision":
+            m = int(vcfg.spatial_merge_size)
+            width = int(vcfg.in_channels) * int(vcfg.temporal_patch_size) * int(vcfg.patch_size) ** 2
+            return torch.zeros(m * m, width, device=device), torch.tensor([[1, m, m]], device=device)
+        size = int(vcfg.image_size)
+        return torch.zeros(1, int(vcfg.num_channels), size, size, device=device), None
 
 
 def build_processor(cfg: OmniTrainConfig) -> EmovaProcessor:
@@ -189,7 +208,13 @@ def build_processor(cfg: OmniTrainConfig) -> EmovaProcessor:
             return proc
     spec = load_model_config(cfg.model)
     image = spec.image_processor or {"min_pixels": 3136, "max_pixels": 50176}
-    return EmovaProcessor(build_tokenizer(), build_image_processor(**image))
+    return EmovaProcessor(_offline_tokenizer(), build_image_processor(**image))
+
+
+@functools.lru_cache(maxsize=1)
+def _offline_tokenizer() -> Any:
+    """The offline BPE is deterministic and takes seconds to train: build it once per process."""
+    return build_tokenizer()
 
 
 def build_model(cfg: OmniTrainConfig) -> nn.Module:
@@ -231,31 +256,41 @@ def lr_factor(step: int, cfg: OmniTrainConfig) -> float:
 
 
 # ------------------------------------------------------------------------------------------ engines
-def _deepspeed_plugin(cfg: OmniTrainConfig, world: int) -> Any:
-    from accelerate.utils import DeepSpeedPlugin
-
+def _deepspeed_config(cfg: OmniTrainConfig, world: int) -> dict[str, Any]:
     ds = json.loads(resolve_config(str(cfg.deepspeed_config)).read_text(encoding="utf-8"))
     ds.update({
         "train_micro_batch_size_per_gpu": cfg.batch_size, "gradient_accumulation_steps": cfg.grad_accum,
         "train_batch_size": cfg.batch_size * cfg.grad_accum * world, "gradient_clipping": cfg.grad_clip,
         "bf16": {"enabled": cfg.bf16}, "fp16": {"enabled": False}, "zero_allow_untested_optimizer": True,
     })  # fmt: skip
-    return DeepSpeedPlugin(hf_ds_config=ds)
+    return ds
+
+
+def _deepspeed_initialize(cfg: OmniTrainConfig, module: nn.Module, opt: torch.optim.Optimizer,
+                          world: int) -> tuple[Any, Any]:
+    """DeepSpeed engine over the process group accelerate started. accelerate itself refuses DeepSpeed on
+    CPU (`cpu=True` disables it), so the engine is built here; on GPU this is the same call it makes."""
+    import deepspeed
+
+    if not torch.cuda.is_available():
+        # the CPU backend would JIT-compile a shared-memory all-reduce (a C++ build, minutes, a file lock);
+        # marking it incompatible makes DeepSpeed use the gloo group as is
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", auto_mpi_discovery=False)
+    engine, ds_opt, _, _ = deepspeed.initialize(model=module, optimizer=opt, config=_deepspeed_config(cfg, world))
+    return engine, ds_opt
 
 
 def _make_accelerator(cfg: OmniTrainConfig) -> Any:
-    from accelerate import Accelerator, PartialState
+    from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    cpu = not torch.cuda.is_available()
-    world = PartialState(cpu=cpu).num_processes
-    kwargs: dict[str, Any] = {"cpu": cpu, "gradient_accumulation_steps": cfg.grad_accum,
-                              "kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=True)]}
-    if cfg.engine == "deepspeed":
-        kwargs["deepspeed_plugin"] = _deepspeed_plugin(cfg, world)
-        kwargs.pop("gradient_accumulation_steps")
-    kwargs["mixed_precision"] = "bf16" if cfg.bf16 else "no"
-    return Accelerator(**kwargs)
+    use_autocast = cfg.bf16 and cfg.engine != "deepspeed"  # DeepSpeed runs bf16 itself (config "bf16")
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if use_autocast else "no",
+                       gradient_accumulation_steps=cfg.grad_accum if cfg.engine == "ddp" else 1,
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
 def _fully_shard(module: OmniLossModule, fsdp_config: str) -> None:
@@ -281,7 +316,8 @@ def _fully_shard(module: OmniLossModule, fsdp_config: str) -> None:
 def _full_state_dict(cfg: OmniTrainConfig, acc: Any, wrapped: nn.Module, module: OmniLossModule) -> dict[str, torch.Tensor]:
     """The full (unsharded) model state dict on the main process (collective: call on every rank)."""
     if cfg.engine == "deepspeed":
-        sd = acc.get_state_dict(wrapped)
+        zero3 = int(wrapped.zero_optimization_stage()) == 3
+        sd = wrapped._zero3_consolidated_16bit_state_dict() if zero3 else wrapped.module.state_dict()
     elif cfg.engine == "fsdp2":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -300,9 +336,9 @@ def _full_state_dict(cfg: OmniTrainConfig, acc: Any, wrapped: nn.Module, module:
     return out
 
 
-def _zero_stage(acc: Any) -> int | None:
-    plugin = getattr(acc.state, "deepspeed_plugin", None)
-    return int(plugin.zero_stage) if plugin is not None else None
+def _zero_stage(wrapped: Any) -> int | None:
+    stage = getattr(wrapped, "zero_optimization_stage", None)
+    return int(stage()) if callable(stage) else None
 
 
 class _StateDictHolder:
@@ -342,6 +378,7 @@ def train_stage(stage: int, cfg: OmniTrainConfig) -> Path:
     groups = param_groups(module.model, cfg.lr, cfg.weight_decay, spec)
     base_lrs = [g["base_lr"] for g in groups]
     log_group = next(i for i, g in enumerate(groups) if not g["name"].startswith("vision"))
+    group_sizes = [sum(int(p.numel()) for p in g["params"]) for g in groups]  # before ZeRO-3 partitions them
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
     if ck is not None and cfg.engine == "ddp" and "optimizer" in meta:
         load_checkpoint(ck, _StateDictHolderModule(model), opt)
@@ -349,16 +386,18 @@ def train_stage(stage: int, cfg: OmniTrainConfig) -> Path:
         print(f"resuming stage {stage} from {ck} (step {step})")
     if cfg.engine == "fsdp2":
         wrapped = module
+    elif cfg.engine == "deepspeed":
+        wrapped, opt = _deepspeed_initialize(cfg, module, opt, acc.num_processes)
     else:
         wrapped, opt = acc.prepare(module, opt)
 
     if acc.is_main_process:  # what actually runs: engine, processes, and the optimizer's groups after wrapping
         info = {"stage": stage, "engine": cfg.engine, "world_size": acc.num_processes,
-                "distributed_type": str(acc.distributed_type), "zero_stage": _zero_stage(acc),
-                "param_groups": [{"name": g.get("name"), "lr": base_lr,
-                                  "n_params": sum(int(p.numel()) for p in g0["params"])}
-                                 for g, g0, base_lr in zip(opt.param_groups, groups, base_lrs)],
-                "trainable": sum(int(p.numel()) for p in module.model.parameters() if p.requires_grad)}
+                "distributed_type": "DEEPSPEED" if cfg.engine == "deepspeed" else str(acc.distributed_type),
+                "zero_stage": _zero_stage(wrapped),
+                "param_groups": [{"name": g0["name"], "lr": float(g["lr"]), "n_params": n}
+                                 for g, g0, n in zip(opt.param_groups, groups, group_sizes)],
+                "trainable": sum(group_sizes)}
         (out / "run_info.json").write_text(json.dumps(info, indent=1))
     dataset = build_dataset(cfg, processor)
     lengths = dataset.lengths
@@ -391,7 +430,11 @@ def train_stage(stage: int, cfg: OmniTrainConfig) -> Path:
                 batch = collate([dataset[i] for i in idx], processor)
                 batch = {k: v.to(acc.device) for k, v in batch.items()}
                 tokens_since += int((batch["labels"] != -100).sum()) * world
-                if cfg.engine == "fsdp2":
+                if cfg.engine == "deepspeed":  # the engine accumulates, clips and steps at the boundary
+                    loss = wrapped(batch)
+                    wrapped.backward(loss)
+                    wrapped.step()
+                elif cfg.engine == "fsdp2":
                     with acc.autocast():
                         loss = wrapped(batch)
                     (loss / cfg.grad_accum).backward()
