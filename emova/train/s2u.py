@@ -50,6 +50,9 @@ class S2UTrainConfig:
     w_cons: float = 1.0
     w_commit: float = 0.1
     cons_start_step: int = 400
+    w_ent: float = 0.0  # weight of the code-usage entropy bonus (keeps many units in use)
+    ent_start_step: int = 0
+    ent_tau: float = 0.5  # temperature of the soft FSQ level assignment
     speed_perturb: float = 0.1  # resample factor in [1-x, 1+x]
     freq_warp: float = 0.1  # mel-axis warp factor in [1-x, 1+x]
     time_mask_frames: int = 10
@@ -205,6 +208,23 @@ def consistency_loss(z: torch.Tensor, pairs: list[tuple[int, int, np.ndarray]]) 
     return torch.stack(losses).mean()
 
 
+def usage_entropy_deficit(z: torch.Tensor, levels: list[int], tau: float) -> torch.Tensor:
+    """log(K) - H(mean soft code distribution) over the given frames. z: (N, D) bounded FSQ input.
+
+    Each dimension gets a soft assignment over its levels (softmax of -(z - level)^2 / tau); the code
+    distribution is their product, averaged over frames. Minimising the deficit spreads usage over
+    the codebook, which the consistency and commitment terms alone would shrink."""
+    marg = []
+    for d, n_lv in enumerate(levels):
+        grid = torch.arange(n_lv, dtype=z.dtype, device=z.device) - n_lv // 2
+        marg.append(torch.softmax(-((z[:, d : d + 1] - grid) ** 2) / tau, -1))  # (N, L_d)
+    letters = "abcdefgh"[: len(levels)]
+    spec = ",".join(f"n{c}" for c in letters) + "->" + letters
+    p = torch.einsum(spec, *marg).reshape(-1) / z.shape[0]  # (K,)
+    h = -(p * torch.log(p + 1e-12)).sum()
+    return math.log(p.numel()) - h
+
+
 def lr_at(step: int, cfg: S2UTrainConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -238,7 +258,7 @@ def train_s2u(cfg: S2UTrainConfig, progress: bool = True) -> Path:
     logf = open(log_path, "w" if new_log else "a", newline="")
     writer = csv.writer(logf)
     if new_log:
-        writer.writerow(["step", "epoch", "lr", "loss", "ctc", "cons", "commit", "sec_per_step", "elapsed_s"])
+        writer.writerow(["step", "epoch", "lr", "loss", "ctc", "cons", "commit", "ent", "sec_per_step", "elapsed_s"])
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train s2u", unit="step", disable=not progress)
     t0, t_last = time.time(), time.time()
     model.train()
@@ -268,7 +288,10 @@ def train_s2u(cfg: S2UTrainConfig, progress: bool = True) -> Path:
                     groups.setdefault(corpus.rows[i]["group"], []).append(pos[i])
                 pairs = dtw_pairs(o["hidden"], o["lengths"], [g for g in groups.values() if len(g) > 1])
                 cons = consistency_loss(z, pairs)
-            loss = ctc + cfg.w_cons * cons + cfg.w_commit * commit
+            ent = z.new_zeros(())
+            if cfg.w_ent > 0 and step >= cfg.ent_start_step:
+                ent = usage_entropy_deficit(z[valid], mcfg.fsq_levels, cfg.ent_tau)
+            loss = ctc + cfg.w_cons * cons + cfg.w_commit * commit + cfg.w_ent * ent
             opt.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -278,7 +301,8 @@ def train_s2u(cfg: S2UTrainConfig, progress: bool = True) -> Path:
             if step % cfg.log_every == 0:
                 now = time.time()
                 writer.writerow([step, epoch, f"{lr_at(step, cfg):.3e}", f"{loss.item():.4f}", f"{ctc.item():.4f}",
-                                 f"{cons.item():.4f}", f"{commit.item():.4f}", f"{(now - t_last) / cfg.log_every:.3f}",
+                                 f"{cons.item():.4f}", f"{commit.item():.4f}", f"{ent.item():.4f}",
+                                 f"{(now - t_last) / cfg.log_every:.3f}",
                                  f"{now - t0:.1f}"])
                 logf.flush()
                 t_last = now
@@ -330,8 +354,9 @@ def plot_log(log_path: Path) -> None:
         return
     steps = [int(r["step"]) for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
-    for k in ("ctc", "cons", "commit"):
-        ax.plot(steps, [float(r[k]) for r in rows], label=k)
+    for k in ("ctc", "cons", "commit", "ent"):
+        vals = [float(r[k]) if r.get(k) not in (None, "") else float("nan") for r in rows]
+        ax.plot(steps, vals, label=k)
     ax.set_xlabel("step")
     ax.set_yscale("log")
     ax.legend()
