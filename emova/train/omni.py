@@ -67,6 +67,7 @@ class OmniTrainConfig:
 
     stage: int = 3
     world_dir: str = "data_cache/world_units"  # records with speech units filled in
+    image_root: str | None = None  # where record image paths point into (default: world_dir)
     split: str = "train"
     tasks: list[str] | None = None  # default: STAGE_TASKS[stage]
     task_weights: dict[str, float] = field(default_factory=dict)  # resampling factor per task
@@ -244,7 +245,7 @@ def build_dataset(cfg: OmniTrainConfig, processor: EmovaProcessor) -> OmniDatase
         records = records[: cfg.max_records]
     if not records:
         raise ValueError(f"no training records for tasks {cfg.stage_tasks()} in {cfg.world_dir}/{cfg.split}")
-    return OmniDataset(records, processor, image_root=cfg.world_dir, max_length=cfg.max_length)
+    return OmniDataset(records, processor, image_root=cfg.image_root or cfg.world_dir, max_length=cfg.max_length)
 
 
 def lr_factor(step: int, cfg: OmniTrainConfig) -> float:

@@ -51,16 +51,19 @@ def make_micro_world(root: Path, n_per_task: int = 2, seed: int = 0) -> Path:
     for i in range(n_per_task):
         color, rel = images[i % len(images)]
         recs["caption"].append(image_record(f"cap-{i}", rel, [("Describe the image.", f"A {color} picture.")]))
-        recs["vqa"].append(image_record(f"vqa-{i}", rel, [("What color is it?", color)], meta={"answer": color}))
+        recs["vqa"].append(image_record(f"vqa-{i}", rel, [("What color is it?", color)],
+                                           meta={"answer": color, "aliases": [color], "qtype": "color"}))
         recs["asr"].append(asr_record(f"asr-{i}", f"say {color}", "gender-female_emotion-neutral_speed-normal_pitch-normal"))
         recs["tts"].append(tts_record(f"tts-{i}", f"say {color}", "gender-male_emotion-neutral_speed-normal_pitch-normal"))
-        recs["text_qa"].append(text_record(f"txt-{i}", f"What is {i} plus one?", str(i + 1)))
+        recs["text_qa"].append(text_record(f"txt-{i}", f"What is {i} plus one?", str(i + 1),
+                                          meta={"answer": str(i + 1), "kind": "arithmetic"}))
         recs["dialogue_speech"].append(spoken_dialogue_record(
             f"dlg-{i}", "I won the game", "happy", "high", "gender-female_emotion-happy_speed-normal_pitch-high",
             "That is great news", "happy", "high", "gender-male_emotion-happy_speed-normal_pitch-high"))
         recs["vqa_speech"].append(spoken_dialogue_record(
             f"vsp-{i}", "what color is it", "neutral", "normal", "gender-male_emotion-neutral_speed-normal_pitch-normal",
-            f"It is {color}", "neutral", "normal", "gender-male_emotion-neutral_speed-normal_pitch-normal", image=rel))
+            f"It is {color}", "neutral", "normal", "gender-male_emotion-neutral_speed-normal_pitch-normal", image=rel,
+            meta={"answer": color, "aliases": [color], "qtype": "color"}))
     for task, rs in recs.items():
         units = {}
         for r in rs:

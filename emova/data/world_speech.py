@@ -1,0 +1,159 @@
+"""The tiny world's speech: render every utterance its records ask for, encode it to units, fill the records.
+
+    render_world_speech("data_cache/world", "train", "data_cache/world_speech")      # wav per speech key
+    encode_world_speech("data_cache/world_speech", "train", tokenizer)                 # units.jsonl
+    fill_world_units("data_cache/world", "train", "data_cache/world_speech", "data_cache/world_units")
+
+Voices: the train split is spoken by `TRAIN_VOICES` (flite and espeak-ng, ~45% flite, the speaker
+drawn per utterance from the style's gender, with per-utterance jitter), the held-out split ONLY by
+`HELD_OUT_VOICES` (flite `awb` for male styles, espeak-ng `en-us+f4` for female ones), so every
+evaluation of speech input is on voices never heard in training. Everything is a pure function of the
+speech key, so a resumed run renders the same audio. FSDD digits (real recordings) become ASR records
+from the speech corpus (`fsdd_train` for training, `fsdd_val` for evaluation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from emova.data.speech.voices import ESPEAK_TRAIN_VOICES, FLITE_TRAIN_VOICES, HELD_OUT_VOICES, Voice
+from emova.data.world.build import TASKS
+from emova.data.world.formats import SpeechRequest, fill_speech_units, load_records, records_needing_speech
+from emova.model.prompts import ASR_PROMPT
+from emova.styles import Style
+
+FLITE_SHARE = 0.45
+FSDD_TASK = "fsdd_asr"
+
+
+def _rng(key: str) -> random.Random:
+    return random.Random(int(hashlib.md5(f"world-speech:{key}".encode()).hexdigest()[:12], 16))
+
+
+def voice_for(key: str, style: str, split: str) -> tuple[Voice, dict[str, float]]:
+    """The voice (and jitter) that speaks `key`: training voices for train, held-out voices for heldout."""
+    gender = Style.parse(style).gender
+    if split == "heldout":
+        return next(v for v in HELD_OUT_VOICES if v.gender == gender), {}
+    rng = _rng(key)
+    pool = FLITE_TRAIN_VOICES if rng.random() < FLITE_SHARE else ESPEAK_TRAIN_VOICES
+    voices = [v for v in pool if v.gender == gender] or [v for v in ESPEAK_TRAIN_VOICES if v.gender == gender]
+    jitter = {"f0": rng.uniform(0.92, 1.08), "rate": rng.uniform(0.92, 1.08), "gain_db": rng.uniform(-3, 3)}
+    return rng.choice(voices), jitter
+
+
+def wav_name(key: str) -> str:
+    return key.replace("/", "__") + ".wav"
+
+
+def _render_one(args: tuple[str, str, str, str, str]) -> str:
+    from emova.data.speech.render import Jitter, synthesize
+
+    key, text, style, split, out = args
+    path = Path(out) / wav_name(key)
+    if path.exists():
+        return key
+    voice, jit = voice_for(key, style, split)
+    audio = synthesize(text, voice, Style.parse(style), Jitter(**jit) if jit else Jitter())
+    tmp = path.with_name(path.stem + ".tmp.wav")
+    audio.save(tmp)
+    tmp.replace(path)  # atomic: a killed run never leaves half a file
+    return key
+
+
+def speech_requests(world_dir: str | Path, split: str, tasks: Iterable[str] = TASKS) -> list[SpeechRequest]:
+    records = [r for t in tasks for r in load_records(Path(world_dir) / split / f"{t}.json")]
+    return records_needing_speech(records)
+
+
+def render_world_speech(world_dir: str | Path, split: str, out_dir: str | Path, workers: int = 2,
+                        progress: bool = True) -> Path:
+    """Render every speech request of a split to `out_dir/{split}/wav/*.wav` (existing files skipped)."""
+    reqs = speech_requests(world_dir, split)
+    wav_dir = Path(out_dir) / split / "wav"
+    wav_dir.mkdir(parents=True, exist_ok=True)
+    todo = [(r.key, r.text, r.style, split, str(wav_dir)) for r in reqs if not (wav_dir / wav_name(r.key)).exists()]
+    bar = tqdm(total=len(reqs), initial=len(reqs) - len(todo), desc=f"rendering {split} speech", unit="utt",
+               disable=not progress)
+    if workers <= 1:
+        for a in todo:
+            _render_one(a)
+            bar.update()
+    elif todo:
+        with ProcessPoolExecutor(workers) as ex:
+            for _ in ex.map(_render_one, todo, chunksize=16):
+                bar.update()
+    bar.close()
+    return wav_dir
+
+
+def encode_world_speech(speech_dir: str | Path, split: str, tokenizer: Any, requests: list[SpeechRequest],
+                        batch: int = 32, progress: bool = True) -> dict[str, list[int]]:
+    """Reduced units per speech key, cached in `speech_dir/{split}/units.jsonl` (appended; resumable)."""
+    base = Path(speech_dir) / split
+    cache = base / "units.jsonl"
+    done: dict[str, list[int]] = {}
+    if cache.exists():
+        for line in cache.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                done[row["key"]] = row["units"]
+    todo = [r.key for r in requests if r.key not in done]
+    with open(cache, "a") as f, tqdm(total=len(requests), initial=len(requests) - len(todo),
+                                     desc=f"encoding {split} speech", unit="utt", disable=not progress) as bar:
+        for s in range(0, len(todo), batch):
+            keys = todo[s : s + batch]
+            units = tokenizer.encode_batch([base / "wav" / wav_name(k) for k in keys])
+            for k, u in zip(keys, units):
+                done[k] = tokenizer.reduce(u)
+                f.write(json.dumps({"key": k, "units": done[k]}) + "\n")
+            f.flush()
+            bar.update(len(keys))
+    return {r.key: done[r.key] for r in requests}
+
+
+def fill_world_units(world_dir: str | Path, split: str, units: dict[str, list[int]], out_dir: str | Path) -> Path:
+    """Write `out_dir/{split}/{task}.json` = the world's records with units in place of placeholders
+    (+ scenes.json). Images stay in world_dir (train with image_root=world_dir)."""
+    out = Path(out_dir) / split
+    out.mkdir(parents=True, exist_ok=True)
+    for task in TASKS:
+        recs = load_records(Path(world_dir) / split / f"{task}.json")
+        filled = fill_speech_units(recs, units)
+        tmp = out / f"{task}.json.tmp"
+        tmp.write_text(json.dumps(filled, ensure_ascii=False), encoding="utf-8")
+        tmp.replace(out / f"{task}.json")
+    scenes = Path(world_dir) / split / "scenes.json"
+    if scenes.exists():
+        (out / "scenes.json").write_text(scenes.read_text(encoding="utf-8"), encoding="utf-8")
+    return out
+
+
+def fsdd_asr_records(corpus_dir: str | Path, split: str, tokenizer: Any) -> list[dict[str, Any]]:
+    """ASR records from the speech corpus' FSDD rows (`fsdd_train` or `fsdd_val`): digit word as answer."""
+    from emova.data.speech.corpus import read_manifest
+
+    rows = read_manifest(corpus_dir, (split,))
+    if not rows:
+        raise ValueError(f"the speech corpus at {corpus_dir} has no {split} rows (render it with --fsdd)")
+    units = tokenizer.encode_batch([Path(corpus_dir) / r["path"] for r in rows])
+    out = []
+    for r, u in zip(rows, units):
+        unit_str = "".join(f"<|speech_{k}|>" for k in tokenizer.reduce(u))
+        out.append({"id": f"{FSDD_TASK}-{r['id']}",
+                    "conversations": [{"from": "human", "value": ASR_PROMPT + unit_str},
+                                      {"from": "gpt", "value": r["text"]}],
+                    "meta": {"source": "fsdd", "split": split, "speaker": r["voice"], "answer": r["text"]}})
+    return out
+
+
+__all__ = ["encode_world_speech", "fill_world_units", "fsdd_asr_records", "render_world_speech", "speech_requests",
+           "voice_for"]

@@ -1,0 +1,246 @@
+"""`emova train recipe tiny`: regenerate the bundled emova-tiny from a clean checkout, step by step.
+
+    speech_corpus → s2u → u2s → world → world_speech → units → stage1 → stage2 → stage3 → export
+
+Each step is skipped when its output exists (delete the output, or pass `force=[step]`, to redo it);
+steps that train resume from their latest checkpoint when killed. The wall time of every step (and
+whether it ran or was cached) goes to `{work_dir}/recipe_tiny_timings.json`.
+
+Outputs: `emova/assets/emova-tiny/{speech_tokenizer, speech_detokenizer, llm}`; intermediate data in
+`work_dir` (default data_cache/), runs in `runs_dir` (default runs/).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emova.assets import ASSETS
+
+STEPS = ("speech_corpus", "s2u", "u2s", "world", "world_speech", "units", "stage1", "stage2", "stage3", "export")
+PACKAGE = Path(__file__).resolve().parents[1]
+DEFAULT_FSDD = Path(__file__).resolve().parents[3] / "shared" / "data" / "fsdd"
+
+
+@dataclass
+class RecipePaths:
+    work: Path
+    runs: Path
+    assets: Path
+    fsdd: Path | None
+
+    @property
+    def corpus(self) -> Path:
+        return self.work / "speech"
+
+    @property
+    def world(self) -> Path:
+        return self.work / "world"
+
+    @property
+    def world_speech(self) -> Path:
+        return self.work / "world_speech"
+
+    @property
+    def world_units(self) -> Path:
+        return self.work / "world_units"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.assets / "speech_tokenizer"
+
+    @property
+    def detokenizer(self) -> Path:
+        return self.assets / "speech_detokenizer"
+
+    @property
+    def llm(self) -> Path:
+        return self.assets / "llm"
+
+    def stage(self, n: int) -> Path:
+        return self.runs / "omni" / f"stage{n}"
+
+
+# ----------------------------------------------------------------------------------------------- steps
+def _speech_corpus(p: RecipePaths) -> None:
+    from emova.data.speech.corpus import CorpusConfig, render_corpus
+
+    render_corpus(p.corpus, CorpusConfig(fsdd_dir=str(p.fsdd) if p.fsdd else None), workers=2)
+
+
+def _s2u(p: RecipePaths) -> None:
+    from emova.train.s2u import S2UTrainConfig, export_s2u, train_s2u
+
+    cfg = S2UTrainConfig.load(PACKAGE / "configs" / "s2u_tiny.yaml", corpus=str(p.corpus), out_dir=str(p.runs / "s2u"))
+    run = train_s2u(cfg)
+    export_s2u(run / "final", p.tokenizer)
+
+
+def _u2s(p: RecipePaths) -> None:
+    try:
+        from emova.train.u2s import U2STrainConfig, train_u2s
+    except ImportError as e:  # the hook: the recipe runs on without a detokenizer (TTS eval then skips)
+        raise _Hook(f"emova.train.u2s is not available ({e}); train the U2S separately") from None
+    cfg = U2STrainConfig.load(PACKAGE / "configs" / "u2s_tiny.yaml", corpus=str(p.corpus), tokenizer=str(p.tokenizer),
+                              cache_dir=str(p.work / "u2s"), out_dir=str(p.runs / "u2s"), export_dir=str(p.detokenizer))
+    train_u2s(cfg)
+
+
+def _world(p: RecipePaths) -> None:
+    from emova.data.world import build_world
+
+    for split in ("train", "heldout"):
+        build_world(p.world, split)
+
+
+def _world_speech(p: RecipePaths) -> None:
+    from emova.data.world_speech import render_world_speech
+
+    for split in ("heldout", "train"):
+        render_world_speech(p.world, split, p.world_speech, workers=2)
+
+
+def _units(p: RecipePaths) -> None:
+    from emova.data.world_speech import (
+        FSDD_TASK,
+        encode_world_speech,
+        fill_world_units,
+        fsdd_asr_records,
+        speech_requests,
+    )
+    from emova.speech.tokenizer import SpeechTokenizer
+
+    tok = SpeechTokenizer.from_pretrained(p.tokenizer)
+    for split, fsdd_split in (("heldout", "fsdd_val"), ("train", "fsdd_train")):
+        units = encode_world_speech(p.world_speech, split, tok, speech_requests(p.world, split))
+        out = fill_world_units(p.world, split, units, p.world_units)
+        if p.fsdd:
+            (out / f"{FSDD_TASK}.json").write_text(json.dumps(fsdd_asr_records(p.corpus, fsdd_split, tok)))
+    (p.world_units / "done").write_text("ok\n")
+
+
+def _stage(n: int) -> Callable[[RecipePaths], None]:
+    def run(p: RecipePaths) -> None:
+        from emova.train.omni import OmniTrainConfig, train_stage
+
+        over: dict[str, Any] = {"world_dir": str(p.world_units), "image_root": str(p.world), "out_dir": str(p.stage(n))}
+        if n > 1:
+            over["init_from"] = str(p.stage(n - 1) / "final")
+        if n > 1 and p.fsdd:
+            over["extra_records"] = [str(p.world_units / "train" / "fsdd_asr.json")]
+        elif n > 1:
+            over["extra_records"] = []
+        train_stage(n, OmniTrainConfig.load(f"tiny_stage{n}", **over))
+
+    return run
+
+
+def _export(p: RecipePaths) -> None:
+    export_llm(p.stage(3) / "final", p.llm)
+
+
+_RUNNERS: dict[str, Callable[[RecipePaths], None]] = {
+    "speech_corpus": _speech_corpus, "s2u": _s2u, "u2s": _u2s, "world": _world, "world_speech": _world_speech,
+    "units": _units, "stage1": _stage(1), "stage2": _stage(2), "stage3": _stage(3), "export": _export,
+}  # fmt: skip
+
+
+def _outputs(p: RecipePaths) -> dict[str, Path]:
+    """The file whose existence means a step is done."""
+    return {
+        "speech_corpus": p.corpus / "manifest.jsonl",
+        "s2u": p.tokenizer / "model.safetensors",
+        "u2s": p.detokenizer / "model.safetensors",
+        "world": p.world / "heldout" / "tts.json",
+        "world_speech": p.world_speech / "done",
+        "units": p.world_units / "done",
+        "stage1": p.stage(1) / "final" / "model.safetensors",
+        "stage2": p.stage(2) / "final" / "model.safetensors",
+        "stage3": p.stage(3) / "final" / "model.safetensors",
+        "export": p.llm / "model.safetensors",
+    }
+
+
+class _Hook(RuntimeError):
+    """A step whose implementation is not there yet: recorded, skipped, the recipe goes on."""
+
+
+def export_llm(src: str | Path, dst: str | Path, check_tokens: int = 48) -> dict[str, Any]:
+    """Save the stage-3 model to `dst` in fp16 when that is lossless for greedy decoding (same argmax on a
+    probe sequence and max |Δlogit| < 0.05), else fp32; the processor goes along. Returns what was done."""
+    from emova.model.modeling_emova import EmovaForConditionalGeneration
+    from emova.model.processor import EmovaProcessor
+
+    model = EmovaForConditionalGeneration.from_pretrained(src, dtype=torch.float32).eval()
+    proc = EmovaProcessor.from_pretrained(src)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, int(model.config.text_config.vocab_size) - 128, (2, check_tokens), generator=g)
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+        half = EmovaForConditionalGeneration.from_pretrained(src, dtype=torch.float16).eval()
+        test = half.float()(input_ids=ids).logits
+    diff = float((ref - test).abs().max())
+    same_argmax = bool((ref.argmax(-1) == test.argmax(-1)).all())
+    use_fp16 = same_argmax and diff < 0.05
+    out = (EmovaForConditionalGeneration.from_pretrained(src, dtype=torch.float16) if use_fp16 else model)
+    Path(dst).mkdir(parents=True, exist_ok=True)
+    out.save_pretrained(str(dst))
+    proc.save_pretrained(dst)
+    info = {"dtype": "float16" if use_fp16 else "float32", "max_abs_logit_diff_fp16": diff,
+            "fp16_same_argmax": same_argmax, "source": str(src)}
+    (Path(dst) / "export_info.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+def run_recipe(name: str = "tiny", work_dir: str = "data_cache", runs_dir: str = "runs",
+               assets_dir: str | None = None, fsdd_dir: str | None = None, steps: list[str] | None = None,
+               force: list[str] | None = None) -> dict[str, Any]:
+    """`emova train recipe tiny [--work-dir D] [--runs-dir R] [--assets-dir A] [--fsdd F] [--steps …] [--force …]`.
+
+    Runs `steps` (default: all, in order), skipping those whose output exists unless named in `force`.
+    Returns and writes the timings JSON."""
+    if name != "tiny":
+        raise ValueError(f"unknown recipe {name!r}; available: tiny")
+    chosen = list(steps or STEPS)
+    bad = [s for s in chosen + list(force or []) if s not in STEPS]
+    if bad:
+        raise ValueError(f"unknown recipe step(s) {bad}; steps: {', '.join(STEPS)}")
+    fsdd = Path(fsdd_dir) if fsdd_dir else (DEFAULT_FSDD if (DEFAULT_FSDD / "recordings").is_dir() else None)
+    paths = RecipePaths(Path(work_dir), Path(runs_dir), Path(assets_dir) if assets_dir else ASSETS / "emova-tiny", fsdd)
+    paths.work.mkdir(parents=True, exist_ok=True)
+    timing_path = paths.work / f"recipe_{name}_timings.json"
+    timings: dict[str, Any] = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+    outputs = _outputs(paths)
+    for step in STEPS:
+        if step not in chosen:
+            continue
+        if outputs[step].exists() and step not in (force or []):
+            print(f"[recipe] {step}: cached ({outputs[step]})", flush=True)
+            timings.setdefault(step, {"status": "cached"})
+            continue
+        print(f"[recipe] {step}: running", flush=True)
+        t0 = time.time()
+        try:
+            _RUNNERS[step](paths)
+            if step == "world_speech":
+                outputs[step].write_text("ok\n")
+            status = "ran"
+        except _Hook as e:
+            status = f"hook: {e}"
+            print(f"[recipe] {step}: skipped — {e}", flush=True)
+        timings[step] = {"status": status, "seconds": round(time.time() - t0, 1),
+                         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        timing_path.write_text(json.dumps(timings, indent=1))
+    timings["total_seconds_ran"] = round(sum(v.get("seconds", 0.0) for k, v in timings.items()
+                                             if isinstance(v, dict) and v.get("status") == "ran"), 1)
+    timing_path.write_text(json.dumps(timings, indent=1))
+    return timings
+
+
+__all__ = ["STEPS", "export_llm", "run_recipe"]

@@ -1,0 +1,110 @@
+"""`emova eval omni`: scoring rules, batched generation, and an oracle run that must score perfectly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from emova.eval import omni
+from emova.eval.omni import Generator, answer_correct, digit_of, evaluate_omni, numbers_in, parse_dialogue
+from emova.model.config_loader import load_model_config
+from emova.model.modeling_emova import EmovaForConditionalGeneration
+from emova.model.processor import EmovaProcessor, build_image_processor
+from emova.model.prompts import ANSWER_KEYS
+from emova.train.omni import _offline_tokenizer
+from tests.train.omni_micro import make_micro_world, write_micro_model
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval_omni")
+    world = make_micro_world(root / "world", n_per_task=3)
+    shutil.copytree(world / "train", world / "heldout")
+    asr = json.loads((world / "train" / "asr.json").read_text())
+    fsdd = [{"id": f"fsdd-{i}", "conversations": [r["conversations"][0], {"from": "gpt", "value": "seven"}],
+             "meta": {"answer": "seven"}} for i, r in enumerate(asr)]
+    (world / "heldout" / "fsdd_asr.json").write_text(json.dumps(fsdd))
+    torch.manual_seed(0)
+    model = EmovaForConditionalGeneration(load_model_config(write_micro_model(root / "micro.yaml")).config)
+    model.save_pretrained(root / "model")
+    proc = EmovaProcessor(_offline_tokenizer(), build_image_processor(3136, 3136))
+    proc.save_pretrained(root / "model")
+    return root, world, model.eval(), proc
+
+
+def test_answer_rules():
+    assert answer_correct("The circle is red.", "red", ["red"], "color")
+    assert not answer_correct("The circle is red or blue.", "red", ["red"], "color")  # hedging is wrong
+    assert not answer_correct("The circle is green.", "red", ["red"], "color")
+    assert answer_correct("There are three shapes.", "3", ["3", "three"], "count")
+    assert not answer_correct("There are two circles.", "3", ["3", "three"], "count")
+    assert answer_correct("It is in the middle.", "center", ["center", "in the center", "middle"], "position")
+    assert answer_correct("Circles.", "circle", ["circle"], "shape")  # plural of the answer
+    assert answer_correct("ok", "x", [], None, reference="OK!")  # the reference sentence itself
+    assert numbers_in("4 times 2 is eight.") == [4, 2, 8]
+    assert digit_of("Seven.") == 7 and digit_of("it was 3") == 3 and digit_of("hello") is None
+
+
+def test_dialogue_parsing_strict_and_lenient():
+    vals = ["hi", "happy", "high", "great", "happy", "high", "<|speech_1|><|speech_2|>"]
+    good = json.dumps(dict(zip(ANSWER_KEYS, vals)))
+    p = parse_dialogue(good)
+    assert p["valid_json"] and p["keys_in_order"] and p["units"] == [1, 2]
+    swapped = json.dumps(dict(zip(reversed(ANSWER_KEYS), vals)))
+    p = parse_dialogue(swapped)
+    assert p["valid_json"] and not p["keys_in_order"]
+    cut = good[:-40]  # truncated: invalid, but the labels are still read (as the pipeline would)
+    p = parse_dialogue(cut)
+    assert not p["valid_json"] and p["fields"]["assistant response emotion"] == "happy"
+
+
+def test_batched_generation_equals_one_by_one(setup):
+    _, world, model, proc = setup
+    recs = (json.loads((world / "heldout" / "vqa.json").read_text())
+            + json.loads((world / "heldout" / "text_qa.json").read_text()))
+    one = Generator(model, proc, world, batch_size=1).run(recs, 6)
+    many = Generator(model, proc, world, batch_size=4).run(recs, 6)
+    assert one == many and len(one) == len(recs)
+
+
+def test_oracle_answers_score_perfectly(setup, monkeypatch, capsys):
+    root, world, _, _ = setup
+
+    def oracle(self, records, max_new_tokens, desc=""):
+        return [r["conversations"][1]["value"] for r in records]
+
+    monkeypatch.setattr(Generator, "run", oracle)
+    rep = evaluate_omni(root / "model", world, None, detokenizer=None, out=root / "eval.json",
+                        suites=["vqa", "text", "asr", "fsdd", "dialogue"])
+    s = rep["suites"]
+    assert s["vqa"]["accuracy"] == 1.0 and s["vqa"]["qtype/color"]["accuracy"] == 1.0
+    assert s["text"]["accuracy"] == 1.0 and s["asr"]["wer"] == 0.0 and s["fsdd"]["accuracy"] == 1.0
+    d = s["dialogue"]
+    assert d["valid_json_keys_in_order"] == 1.0 and d["reply_emotion_accuracy"] == 1.0
+    assert d["answer_accuracy"] == 1.0 and d["transcript_wer"] == 0.0 and d["n_with_answer"] == 3
+    acc = json.loads((root / "eval.json").read_text())["acceptance"]
+    assert acc["vqa_accuracy"]["pass"] and acc["dialogue_valid_json"]["pass"] and acc["tts_wer"]["pass"] is None
+    assert "vqa_accuracy" in capsys.readouterr().out
+
+
+def test_wrong_answers_fail_acceptance(setup, monkeypatch):
+    root, world, _, _ = setup
+    monkeypatch.setattr(Generator, "run", lambda self, records, n, desc="": ["I do not know."] * len(records))
+    rep = evaluate_omni(root / "model", world, None, detokenizer=None, out=None, suites=["vqa", "dialogue"])
+    assert rep["suites"]["vqa"]["accuracy"] == 0.0
+    assert rep["acceptance"]["dialogue_valid_json"]["pass"] is False
+
+
+def test_unknown_suite_and_unfilled_records(setup, tmp_path):
+    root, world, _, _ = setup
+    with pytest.raises(ValueError, match="unknown suite"):
+        evaluate_omni(root / "model", world, suites=["speed"], out=None)
+    bad = tmp_path / "w"
+    (bad / "heldout").mkdir(parents=True)
+    (bad / "heldout" / "vqa.json").write_text(json.dumps([{"id": "x", "conversations": [
+        {"from": "human", "value": "<<speech:a>>"}, {"from": "gpt", "value": "y"}]}]))
+    with pytest.raises(ValueError, match="not filled"):
+        omni._load(bad, "vqa", None)
