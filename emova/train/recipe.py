@@ -104,6 +104,7 @@ def _world_speech(p: RecipePaths) -> None:
 
     for split in ("heldout", "train"):
         render_world_speech(p.world, split, p.world_speech, workers=2)
+    (p.world_speech / "done").write_text("ok\n")
 
 
 def _units(p: RecipePaths) -> None:
@@ -228,8 +229,6 @@ def run_recipe(name: str = "tiny", work_dir: str = "data_cache", runs_dir: str =
         t0 = time.time()
         try:
             _RUNNERS[step](paths)
-            if step == "world_speech":
-                outputs[step].write_text("ok\n")
             status = "ran"
         except _Hook as e:
             status = f"hook: {e}"

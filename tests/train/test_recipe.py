@@ -1,0 +1,121 @@
+"""The tiny recipe's plumbing: world speech voices, render → encode → fill on a few records, step caching,
+timings, and the fp16-if-lossless export."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from emova.data.speech.voices import HELD_OUT_KEYS
+from emova.data.world import WorldSizes, build_world
+from emova.data.world_speech import (
+    encode_world_speech,
+    fill_world_units,
+    render_world_speech,
+    speech_requests,
+    voice_for,
+)
+from emova.train import recipe
+
+FEMALE = "gender-female_emotion-happy_speed-normal_pitch-high"
+MALE = "gender-male_emotion-sad_speed-slow_pitch-low"
+
+
+def test_voices_train_vs_heldout():
+    held = {voice_for(f"k{i}", s, "heldout")[0].key for i in range(20) for s in (FEMALE, MALE)}
+    assert held == set(HELD_OUT_KEYS)
+    assert voice_for("k", MALE, "heldout")[0].key == "flite:awb"
+    train = [voice_for(f"k{i}", s, "train") for i in range(300) for s in (FEMALE, MALE)]
+    assert not {v.key for v, _ in train} & HELD_OUT_KEYS
+    assert {v.engine for v, _ in train} == {"flite", "espeak"}
+    assert all(v.gender == ("female" if k % 2 == 0 else "male") for k, (v, _) in enumerate(train))
+    assert voice_for("k7", FEMALE, "train") == voice_for("k7", FEMALE, "train")  # a pure function of the key
+
+
+class _FakeTokenizer:
+    """Duration-dependent units: enough to check the plumbing (encode → reduce → fill)."""
+
+    def encode_batch(self, paths):
+        from emova.audio import Audio
+
+        return [[int(abs(x) * 1000) % 4096 for x in Audio.load(p).samples[::1600][:40]] + [7, 7] for p in paths]
+
+    @staticmethod
+    def reduce(units):
+        return [u for i, u in enumerate(units) if i == 0 or u != units[i - 1]]
+
+
+def test_render_encode_fill_a_tiny_world(tmp_path):
+    sizes = WorldSizes(n_images=2, questions_per_image=1, n_vqa_speech=1, n_dialogues=1, n_text_qa=1, n_asr=2, n_tts=1)
+    build_world(tmp_path / "world", "heldout", sizes=sizes, progress=False)
+    reqs = speech_requests(tmp_path / "world", "heldout")
+    assert len(reqs) == 1 * 2 + 1 * 2 + 2 + 1
+    wav_dir = render_world_speech(tmp_path / "world", "heldout", tmp_path / "speech", workers=1, progress=False)
+    assert sorted(p.name for p in wav_dir.glob("*.wav")) == sorted(r.key.replace("/", "__") + ".wav" for r in reqs)
+    units = encode_world_speech(tmp_path / "speech", "heldout", _FakeTokenizer(), reqs, progress=False)
+    assert set(units) == {r.key for r in reqs} and all(u[-1] == 7 and u[-2] != 7 for u in units.values())
+    again = encode_world_speech(tmp_path / "speech", "heldout", None, reqs, progress=False)  # cached: no tokenizer
+    assert again == units
+    out = fill_world_units(tmp_path / "world", "heldout", units, tmp_path / "units")
+    dlg = json.loads((out / "dialogue_speech.json").read_text())[0]
+    assert "<<speech:" not in json.dumps(dlg) and "<|speech_" in dlg["conversations"][0]["value"]
+    assert dlg["meta"]["speech"][0]["role"] == "input"
+
+
+def test_recipe_skips_cached_steps_and_records_timings(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(recipe, "_RUNNERS", {s: (lambda p, s=s: ran.append(s)) for s in recipe.STEPS})
+    paths = recipe.RecipePaths(tmp_path / "w", tmp_path / "r", tmp_path / "a", None)
+    for out in [v for k, v in recipe._outputs(paths).items() if k in ("speech_corpus", "s2u", "world")]:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("x")
+    t = recipe.run_recipe("tiny", str(tmp_path / "w"), str(tmp_path / "r"), str(tmp_path / "a"),
+                          steps=["speech_corpus", "s2u", "world", "world_speech", "stage1"])
+    assert ran == ["world_speech", "stage1"]
+    assert t["s2u"]["status"] == "cached" and t["stage1"]["status"] == "ran" and "seconds" in t["stage1"]
+    saved = json.loads((tmp_path / "w" / "recipe_tiny_timings.json").read_text())
+    assert saved["stage1"]["status"] == "ran"
+    ran.clear()
+    recipe.run_recipe("tiny", str(tmp_path / "w"), str(tmp_path / "r"), str(tmp_path / "a"), steps=["s2u"],
+                      force=["s2u"])
+    assert ran == ["s2u"]
+    with pytest.raises(ValueError, match="unknown recipe step"):
+        recipe.run_recipe("tiny", str(tmp_path / "w"), steps=["stage4"])
+    with pytest.raises(ValueError, match="unknown recipe"):
+        recipe.run_recipe("huge")
+
+
+def test_missing_u2s_is_a_recorded_hook(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_u2s(name, *a, **k):
+        if name == "emova.train.u2s":
+            raise ImportError("not written yet")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_u2s)
+    t = recipe.run_recipe("tiny", str(tmp_path / "w"), str(tmp_path / "r"), str(tmp_path / "a"), steps=["u2s"])
+    assert t["u2s"]["status"].startswith("hook:")
+
+
+def test_export_llm_fp16_when_lossless(tmp_path):
+    from emova.model.config_loader import load_model_config
+    from emova.model.modeling_emova import EmovaForConditionalGeneration
+    from emova.model.processor import EmovaProcessor, build_image_processor
+    from emova.train.omni import _offline_tokenizer
+    from tests.train.omni_micro import write_micro_model
+
+    torch.manual_seed(0)
+    m = EmovaForConditionalGeneration(load_model_config(write_micro_model(tmp_path / "m.yaml")).config)
+    m.save_pretrained(tmp_path / "src")
+    EmovaProcessor(_offline_tokenizer(), build_image_processor(3136, 3136)).save_pretrained(tmp_path / "src")
+    info = recipe.export_llm(tmp_path / "src", tmp_path / "llm")
+    assert info["dtype"] == "float16" and info["fp16_same_argmax"]
+    back = EmovaForConditionalGeneration.from_pretrained(tmp_path / "llm")
+    assert back.dtype == torch.float16 and (tmp_path / "llm" / "tokenizer_config.json").exists()
+    shutil.rmtree(tmp_path / "src")
