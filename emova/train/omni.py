@@ -77,6 +77,7 @@ class OmniTrainConfig:
     init_from: str | None = None  # a save_pretrained directory (the previous stage's final/)
     out_dir: str = "runs/omni/stage3"
     max_steps: int = 1000
+    max_minutes: float | None = None  # wall-clock budget: stop early (the cosine follows whichever ends first)
     batch_size: int = 16  # per process and micro-batch
     grad_accum: int = 1
     lr: float = 1e-3
@@ -248,11 +249,14 @@ def build_dataset(cfg: OmniTrainConfig, processor: EmovaProcessor) -> OmniDatase
     return OmniDataset(records, processor, image_root=cfg.image_root or cfg.world_dir, max_length=cfg.max_length)
 
 
-def lr_factor(step: int, cfg: OmniTrainConfig) -> float:
-    """Linear warmup, then cosine down to min_lr_ratio."""
+def lr_factor(step: int, cfg: OmniTrainConfig, elapsed_s: float = 0.0) -> float:
+    """Linear warmup, then cosine down to min_lr_ratio over the steps or the time budget, whichever is
+    used up first."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     p = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    if cfg.max_minutes:
+        p = max(p, min(1.0, elapsed_s / (60.0 * cfg.max_minutes)))
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
 
 
@@ -368,12 +372,13 @@ def train_stage(stage: int, cfg: OmniTrainConfig) -> Path:
     apply_stage(model, spec, lora=cfg.lora_r > 0)
     module = OmniLossModule(model)
 
-    step, epoch, batch_pos = 0, 0, 0
+    step, epoch, batch_pos, elapsed0 = 0, 0, 0, 0.0
     ck = latest_checkpoint(out)
     meta: dict[str, Any] = {}
     if ck is not None:
         meta = load_checkpoint(ck, model, None)  # weights before wrapping; optimizer below
         step, epoch, batch_pos = int(meta["step"]), int(meta["epoch"]), int(meta["batch_pos"])
+        elapsed0 = float(meta.get("elapsed_s", 0.0))
     if cfg.engine == "fsdp2":
         _fully_shard(module, cfg.fsdp_config)
     groups = param_groups(module.model, cfg.lr, cfg.weight_decay, spec)
@@ -416,15 +421,27 @@ def train_stage(stage: int, cfg: OmniTrainConfig) -> Path:
                disable=not (cfg.progress and acc.is_main_process))
     t0 = t_last = time.time()
     tokens_since = 0
+
+    def elapsed() -> float:  # the same value on every rank (the lr depends on it)
+        e = elapsed0 + time.time() - t0
+        if world > 1 and cfg.max_minutes:
+            e = float(acc.reduce(torch.tensor(e, device=acc.device), reduction="mean"))
+        return e
+
+    def finished(e: float) -> bool:
+        return step >= cfg.max_steps or (cfg.max_minutes is not None and e >= 60.0 * cfg.max_minutes)
+
     wrapped.train()
-    while step < cfg.max_steps:
+    el = elapsed()
+    while not finished(el):
         plan = batch_plan(lengths, cfg.batch_size, cfg.seed, epoch)
         n_usable = len(plan) - len(plan) % per_step
         if n_usable == 0:
             raise ValueError(f"{len(plan)} batches cannot fill one step of {per_step} micro-batches")
-        while batch_pos + per_step <= n_usable and step < cfg.max_steps:
+        while batch_pos + per_step <= n_usable and not finished(el):
+            lr_now = lr_factor(step, cfg, el)
             for g, base_lr in zip(opt.param_groups, base_lrs):
-                g["lr"] = base_lr * lr_factor(step, cfg)
+                g["lr"] = base_lr * lr_now
             step_loss = torch.zeros(())
             for micro in range(cfg.grad_accum):
                 idx = plan[batch_pos + micro * world + rank]
@@ -456,17 +473,20 @@ def train_stage(stage: int, cfg: OmniTrainConfig) -> Path:
             step += 1
             mean_loss = float(acc.reduce(step_loss.to(acc.device), reduction="mean")) if world > 1 else float(step_loss)
             bar.update()
-            if writer is not None and (step % cfg.log_every == 0 or step == cfg.max_steps):
+            el = elapsed()
+            last = finished(el)
+            if writer is not None and (step % cfg.log_every == 0 or last):
                 now = time.time()
                 n_steps = step % cfg.log_every or cfg.log_every
-                writer.writerow([step, epoch, f"{base_lrs[log_group] * lr_factor(step - 1, cfg):.3e}", f"{mean_loss:.4f}",
+                writer.writerow([step, epoch, f"{base_lrs[log_group] * lr_now:.3e}", f"{mean_loss:.4f}",
                                  tokens_since, f"{tokens_since / max(1e-9, now - t_last):.0f}",
-                                 f"{(now - t_last) / n_steps:.3f}", f"{now - t0:.1f}"])
+                                 f"{(now - t_last) / n_steps:.3f}", f"{el:.1f}"])
                 logf.flush()  # type: ignore[union-attr]
                 t_last, tokens_since = now, 0
                 bar.set_postfix(loss=f"{mean_loss:.3f}")
-            if step % cfg.save_every == 0 or step == cfg.max_steps:
-                state = {"step": step, "epoch": epoch, "batch_pos": batch_pos, "stage": stage, "engine": cfg.engine}
+            if step % cfg.save_every == 0 or last:
+                state = {"step": step, "epoch": epoch, "batch_pos": batch_pos, "stage": stage, "engine": cfg.engine,
+                         "elapsed_s": round(el, 1)}
                 _save_step(cfg, acc, wrapped, module, opt, out / f"step-{step}", state)
         if batch_pos + per_step > n_usable:
             epoch, batch_pos = epoch + 1, 0

@@ -14,13 +14,14 @@ from emova.data.omni_dataset import OmniDataset, collate, load_task_records
 from emova.model.config_loader import load_model_config
 from emova.model.modeling_emova import EmovaForConditionalGeneration
 from emova.model.processor import EmovaProcessor
-from emova.train.omni import OmniTrainConfig, parse_overrides, train_stage
+from emova.train.omni import OmniTrainConfig, _offline_tokenizer, parse_overrides, train_stage
 from tests.train.omni_micro import make_micro_world, write_micro_model
 
 
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
     root = tmp_path_factory.mktemp("micro_train")
+    _offline_tokenizer()  # built once per process (seconds), here rather than inside the first test
     return make_micro_world(root / "world"), write_micro_model(root / "micro.yaml")
 
 
@@ -35,7 +36,7 @@ def _log(out) -> list[dict]:
 
 
 def test_stage3_loss_falls_and_final_model_reloads(micro, tmp_path):
-    final = train_stage(3, _cfg(micro, tmp_path / "s3"))
+    final = train_stage(3, _cfg(micro, tmp_path / "s3", batch_size=2))
     rows = _log(tmp_path / "s3")
     assert [int(r["step"]) for r in rows] == list(range(1, 9))
     losses = [float(r["loss"]) for r in rows]
@@ -66,20 +67,20 @@ def test_stage1_only_moves_the_projector(micro, tmp_path):
 
 def test_resume_continues_from_the_latest_checkpoint(micro, tmp_path):
     out = tmp_path / "run"
-    train_stage(3, _cfg(micro, out, max_steps=6, save_every=3))
+    train_stage(3, _cfg(micro, out, max_steps=4, save_every=2, batch_size=2))
     ref = load_file(str(out / "final" / "model.safetensors"))
     # simulate a kill after step 4: drop what came later, keep the first 4 log rows
-    shutil.rmtree(out / "step-6")
+    shutil.rmtree(out / "step-4")
     shutil.rmtree(out / "final")
     rows = (out / "log.csv").read_text().splitlines()
-    (out / "log.csv").write_text("\n".join(rows[:4]) + "\n")
-    train_stage(3, _cfg(micro, out, max_steps=6, save_every=3))
-    assert [int(r["step"]) for r in _log(out)] == list(range(1, 7))
+    (out / "log.csv").write_text("\n".join(rows[:3]) + "\n")
+    train_stage(3, _cfg(micro, out, max_steps=4, save_every=2, batch_size=2))
+    assert [int(r["step"]) for r in _log(out)] == list(range(1, 5))
     again = load_file(str(out / "final" / "model.safetensors"))
     for k, v in ref.items():  # same batches, same optimizer state → the same weights
         torch.testing.assert_close(again[k], v, atol=1e-6, rtol=1e-5)
-    state = json.loads((out / "step-6" / "state.json").read_text())
-    assert state["step"] == 6 and "optimizer" in state
+    state = json.loads((out / "step-4" / "state.json").read_text())
+    assert state["step"] == 4 and "optimizer" in state
 
 
 def test_config_validation_and_overrides(tmp_path):
@@ -96,3 +97,16 @@ def test_config_validation_and_overrides(tmp_path):
     for stage in (1, 2, 3):
         cfg = OmniTrainConfig.load(f"tiny_stage{stage}")
         assert cfg.stage == stage and cfg.engine == "ddp"
+
+
+def test_time_budget_stops_early_and_saves(micro, tmp_path):
+    from emova.train.omni import lr_factor
+
+    final = train_stage(3, _cfg(micro, tmp_path / "t", max_steps=1000, max_minutes=0.0005, save_every=1000))
+    rows = _log(tmp_path / "t")
+    assert 1 <= int(rows[-1]["step"]) < 20 and (final / "model.safetensors").exists()
+    state = json.loads((tmp_path / "t" / f"step-{rows[-1]['step']}" / "state.json").read_text())
+    assert state["elapsed_s"] >= 0.03
+    cfg = _cfg(micro, tmp_path, max_steps=1000, warmup_steps=0, max_minutes=10, min_lr_ratio=0.0)
+    assert lr_factor(10, cfg, elapsed_s=300) == pytest.approx(0.5, abs=0.02)  # half the time: half-way down
+    assert lr_factor(10, cfg, elapsed_s=600) == pytest.approx(0.0, abs=1e-6)
