@@ -45,6 +45,16 @@ from emova.model.modeling_emova import EmovaForConditionalGeneration
 from emova.model.processor import EmovaProcessor, build_image_processor
 from emova.model.tokenizer_builder import build_tokenizer
 from emova.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from emova.train.engines import (
+    StateDictHolder,
+    deepspeed_config,
+    deepspeed_initialize,
+    full_state_dict,
+    fully_shard_module,
+    make_accelerator,
+    shutdown_distributed,
+    zero_stage,
+)
 from emova.train.stages import (
     STAGE_TASKS,
     STAGES,
@@ -260,107 +270,13 @@ def lr_factor(step: int, cfg: OmniTrainConfig, elapsed_s: float = 0.0) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
 
 
-# ------------------------------------------------------------------------------------------ engines
-def _deepspeed_config(cfg: OmniTrainConfig, world: int) -> dict[str, Any]:
-    ds = json.loads(resolve_config(str(cfg.deepspeed_config)).read_text(encoding="utf-8"))
-    ds.update({
-        "train_micro_batch_size_per_gpu": cfg.batch_size, "gradient_accumulation_steps": cfg.grad_accum,
-        "train_batch_size": cfg.batch_size * cfg.grad_accum * world, "gradient_clipping": cfg.grad_clip,
-        "bf16": {"enabled": cfg.bf16}, "fp16": {"enabled": False}, "zero_allow_untested_optimizer": True,
-    })  # fmt: skip
-    return ds
-
-
-def _deepspeed_initialize(cfg: OmniTrainConfig, module: nn.Module, opt: torch.optim.Optimizer,
-                          world: int) -> tuple[Any, Any]:
-    """DeepSpeed engine over the process group accelerate started. accelerate itself refuses DeepSpeed on
-    CPU (`cpu=True` disables it), so the engine is built here; on GPU this is the same call it makes."""
-    import deepspeed
-
-    if not torch.cuda.is_available():
-        # the CPU backend would JIT-compile a shared-memory all-reduce (a C++ build, minutes, a file lock);
-        # marking it incompatible makes DeepSpeed use the gloo group as is
-        import deepspeed.ops
-
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", auto_mpi_discovery=False)
-    engine, ds_opt, _, _ = deepspeed.initialize(model=module, optimizer=opt, config=_deepspeed_config(cfg, world))
-    return engine, ds_opt
-
-
-def _make_accelerator(cfg: OmniTrainConfig) -> Any:
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    use_autocast = cfg.bf16 and cfg.engine != "deepspeed"  # DeepSpeed runs bf16 itself (config "bf16")
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if use_autocast else "no",
-                       gradient_accumulation_steps=cfg.grad_accum if cfg.engine == "ddp" else 1,
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-
-
-def _fully_shard(module: OmniLossModule, fsdp_config: str) -> None:
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    settings = yaml.safe_load(resolve_config(fsdp_config).read_text(encoding="utf-8")) or {}
-    unknown = sorted(set(settings) - {"wrap_classes", "reshard_after_forward"})
-    if unknown:
-        raise ValueError(f"{fsdp_config}: unknown keys {unknown}; known: reshard_after_forward, wrap_classes")
-    wrap = set(settings.get("wrap_classes", []))
-    reshard = bool(settings.get("reshard_after_forward", True))
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        raise ValueError("engine fsdp2 needs a distributed launch (accelerate launch --multi_gpu …)")
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    mesh = init_device_mesh(dev, (torch.distributed.get_world_size(),))
-    for sub in module.modules():
-        if type(sub).__name__ in wrap:
-            fully_shard(sub, mesh=mesh, reshard_after_forward=reshard)
-    fully_shard(module, mesh=mesh, reshard_after_forward=reshard)
-
-
-def _full_state_dict(cfg: OmniTrainConfig, acc: Any, wrapped: nn.Module, module: OmniLossModule) -> dict[str, torch.Tensor]:
-    """The full (unsharded) model state dict on the main process (collective: call on every rank)."""
-    if cfg.engine == "deepspeed":
-        zero3 = int(wrapped.zero_optimization_stage()) == 3
-        sd = wrapped._zero3_consolidated_16bit_state_dict() if zero3 else wrapped.module.state_dict()
-    elif cfg.engine == "fsdp2":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        sd = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    else:
-        sd = module.state_dict()
-    out: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for k, v in (sd or {}).items():
-        if not k.startswith("model."):
-            continue
-        v = v.detach().cpu()
-        ptr = v.data_ptr()
-        out[k[len("model."):]] = v.clone() if ptr in seen else v  # safetensors refuses shared storage
-        seen.add(ptr)
-    return out
-
-
-def _zero_stage(wrapped: Any) -> int | None:
-    stage = getattr(wrapped, "zero_optimization_stage", None)
-    return int(stage()) if callable(stage) else None
-
-
-class _StateDictHolder:
-    def __init__(self, sd: dict[str, torch.Tensor]) -> None:
-        self._sd = sd
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self._sd
-
-
 # ---------------------------------------------------------------------------------------- the loop
 def train_stage(stage: int, cfg: OmniTrainConfig) -> Path:
     """Train (or resume) one stage; returns `out_dir/final` (save_pretrained model + processor).
     `stage` overrides cfg.stage (both are accepted so the CLI can say `--stage 2 --config …`)."""
     if stage != cfg.stage:
         cfg = OmniTrainConfig(**{**asdict(cfg), "stage": stage})
-    acc = _make_accelerator(cfg)
+    acc = make_accelerator(cfg.bf16, cfg.engine, cfg.grad_accum)
     out = Path(cfg.out_dir)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -380,7 +296,7 @@ def train_stage(stage: int, cfg: OmniTrainConfig) -> Path:
         step, epoch, batch_pos = int(meta["step"]), int(meta["epoch"]), int(meta["batch_pos"])
         elapsed0 = float(meta.get("elapsed_s", 0.0))
     if cfg.engine == "fsdp2":
-        _fully_shard(module, cfg.fsdp_config)
+        fully_shard_module(module, resolve_config(cfg.fsdp_config))
     groups = param_groups(module.model, cfg.lr, cfg.weight_decay, spec)
     base_lrs = [g["base_lr"] for g in groups]
     log_group = next(i for i, g in enumerate(groups) if not g["name"].startswith("vision"))
@@ -393,14 +309,16 @@ def train_stage(stage: int, cfg: OmniTrainConfig) -> Path:
     if cfg.engine == "fsdp2":
         wrapped = module
     elif cfg.engine == "deepspeed":
-        wrapped, opt = _deepspeed_initialize(cfg, module, opt, acc.num_processes)
+        ds = deepspeed_config(resolve_config(str(cfg.deepspeed_config)), cfg.batch_size, cfg.grad_accum,
+                              acc.num_processes, cfg.grad_clip, cfg.bf16)
+        wrapped, opt = deepspeed_initialize(module, opt, ds)
     else:
         wrapped, opt = acc.prepare(module, opt)
 
     if acc.is_main_process:  # what actually runs: engine, processes, and the optimizer's groups after wrapping
         info = {"stage": stage, "engine": cfg.engine, "world_size": acc.num_processes,
                 "distributed_type": "DEEPSPEED" if cfg.engine == "deepspeed" else str(acc.distributed_type),
-                "zero_stage": _zero_stage(wrapped),
+                "zero_stage": zero_stage(wrapped),
                 "param_groups": [{"name": g0["name"], "lr": float(g["lr"]), "n_params": n}
                                  for g, g0, n in zip(opt.param_groups, groups, group_sizes)],
                 "trainable": sum(group_sizes)}
@@ -413,6 +331,11 @@ def train_stage(stage: int, cfg: OmniTrainConfig) -> Path:
     writer, logf = None, None
     if acc.is_main_process:
         new_log = step == 0 or not log_path.exists()
+        if not new_log:  # rows logged after the checkpoint we resume from would be repeated: drop them
+            rows = list(csv.reader(open(log_path, newline="")))
+            kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+            with open(log_path, "w", newline="") as f:
+                csv.writer(f).writerows(kept)
         logf = open(log_path, "w" if new_log else "a", newline="")
         writer = csv.writer(logf)
         if new_log:
@@ -495,7 +418,7 @@ def train_stage(stage: int, cfg: OmniTrainConfig) -> Path:
         logf.close()
         plot_loss(log_path)
     final = out / "final"
-    sd = _full_state_dict(cfg, acc, wrapped, module)
+    sd = full_state_dict(cfg.engine, acc, wrapped, module)
     if acc.is_main_process:
         export_model(cfg, sd, processor, final)
     acc.wait_for_everyone()
@@ -515,10 +438,10 @@ class _StateDictHolderModule(nn.Module):
 
 def _save_step(cfg: OmniTrainConfig, acc: Any, wrapped: nn.Module, module: OmniLossModule,
                opt: torch.optim.Optimizer, path: Path, state: dict[str, Any]) -> None:
-    sd = _full_state_dict(cfg, acc, wrapped, module)
+    sd = full_state_dict(cfg.engine, acc, wrapped, module)
     if acc.is_main_process:
         inner_opt = getattr(opt, "optimizer", opt) if cfg.engine == "ddp" else None
-        save_checkpoint(path, _StateDictHolder(sd), inner_opt, state)  # type: ignore[arg-type]
+        save_checkpoint(path, StateDictHolder(sd), inner_opt, state)  # type: ignore[arg-type]
         old = sorted((p for p in path.parent.glob("step-*") if p.name.split("-")[1].isdigit()),
                      key=lambda p: int(p.name.split("-")[1]))
         for p in old[: -cfg.keep_checkpoints]:
@@ -560,13 +483,6 @@ def plot_loss(log_path: Path) -> None:
     fig.tight_layout()
     fig.savefig(log_path.with_name("loss.png"))
     plt.close(fig)
-
-
-def shutdown_distributed() -> None:
-    """Barrier + destroy the process group (gloo processes otherwise sometimes abort at exit)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,3 +108,9 @@ def test_unknown_suite_and_unfilled_records(setup, tmp_path):
         {"from": "human", "value": "<<speech:a>>"}, {"from": "gpt", "value": "y"}]}]))
     with pytest.raises(ValueError, match="not filled"):
         omni._load(bad, "vqa", None)
+
+
+def test_missing_suite_data_is_reported_as_skipped(setup, tmp_path):
+    root, _, _, _ = setup
+    rep = evaluate_omni(root / "model", tmp_path / "nothing", None, detokenizer=None, out=None, suites=["fsdd"])
+    assert "skipped" in rep["suites"]["fsdd"] and rep["acceptance"]["fsdd_accuracy"]["pass"] is None
