@@ -108,3 +108,21 @@ def test_time_budget_stops_early_and_saves(micro, tmp_path):
     cfg = _cfg(micro, tmp_path, max_steps=1000, warmup_steps=0, max_minutes=10, min_lr_ratio=0.0)
     assert lr_factor(10, cfg, elapsed_s=300) == pytest.approx(0.5, abs=0.02)  # half the time: half-way down
     assert lr_factor(10, cfg, elapsed_s=600) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_lora_bf16_checkpointing_stage2_exports_a_merged_plain_model(micro, tmp_path):
+    cfg = _cfg(micro, tmp_path / "lora", stage=2, tasks=["vqa", "asr"], max_steps=3, lora_r=4, lora_alpha=8,
+               bf16=True, gradient_checkpointing=True, lr=1e-2)
+    final = train_stage(2, cfg)
+    end = load_file(str(final / "model.safetensors"))
+    assert not any("lora" in k for k in end)  # merged: a plain EmovaForConditionalGeneration checkpoint
+    torch.manual_seed(cfg.seed)
+    start = EmovaForConditionalGeneration(load_model_config(micro[1]).config).state_dict()
+    for name, p in start.items():
+        moved = not torch.equal(p, end[name])
+        if name.startswith("language_model."):  # only the LoRA targets change (adapters folded in)
+            assert moved == (".q_proj.weight" in name or ".v_proj.weight" in name), name
+        elif name.startswith("vision_tower."):  # stage 2: upper half of the ViT (+ merger) only
+            assert moved == (name.startswith(("vision_tower.blocks.1.", "vision_tower.merger."))), name
+        else:
+            assert moved, name  # the projector trains
