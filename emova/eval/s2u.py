@@ -46,6 +46,55 @@ def _probe(X: np.ndarray, y: list[str], groups: list[str]) -> dict:
             "n": int(len(y_arr)), "classes": int(len(values))}
 
 
+def _style_of(row: dict, field: str) -> str:
+    return row["style"].split(f"{field}-")[1].split("_")[0]
+
+
+def _balance(idx: list[int], labels: list[str], seed: int = 0) -> list[int]:
+    """Keep the same number of items per class (deterministic), so chance is 1 / classes."""
+    rng = np.random.default_rng(seed)
+    by: dict[str, list[int]] = {}
+    for i, y in zip(idx, labels):
+        by.setdefault(y, []).append(i)
+    n = min(len(v) for v in by.values())
+    return sorted(i for v in by.values() for i in rng.choice(v, n, replace=False).tolist())
+
+
+def _speaker_normalise(X: np.ndarray, speakers: list[str]) -> np.ndarray:
+    """Subtract each speaker's mean feature vector (unsupervised: no labels used)."""
+    X = X.copy()
+    spk = np.array(speakers)
+    for s in np.unique(spk):
+        X[spk == s] -= X[spk == s].mean(0)
+    return X
+
+
+def _style_probes(root: Path, rows: list[dict], units: list[list[int]], codebook: int) -> dict:
+    """Pitch is probed where only pitch (and rate) vary (neutral emotion); emotion where pitch is normal.
+    Features are speaker-normalised for these two, so a probe has to read the style, not the voice."""
+    bag = _bag_of_units(units, codebook)
+    mel = _mel_stats(root, rows)
+    voices = [r["voice"] for r in rows]
+    sentence = [r["group"] for r in rows]
+    pitch_idx = [i for i, r in enumerate(rows) if _style_of(r, "emotion") == "neutral"]
+    emo_idx = [i for i, r in enumerate(rows) if _style_of(r, "pitch") == "normal" and _style_of(r, "speed") == "normal"]
+    out = {}
+    for label, idx, field in (("pitch", pitch_idx, "pitch"), ("emotion", emo_idx, "emotion"),
+                              ("speaker", list(range(len(rows))), None)):
+        idx = _balance(idx, [voices[i] if field is None else _style_of(rows[i], field) for i in idx])
+        y = [voices[i] if field is None else _style_of(rows[i], field) for i in idx]
+        grp = [sentence[i] for i in idx]
+        res = {}
+        for name, X in (("units", bag), ("mel_stats", mel)):
+            Xi = X[idx]
+            if field is not None:
+                Xi = _speaker_normalise(Xi, [voices[i] for i in idx])
+            res[name] = _probe(Xi, y, grp)
+        res["speaker_normalised"] = field is not None
+        out[label] = res
+    return out
+
+
 def _bag_of_units(units: list[list[int]], size: int) -> np.ndarray:
     X = np.zeros((len(units), size), dtype=np.float32)
     for i, u in enumerate(units):
@@ -105,24 +154,12 @@ def evaluate_s2u(tokenizer: SpeechTokenizer, corpus: str | Path, max_items: int 
                          "pairs": len(all_same)}
     report["invariance"] = inv
 
-    # 3. probes: units vs mel statistics
+    # 3. probes: units vs mel statistics, on every held-out style/probe utterance
     prows = read_manifest(root, ("heldout_probe",))
     if max_items:
         prows = prows[: max_items * 3]
     punits = _encode_rows(tokenizer, root, prows, progress)
-    bag = _bag_of_units(punits, tokenizer.codebook_size)
-    mel = _mel_stats(root, prows)
-    sentence = [r["group"] for r in prows]
-    styles = [r["style"] for r in prows]
-    pitch_idx = [i for i, r in enumerate(prows) if r["id"].endswith("_0")]
-    emo_idx = [i for i, r in enumerate(prows) if r["id"].endswith("_1")]
-    probes = {}
-    for label, idx, key in (("pitch", pitch_idx, lambda s: s.split("pitch-")[1]),
-                            ("emotion", emo_idx, lambda s: s.split("emotion-")[1].split("_")[0]),
-                            ("speaker", list(range(len(prows))), None)):
-        y = [prows[i]["voice"] if key is None else key(styles[i]) for i in idx]
-        grp = [sentence[i] for i in idx]
-        probes[label] = {"units": _probe(bag[idx], y, grp), "mel_stats": _probe(mel[idx], y, grp)}
+    probes = _style_probes(root, srows + prows, sunits + punits, tokenizer.codebook_size)
     report["probes"] = probes
 
     # 4. usage and timing
