@@ -57,7 +57,8 @@ class SpeechTokenizer:
                              f"unexpected {unexpected[:5]})")
         return cls(model, **kwargs)
 
-    def save_pretrained(self, path: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+        """fp32 by default: in fp16, 0.1% of units flip (measured on held-out speech), so fp16 is not lossless."""
         d = Path(path)
         d.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, "s2u": self.config.to_dict(), "sample_rate": SAMPLE_RATE, "unit_rate_hz": 25}
