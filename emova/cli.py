@@ -43,6 +43,27 @@ def _cmd_train_s2u(a: argparse.Namespace) -> None:
         print("exported to", SpeechTokenizer(model).save_pretrained(a.export))
 
 
+def _cmd_train_stage(a: argparse.Namespace) -> None:
+    if a.stage is None:
+        raise ValueError("`emova train` needs --stage 1|2|3 (with --config) or a subcommand: s2u, u2s, recipe")
+    from emova.train.omni import train_stage_cli
+
+    print(train_stage_cli(a.stage, a.stage_config, a.overrides))
+
+
+def _cmd_train_recipe(a: argparse.Namespace) -> None:
+    from emova.train.recipe import run_recipe
+
+    print(json.dumps(run_recipe(a.name, a.work_dir, a.runs_dir, a.assets_dir, a.fsdd, a.steps, a.force), indent=1))
+
+
+def _cmd_eval_omni(a: argparse.Namespace) -> None:
+    from emova.eval.omni import evaluate_omni
+
+    evaluate_omni(model_dir=a.model, world_dir=a.world, image_root=a.images, detokenizer=a.detokenizer, out=a.out,
+                  suites=a.suites, max_items=a.max_items)
+
+
 def _cmd_eval_s2u(a: argparse.Namespace) -> None:
     from emova.eval.s2u import run_eval_s2u
 
@@ -101,7 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--workers", type=int, default=2)
     ds.set_defaults(func=_cmd_data_speech)
 
-    tr = sub.add_parser("train", help="training").add_subparsers(dest="train_cmd", required=True)
+    trp = sub.add_parser("train", help="training: `--stage 1|2|3 --config C`, or a subcommand (s2u, recipe)")
+    trp.add_argument("--stage", type=int, choices=[1, 2, 3], default=None, help="EMOVA training stage of the omni model")
+    trp.add_argument("--config", dest="stage_config", default=None, help="stage config (YAML path or a name in emova/configs/train)")
+    trp.add_argument("--set", dest="overrides", nargs="*", default=None, metavar="KEY=VALUE", help="config overrides")
+    trp.set_defaults(func=_cmd_train_stage)
+    tr = trp.add_subparsers(dest="train_cmd", required=False)
+    rc = tr.add_parser("recipe", help="regenerate a bundled model from a clean checkout (cached steps)")
+    rc.add_argument("name", choices=["tiny"])
+    rc.add_argument("--work-dir", default="data_cache")
+    rc.add_argument("--runs-dir", default="runs")
+    rc.add_argument("--assets-dir", default=None)
+    rc.add_argument("--fsdd", default=None)
+    rc.add_argument("--steps", nargs="*", default=None)
+    rc.add_argument("--force", nargs="*", default=None)
+    rc.set_defaults(func=_cmd_train_recipe)
     ts = tr.add_parser("s2u", help="train the speech tokenizer (resumes from the latest checkpoint)")
     ts.add_argument("--config", default=str(Path(__file__).parent / "configs" / "s2u_tiny.yaml"))
     ts.add_argument("--corpus", default=None)
@@ -117,6 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--out", default="reports/eval_s2u.json")
     es.add_argument("--max-items", type=int, default=None)
     es.set_defaults(func=_cmd_eval_s2u)
+
+    eo = ev.add_parser("omni", help="omni model: VQA, ASR, TTS, spoken dialogue, text (held-out world)")
+    eo.add_argument("--model", default="emova-tiny")
+    eo.add_argument("--world", default="data_cache/world_units")
+    eo.add_argument("--images", default="data_cache/world")
+    eo.add_argument("--detokenizer", default="emova-tiny")
+    eo.add_argument("--out", default="reports/eval_omni.json")
+    eo.add_argument("--suites", nargs="*", default=None)
+    eo.add_argument("--max-items", type=int, default=None)
+    eo.set_defaults(func=_cmd_eval_omni)
 
     be = sub.add_parser("bench", help="speed benchmarks").add_subparsers(dest="bench_cmd", required=True)
     bs = be.add_parser("s2u", help="speech tokenizer real-time factor")
