@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, StaticCache
 
 
 @dataclass
@@ -22,8 +22,11 @@ class GenerationSettings:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    cache: str = "static"  # "static": preallocated (prompt + max_new_tokens), no per-step concatenation
 
     def __post_init__(self) -> None:
+        if self.cache not in ("static", "dynamic"):
+            raise ValueError(f"cache must be 'static' or 'dynamic', got {self.cache!r}")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
         if self.temperature < 0:
@@ -60,7 +63,11 @@ def generate_tokens(
     gen = None
     if settings.seed is not None:
         gen = torch.Generator(device=device).manual_seed(settings.seed)
-    cache = DynamicCache(config=model.config.get_text_config())
+    text_config = model.config.get_text_config()
+    if settings.cache == "static":
+        cache = StaticCache(config=text_config, max_cache_len=ids.shape[1] + settings.max_new_tokens)
+    else:
+        cache = DynamicCache(config=text_config)
     out = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1, **kwargs)
     for _ in range(settings.max_new_tokens):
         token = _pick(out.logits[0, -1], settings, gen)
@@ -68,8 +75,7 @@ def generate_tokens(
             return
         yield token
         step = torch.tensor([[token]], device=device)
-        out = model(input_ids=step, cache=out.cache if out.cache is not None else cache, use_cache=True,
-                    logits_to_keep=1)
+        out = model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1)
 
 
 __all__ = ["GenerationSettings", "generate_tokens"]

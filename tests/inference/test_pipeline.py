@@ -89,9 +89,10 @@ def test_stream_random_weights_flow(emova, speech):
         assert len(r.audio.samples) == sum(len(c.samples) for c in chunks)
 
 
-def test_kv_cached_loop_equals_transformers_generate(emova, image):
+@pytest.mark.parametrize("cache", ["static", "dynamic"])
+def test_kv_cached_loop_equals_transformers_generate(emova, image, cache):
     inputs = emova._encode([{"role": "user", "content": "Describe the image."}], [image])
-    ours = list(generate_tokens(emova.model, inputs, set(), GenerationSettings(max_new_tokens=12)))
+    ours = list(generate_tokens(emova.model, inputs, set(), GenerationSettings(max_new_tokens=12, cache=cache)))
     with torch.no_grad():
         ref = emova.model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                                    pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"],
