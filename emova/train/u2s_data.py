@@ -201,15 +201,14 @@ class U2SData:
             raise ValueError(f"no U2S cache shards in {cache_dir}; run the prepare stage first")
         self.mel, self.lf0, self.vuv, self.units, self.durs, self.meta = [], [], [], [], [], []
         for f in files:
-            z = np.load(f)
-            mo, uo = z["mel_off"], z["unit_off"]
+            with np.load(f) as z:  # read every array once; items are views into them
+                arrays = {k: z[k] for k in ("mel", "lf0", "vuv", "units", "durs", "mel_off", "unit_off", "meta")}
+            mo, uo = arrays["mel_off"], arrays["unit_off"]
             for i in range(len(mo) - 1):
-                self.mel.append(z["mel"][mo[i] : mo[i + 1]])
-                self.lf0.append(z["lf0"][mo[i] : mo[i + 1]])
-                self.vuv.append(z["vuv"][mo[i] : mo[i + 1]])
-                self.units.append(z["units"][uo[i] : uo[i + 1]])
-                self.durs.append(z["durs"][uo[i] : uo[i + 1]])
-            self.meta += json.loads(str(z["meta"]))
+                for name, store, off in (("mel", self.mel, mo), ("lf0", self.lf0, mo), ("vuv", self.vuv, mo),
+                                         ("units", self.units, uo), ("durs", self.durs, uo)):
+                    store.append(arrays[name][off[i] : off[i + 1]])
+            self.meta += json.loads(str(arrays["meta"]))
         self.labels = [style_label_ids(m["style"]) for m in self.meta]
         self.by_style: dict[str, list[int]] = {}
         for i, m in enumerate(self.meta):
