@@ -40,7 +40,10 @@ def _probe(X: np.ndarray, y: list[str], groups: list[str]) -> dict:
 
     y_arr = np.array(y)
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
-    pred = cross_val_predict(clf, X, y_arr, groups=groups, cv=GroupKFold(n_splits=5))
+    n_splits = min(5, len(set(groups)))
+    if n_splits < 2 or len(set(y)) < 2:
+        raise ValueError(f"too few held-out items for a probe ({len(y)} items, {len(set(groups))} sentences)")
+    pred = cross_val_predict(clf, X, y_arr, groups=groups, cv=GroupKFold(n_splits=n_splits))
     values, counts = np.unique(y_arr, return_counts=True)
     return {"accuracy": float((pred == y_arr).mean()), "chance": float(counts.max() / counts.sum()),
             "n": int(len(y_arr)), "classes": int(len(values))}
