@@ -264,7 +264,7 @@ class U2SData:
             lf0[b, :f] = torch.from_numpy(self.lf0[i])
             vuv[b, :f] = torch.from_numpy(self.vuv[i].astype(np.float32))
             m, s, _ = self.stats[i]
-            z[b, :f] = (lf0[b, :f] - m) / s
+            z[b, :f] = ((lf0[b, :f] - m) / s).clamp(-4.0, 4.0)  # octave errors of the tracker are outliers
             j = i
             if rng.random() < other_ref_p:
                 j = rng.choice(self.by_style[self.meta[i]["style"]])
