@@ -91,6 +91,62 @@ def _cmd_demo(a: argparse.Namespace) -> None:
     print(json.dumps(result, indent=1))
 
 
+def _load_emova(model: str):
+    from emova.inference.pipeline import Emova
+
+    return Emova.from_pretrained(model)
+
+
+def _chat_messages(a: argparse.Namespace, text: str | None) -> list[dict]:
+    content: list[dict] = []
+    if a.image:
+        content.append({"type": "image", "image": a.image})
+    if a.audio:
+        content.append({"type": "audio", "audio": a.audio})
+    if text:
+        content.append({"type": "text", "text": text})
+    return [{"role": "user", "content": content}]
+
+
+def _cmd_chat(a: argparse.Namespace) -> None:
+    if not (a.audio or a.text or a.interactive):
+        raise ValueError("emova chat needs --audio WAV or --text T (or --interactive)")
+    m = _load_emova(a.model)
+    override = {k: v for k, v in {"emotion": a.emotion, "pitch": a.pitch, "speed": a.speed}.items() if v} or None
+    history: list[dict] = []
+    text = a.text
+    while True:
+        msgs = history + _chat_messages(a, text)
+        r = m.chat(msgs, voice=a.voice, style_override=override)
+        if r.audio is not None and a.out:
+            r.audio.save(a.out)
+        if a.json:
+            print(json.dumps(r.to_dict(), indent=1))
+        else:
+            if r.transcript:
+                print(f"you said: {r.transcript}  [{r.user_emotion}, {r.user_pitch}]")
+            print(f"emova: {r.text}  [{r.emotion}, {r.pitch}]" + (f"  → {a.out}" if r.audio is not None and a.out else ""))
+        if not a.interactive:
+            return
+        history = msgs + [r.as_message()]
+        a.image = a.audio = None  # the image opens the first turn only
+        try:
+            text = input("> ").strip()
+        except EOFError:
+            return
+        if not text or text in {"exit", "quit"}:
+            return
+
+
+def _cmd_asr(a: argparse.Namespace) -> None:
+    print(_load_emova(a.model).transcribe(a.wav))
+
+
+def _cmd_tts(a: argparse.Namespace) -> None:
+    audio = _load_emova(a.model).synthesize(a.text, style=a.style)
+    print(audio.save(a.out))
+
+
 def _cmd_convert(a: argparse.Namespace) -> None:
     from emova.convert.model import convert_checkpoint
 
@@ -104,6 +160,32 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the bundled tiny model on bundled example inputs")
     d.add_argument("--out", default="demo_out")
     d.set_defaults(func=_cmd_demo)
+
+    c = sub.add_parser("chat", help="talk to emova: image + (audio | text) → text + speech")
+    c.add_argument("--image", default=None)
+    c.add_argument("--audio", default=None)
+    c.add_argument("--text", default=None)
+    c.add_argument("--voice", default="female", choices=["female", "male"])
+    c.add_argument("--emotion", default=None, help="override the reply emotion")
+    c.add_argument("--pitch", default=None, choices=["low", "normal", "high"])
+    c.add_argument("--speed", default=None, choices=["slow", "normal", "fast"])
+    c.add_argument("--out", default="reply.wav")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--interactive", action="store_true", help="keep the conversation going (typed turns)")
+    c.add_argument("--model", default="emova-tiny")
+    c.set_defaults(func=_cmd_chat)
+
+    asr = sub.add_parser("asr", help="speech → text through the LLM (ASR prompt)")
+    asr.add_argument("wav")
+    asr.add_argument("--model", default="emova-tiny")
+    asr.set_defaults(func=_cmd_asr)
+
+    tts = sub.add_parser("tts", help="text → speech through the LLM (TTS prompt → units → U2S)")
+    tts.add_argument("text")
+    tts.add_argument("--style", default="gender-female_emotion-neutral_speed-normal_pitch-normal")
+    tts.add_argument("--out", required=True)
+    tts.add_argument("--model", default="emova-tiny")
+    tts.set_defaults(func=_cmd_tts)
 
     sp = sub.add_parser("speech", help="speech tokenizer / detokenizer").add_subparsers(dest="speech_cmd", required=True)
     e = sp.add_parser("encode", help="speech → units")
@@ -186,6 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # bad input: one clear line, no traceback
         print(f"emova: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from emova.inference.pipeline import GenerationError
+
+        if isinstance(e, GenerationError):
+            print(f"emova: generation failed: {e}", file=sys.stderr)
+            return 1
+        raise
     return 0
 
 
