@@ -22,6 +22,12 @@ def _cmd_speech_encode(a: argparse.Namespace) -> None:
     print(json.dumps({"units": units}) if a.json else tok.units_to_string(units))
 
 
+def _cmd_speech_decode(a: argparse.Namespace) -> None:
+    from emova.speech.detokenizer import decode_to_file
+
+    print(decode_to_file(a.units, a.style, a.out, a.model, a.reference))
+
+
 def _cmd_data_speech(a: argparse.Namespace) -> None:
     from emova.data.speech.corpus import CorpusConfig, render_corpus
 
@@ -195,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default="emova-tiny")
     e.set_defaults(func=_cmd_speech_encode)
 
+    dd = sp.add_parser("decode", help="units → speech in a style (or a reference clip's voice)")
+    dd.add_argument("--units", required=True, help="'<|speech_1|><|speech_2|>…'")
+    dd.add_argument("--style", default="gender-female_emotion-neutral_speed-normal_pitch-normal")
+    dd.add_argument("--reference", default=None, help="take voice and style from this clip instead")
+    dd.add_argument("--out", required=True)
+    dd.add_argument("--model", default="emova-tiny")
+    dd.set_defaults(func=_cmd_speech_decode)
+
     data = sub.add_parser("data", help="generate training data").add_subparsers(dest="data_cmd", required=True)
     ds = data.add_parser("speech", help="render the speech corpus (resumable)")
     ds.add_argument("--out", default="data_cache/speech")
@@ -227,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--export", default=None, help="write the trained tokenizer to this directory")
     ts.set_defaults(func=_cmd_train_s2u)
 
+    tu = tr.add_parser("u2s", help="train the speech detokenizer (args: see `python -m emova.train.u2s --help`)",
+                       add_help=False)
+    tu.add_argument("rest", nargs=argparse.REMAINDER)
+    tu.set_defaults(func=None)  # dispatched in main()
+
     ev = sub.add_parser("eval", help="evaluation suites").add_subparsers(dest="eval_cmd", required=True)
     es = ev.add_parser("s2u", help="speech tokenizer: PER, style invariance, probes, usage")
     es.add_argument("--model", default="emova-tiny")
@@ -234,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--out", default="reports/eval_s2u.json")
     es.add_argument("--max-items", type=int, default=None)
     es.set_defaults(func=_cmd_eval_s2u)
+
+    eu = ev.add_parser("u2s", help="speech detokenizer: intelligibility, style control, streaming", add_help=False)
+    eu.add_argument("rest", nargs=argparse.REMAINDER)
+    eu.set_defaults(func=None)  # dispatched in main()
 
     eo = ev.add_parser("omni", help="omni model: VQA, ASR, TTS, spoken dialogue, text (held-out world)")
     eo.add_argument("--model", default="emova-tiny")
@@ -258,10 +281,27 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("dst", help="output directory")
     cv.add_argument("--to", default="emova", choices=["emova", "official-hf", "official-train"])
     cv.set_defaults(func=_cmd_convert)
+    bu = be.add_parser("u2s", help="speech detokenizer real-time factor", add_help=False)
+    bu.add_argument("rest", nargs=argparse.REMAINDER)
+    bu.set_defaults(func=None)  # dispatched in main()
     return p
 
 
+_DELEGATED = {("train", "u2s"): "emova.train.u2s", ("eval", "u2s"): "emova.eval.u2s",
+              ("bench", "u2s"): "emova.eval.bench_u2s"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if tuple(argv[:2]) in _DELEGATED:  # their parsers own every flag, --help included
+        import importlib
+
+        try:
+            importlib.import_module(_DELEGATED[tuple(argv[:2])]).main(argv[2:])
+        except ValueError as e:
+            print(f"emova: error: {e}", file=sys.stderr)
+            return 2
+        return 0
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -121,3 +121,11 @@ def test_cli_reports_bad_input_without_traceback(tok, tone, tmp_path, capsys):
     tone.save(tmp_path / "ok.wav")
     assert main(["speech", "encode", str(tmp_path / "ok.wav"), "--model", str(tmp_path / "st"), "--reduce"]) == 0
     assert capsys.readouterr().out.startswith("<|speech_")
+
+
+def test_cli_lists_every_command():
+    from emova.cli import build_parser
+
+    text = build_parser().format_help()
+    for cmd in ("demo", "chat", "asr", "tts", "speech", "train", "eval", "bench", "convert"):
+        assert cmd in text
