@@ -22,14 +22,12 @@ FSDP_KEYS = {"wrap_classes", "reshard_after_forward"}
 def make_accelerator(bf16: bool, engine: str, grad_accum: int) -> Any:
     """An Accelerator for this stage. One process may train several stages with different settings (the
     recipe, tests): the previous Accelerator's settings are forgotten, the process group is kept."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs
 
-    AcceleratorState._reset_state(reset_partial_state=False)
+    from emova.train.accel import fresh_accelerator
+
     use_autocast = bf16 and engine != "deepspeed"  # DeepSpeed runs bf16 itself (config "bf16")
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if use_autocast else "no",
-                       gradient_accumulation_steps=grad_accum if engine == "ddp" else 1,
+    return fresh_accelerator(use_autocast, gradient_accumulation_steps=grad_accum if engine == "ddp" else 1,
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 

@@ -55,6 +55,7 @@ from emova.train.engines import (
     shutdown_distributed,
     zero_stage,
 )
+from emova.train.plots import plot_log
 from emova.train.stages import (
     STAGE_TASKS,
     STAGES,
@@ -464,25 +465,7 @@ def export_model(cfg: OmniTrainConfig, state_dict: dict[str, torch.Tensor], proc
 
 def plot_loss(log_path: Path) -> None:
     """`loss.png` next to the CSV (skipped when matplotlib is absent)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    rows = list(csv.DictReader(open(log_path, newline="")))
-    if not rows:
-        return
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], label="loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("mean token loss")
-    ax.set_yscale("log")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(log_path.with_name("loss.png"))
-    plt.close(fig)
+    plot_log(log_path, ("loss",), out=log_path.with_name("loss.png"), ylabel="mean token loss")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,9 @@ from emova.data.speech.corpus import read_manifest
 from emova.data.speech.phones import VOCAB_SIZE, phones_to_ids
 from emova.speech.features import s2u_features
 from emova.speech.s2u import CONFIGS, S2UConfig, S2UModel
+from emova.train.accel import fresh_accelerator
 from emova.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from emova.train.plots import plot_log
 
 
 @dataclass
@@ -234,15 +236,13 @@ def lr_at(step: int, cfg: S2UTrainConfig) -> float:
 
 def train_s2u(cfg: S2UTrainConfig, progress: bool = True) -> Path:
     """Train (or resume) the S2U; returns the run directory. The final weights are `final/`."""
-    from accelerate import Accelerator
-
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
     mcfg = cfg.model_config()
     (out / "model_config.json").write_text(json.dumps(mcfg.to_dict(), indent=1))
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.bf16 else "no")
+    accelerator = fresh_accelerator(cfg.bf16)
     model = S2UModel(mcfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     step, epoch, batch_in_epoch = 0, 0, 0
@@ -323,7 +323,7 @@ def train_s2u(cfg: S2UTrainConfig, progress: bool = True) -> Path:
     logf.close()
     final = out / "final"
     save_checkpoint(final, accelerator.unwrap_model(model), None, {"step": step, "model_config": mcfg.to_dict()})
-    plot_log(log_path)
+    plot_log(log_path, ("ctc", "cons", "commit", "ent"))
     return out
 
 
@@ -338,28 +338,3 @@ def export_s2u(checkpoint: str | Path, out_dir: str | Path) -> Path:
     model = S2UModel(S2UConfig.from_dict(json.loads(cfg_path.read_text())))
     load_checkpoint(checkpoint, model)
     return SpeechTokenizer(model).save_pretrained(out_dir)
-
-
-def plot_log(log_path: Path) -> None:
-    """Loss curves as PNG next to the CSV (skipped when matplotlib is absent)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    rows = list(csv.DictReader(open(log_path)))
-    if not rows:
-        return
-    steps = [int(r["step"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for k in ("ctc", "cons", "commit", "ent"):
-        vals = [float(r[k]) if r.get(k) not in (None, "") else float("nan") for r in rows]
-        ax.plot(steps, vals, label=k)
-    ax.set_xlabel("step")
-    ax.set_yscale("log")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(log_path.with_suffix(".png"))
-    plt.close(fig)

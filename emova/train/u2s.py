@@ -32,7 +32,9 @@ from emova.data.speech.corpus import read_manifest
 from emova.speech.style_encoder import StyleEncoder, StyleEncoderConfig, StylePrototypes
 from emova.speech.u2s import U2SConfig, U2SModel, regulate_indices
 from emova.speech.vocoder import VocoderConfig, build_vocoder, mel_frames, mel_l1, multi_resolution_stft_loss
+from emova.train.accel import fresh_accelerator
 from emova.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from emova.train.plots import plot_log
 from emova.train.u2s_data import U2SData, prepare_cache
 
 STAGES = ("prepare", "u2s", "vocoder", "export")
@@ -167,7 +169,6 @@ def _keep_last(run: Path, keep: int = 2) -> None:
 
 
 def train_u2s_model(cfg: U2STrainConfig, progress: bool = True) -> Path:
-    from accelerate import Accelerator
 
     torch.manual_seed(cfg.seed)
     run = Path(cfg.out_dir) / "u2s"
@@ -180,7 +181,7 @@ def train_u2s_model(cfg: U2STrainConfig, progress: bool = True) -> Path:
         meta = load_checkpoint(ck, bundle, opt)
         step, epoch, bi0, elapsed0 = meta["step"], meta["epoch"], meta["batch_in_epoch"], meta.get("elapsed", 0.0)
         print(f"resuming u2s from {ck} (step {step})")
-    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.bf16 else "no")
+    acc = fresh_accelerator(cfg.bf16)
     bundle, opt = acc.prepare(bundle, opt)
     data = U2SData(cfg.cache_dir)
     logf, writer = _open_log(run / "log.csv", ["step", "epoch", "lr", "total", "mel", "dur", "f0", "vuv", "prosody",
@@ -240,7 +241,6 @@ def _vocoder_waves(cfg: U2STrainConfig) -> list[np.ndarray]:
 
 
 def train_vocoder(cfg: U2STrainConfig, progress: bool = True) -> Path:
-    from accelerate import Accelerator
 
     torch.manual_seed(cfg.seed + 1)
     vcfg = cfg.vocoder_config()
@@ -254,7 +254,7 @@ def train_vocoder(cfg: U2STrainConfig, progress: bool = True) -> Path:
         meta = load_checkpoint(ck, model, opt)
         step, elapsed0 = meta["step"], meta.get("elapsed", 0.0)
         print(f"resuming vocoder from {ck} (step {step})")
-    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.bf16 else "no")
+    acc = fresh_accelerator(cfg.bf16)
     model, opt = acc.prepare(model, opt)
     waves = [w for w in _vocoder_waves(cfg) if len(w) > cfg.vocoder_segment]
     if not waves:
@@ -390,29 +390,6 @@ def train_u2s(cfg: U2STrainConfig, stages: tuple[str, ...] = STAGES, progress: b
         _, d = export_detokenizer(cfg)
         print("exported", d)
     return out
-
-
-def plot_log(log_path: Path, keys: tuple[str, ...]) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    rows = list(csv.DictReader(open(log_path)))
-    if not rows:
-        return
-    steps = [int(r["step"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for k in keys:
-        ax.plot(steps, [max(1e-4, float(r[k])) for r in rows], label=k)
-    ax.set_xlabel("step")
-    ax.set_yscale("log")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(log_path.with_suffix(".png"))
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
