@@ -13,8 +13,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
-
 from emova.audio import SAMPLE_RATE, Audio, as_audio
 from emova.styles import Style
 
@@ -51,70 +49,7 @@ class OfficialUnitEncoder:
         return [int(u) for u in self.model.encode(a.samples)]
 
 
-class OfficialDetokenizer:
-    """`Detokenizer` over the official checkpoint's VITS U2S (`OfficialSpeechTokenizer.decode`).
-
-    `decode_stream` cuts the unit stream at unit boundaries — a short first chunk so audio starts early,
-    then growing chunks — decodes each chunk on its own, and joins neighbours with a short linear
-    crossfade (the tail of each chunk is held back until the next one arrives)."""
-
-    def __init__(self, model: Any, first_chunk: int = 8, max_chunk: int = 64, crossfade_ms: float = 10.0) -> None:
-        if first_chunk < 1 or max_chunk < first_chunk:
-            raise ValueError("need 1 <= first_chunk <= max_chunk")
-        self.model = model
-        self.first_chunk = first_chunk
-        self.max_chunk = max_chunk
-        self.crossfade_ms = crossfade_ms
-
-    @property
-    def sample_rate(self) -> int:
-        return int(self.model.sample_rate)
-
-    def decode(self, units: Sequence[int], style: Style | str = Style(), reference: Audio | None = None) -> Audio:
-        if reference is not None:
-            raise ValueError("the official speech tokenizer is driven by style labels; reference audio is not "
-                             "supported here — pass style= (a Style or a condition string)")
-        units = [int(u) for u in units]
-        if not units:
-            raise ValueError("cannot synthesise an empty unit sequence")
-        wave, sr = self.model.decode(units, str(Style.parse(style)))
-        return Audio(np.asarray(wave, dtype=np.float32), int(sr))
-
-    def decode_stream(self, units: Iterable[int], style: Style | str = Style()) -> Iterator[Audio]:
-        style = Style.parse(style)
-        n_fade = int(self.sample_rate * self.crossfade_ms / 1000)
-        held: np.ndarray | None = None  # tail of the previous chunk, to be crossfaded
-        size = self.first_chunk
-        buf: list[int] = []
-
-        def render(chunk: list[int], last: bool) -> Audio | None:
-            nonlocal held
-            wave = self.decode(chunk, style).samples
-            if held is not None:
-                if len(wave) >= len(held):  # linear crossfade over the held tail
-                    ramp = np.linspace(0.0, 1.0, len(held), dtype=np.float32)
-                    wave = np.concatenate([held * (1 - ramp) + wave[: len(held)] * ramp, wave[len(held):]])
-                else:
-                    wave = np.concatenate([held, wave])
-            if not last and n_fade and len(wave) > 2 * n_fade:
-                held, wave = wave[-n_fade:], wave[:-n_fade]
-            else:
-                held = None
-            return Audio(wave, self.sample_rate) if len(wave) else None
-
-        for u in units:
-            buf.append(int(u))
-            if len(buf) >= size:
-                out = render(buf, last=False)
-                buf, size = [], min(2 * size, self.max_chunk)
-                if out is not None:
-                    yield out
-        if buf:
-            out = render(buf, last=True)
-            if out is not None:
-                yield out
-        elif held is not None:
-            yield Audio(held, self.sample_rate)
+from emova.speech.official_detokenizer import OfficialDetokenizer  # noqa: E402  (one adapter for both sides)
 
 
 # ----------------------------------------------------------------------------------------- loading

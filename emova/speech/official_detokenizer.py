@@ -15,6 +15,9 @@ from emova.styles import Style
 
 
 class OfficialDetokenizer:
+    first_chunk = 8  # units in the first streamed chunk
+    max_chunk = 64
+
     def __init__(self, model) -> None:  # model: emova.convert.speech_tokenizer.OfficialSpeechTokenizer
         self.model = model.eval()
         self.sample_rate = model.sample_rate
@@ -54,17 +57,50 @@ class OfficialDetokenizer:
         return Audio(wave.float().clamp(-1, 1).numpy().astype(np.float32), self.sample_rate)
 
     def decode_stream(self, units: Iterable[int] | str, style: Style | str | None = None,
-                      reference: Audio | str | Path | None = None, chunk_units: int = 10,
-                      crossfade: int = 512) -> Iterator[Audio]:
-        """Chunks of `chunk_units` units decoded independently, joined with a crossfade."""
-        u = parse_units(list(units) if not isinstance(units, str) else units, self.n_units)
-        tail: np.ndarray | None = None
-        for s in range(0, len(u), chunk_units):
-            wav = self.decode(u[s : s + chunk_units], style, reference).samples.copy()
-            if tail is not None and len(wav) >= len(tail):
-                fade = np.linspace(0, 1, len(tail), dtype=np.float32)
-                wav[: len(tail)] = tail * (1 - fade) + wav[: len(tail)] * fade
-            last = s + chunk_units >= len(u)
-            xf = 0 if last else min(crossfade, len(wav) // 2)
-            tail = wav[len(wav) - xf:] if xf else None
-            yield Audio(wav[: len(wav) - xf], self.sample_rate)
+                      reference: Audio | str | Path | None = None, chunk_units: int | None = None,
+                      crossfade_ms: float = 10.0) -> Iterator[Audio]:
+        """Decode as units arrive: the stream is read lazily and cut at unit boundaries — a short first
+        chunk (`chunk_units`, default `first_chunk`) so audio starts early, then doubling chunks up to
+        `max_chunk`. Each chunk is decoded on its own; neighbours are joined with a linear crossfade
+        (each chunk's tail is held back until the next one arrives)."""
+        g_style = style if reference is None else None
+        n_fade = int(self.sample_rate * crossfade_ms / 1000)
+        held: np.ndarray | None = None
+        size = chunk_units or self.first_chunk
+        if size < 1:
+            raise ValueError("chunk_units must be >= 1")
+        source = parse_units(units, self.n_units) if isinstance(units, str) else units
+        buf: list[int] = []
+
+        def render(chunk: list[int], last: bool) -> Audio | None:
+            nonlocal held
+            wave = self.decode(chunk, g_style, reference).samples
+            if held is not None:
+                if len(wave) >= len(held):
+                    ramp = np.linspace(0.0, 1.0, len(held), dtype=np.float32)
+                    wave = np.concatenate([held * (1 - ramp) + wave[: len(held)] * ramp, wave[len(held):]])
+                else:
+                    wave = np.concatenate([held, wave])
+            if not last and n_fade and len(wave) > 2 * n_fade:
+                held, wave = wave[-n_fade:], wave[:-n_fade]
+            else:
+                held = None
+            return Audio(wave, self.sample_rate) if len(wave) else None
+
+        seen = False
+        for u in source:
+            seen = True
+            buf.append(u)
+            if len(buf) >= size:
+                out = render(buf, last=False)
+                buf, size = [], min(2 * size, max(self.max_chunk, size))
+                if out is not None:
+                    yield out
+        if not seen:
+            raise ValueError("cannot synthesise an empty unit sequence")
+        if buf:
+            out = render(buf, last=True)
+            if out is not None:
+                yield out
+        elif held is not None:
+            yield Audio(held, self.sample_rate)

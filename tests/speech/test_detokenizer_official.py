@@ -23,7 +23,7 @@ def test_official_directory_is_delegated(official_dir):
     a = detok.decode([5, 5, 9, 12, 9], Style(gender="male", emotion="happy"))
     assert a.sample_rate == detok.sample_rate and a.duration > 0 and np.isfinite(a.samples).all()
     chunks = list(detok.decode_stream(iter([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]), Style(), chunk_units=5))
-    assert len(chunks) == 3
+    assert len(chunks) == 2  # chunks double: 5 units, then the 8 left (fewer than the next size, 10)
     with pytest.raises(ValueError, match="unknown emotion"):
         detok.decode([1, 2], "gender-male_emotion-bored_speed-normal_pitch-normal")
     with pytest.raises(ValueError, match="empty"):
