@@ -19,3 +19,19 @@ def resolve_model_dir(name_or_path: str | Path, component: str | None = None) ->
     if component and (base / component).is_dir():
         return base / component
     return base
+
+
+def read_config(directory: str | Path, what: str) -> dict:
+    """`directory/config.json` as a dict; a clear ValueError when it is missing, not JSON or not an object."""
+    import json
+
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{directory} is not a {what} directory (no config.json)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from emova.assets import read_config
 from emova.speech.spiral import SpiralConfig, SpiralS2U
 from emova.speech.vits.common import ChannelLayerNorm
 from emova.speech.vits.config import VitsConfig
@@ -312,20 +313,13 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         for shard in shards:
             out.update(load_file(str(path / shard)))
         return out
-    raise FileNotFoundError(f"no model.safetensors (or model.safetensors.index.json) in {path}")
+    raise ValueError(f"no model.safetensors (or model.safetensors.index.json) in {path}")
 
 
 def load_official_speech_tokenizer(path: str | Path, device: str = "cpu") -> OfficialSpeechTokenizer:
     """Load a speech-tokenizer directory strictly (see the module docstring for the accepted renames)."""
     path = Path(path)
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"no config.json in {path}")
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
-    config = SpeechTokenizerConfig.from_dict(raw)
+    config = SpeechTokenizerConfig.from_dict(read_config(path, "speech tokenizer"))
     model = build_official_speech_tokenizer(config, "meta")
     state, report = map_official_state_dict(_read_safetensors(path), model)
     model.load_state_dict(state, strict=True, assign=True)

@@ -13,7 +13,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from emova.assets import read_config
 from emova.audio import SAMPLE_RATE, Audio, as_audio
+from emova.speech.official_detokenizer import OfficialDetokenizer  # one adapter for both sides
 from emova.styles import Style
 
 OUR_S2U_FORMAT = "emova-s2u-v1"
@@ -49,23 +51,9 @@ class OfficialUnitEncoder:
         return [int(u) for u in self.model.encode(a.samples)]
 
 
-from emova.speech.official_detokenizer import OfficialDetokenizer  # noqa: E402  (one adapter for both sides)
 
 
 # ----------------------------------------------------------------------------------------- loading
-def _read_config(path: Path, what: str) -> dict[str, Any]:
-    cfg = path / "config.json"
-    if not cfg.is_file():
-        raise ValueError(f"{path} is not a {what} directory (no config.json)")
-    try:
-        data = json.loads(cfg.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg}: invalid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{cfg}: expected a JSON object")
-    return data
-
-
 def is_official_speech_tokenizer(path: str | Path) -> bool:
     """True for an `emova_speech_tokenizer_hf`-layout directory (config with `u2s_style2idx`)."""
     p = Path(path)
@@ -97,7 +85,7 @@ def load_unit_encoder(path: str | Path, device: str = "cpu",
                       max_seconds: float = DEFAULT_MAX_AUDIO_SECONDS) -> UnitEncoder:
     """Our `SpeechTokenizer` directory or an official speech-tokenizer directory → a UnitEncoder."""
     p = Path(path)
-    cfg = _read_config(p, "speech tokenizer")
+    cfg = read_config(p, "speech tokenizer")
     if cfg.get("format") == OUR_S2U_FORMAT:
         from emova.speech.tokenizer import SpeechTokenizer
 
@@ -111,7 +99,7 @@ def load_unit_encoder(path: str | Path, device: str = "cpu",
 def load_detokenizer(path: str | Path, device: str = "cpu") -> Detokenizer:
     """Our `SpeechDetokenizer` directory or an official speech-tokenizer directory → a Detokenizer."""
     p = Path(path)
-    cfg = _read_config(p, "speech detokenizer")
+    cfg = read_config(p, "speech detokenizer")
     if "u2s_style2idx" in cfg:
         return OfficialDetokenizer(_official(p, device))
     try:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from emova.assets import resolve_model_dir
+from emova.assets import read_config, resolve_model_dir
 from emova.audio import Audio, as_audio
 from emova.speech.style_encoder import StyleEncoder, StyleEncoderConfig, StylePrototypes
 from emova.speech.u2s import U2SConfig, U2SModel
@@ -97,23 +97,17 @@ class SpeechDetokenizer:
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "emova-tiny") -> SpeechDetokenizer:
         d = resolve_model_dir(name_or_path, "speech_detokenizer")
-        cfg_path = d / "config.json"
-        if not cfg_path.is_file():
-            raise ValueError(f"{d} is not a speech detokenizer directory (no config.json)")
-        try:
-            meta = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_path}: invalid JSON ({e})") from None
+        meta = read_config(d, "speech detokenizer")
         if meta.get("format") != FORMAT:
             if "u2s_style2idx" in meta or "u2s_unit_type" in meta:
                 from emova.speech.official_detokenizer import OfficialDetokenizer
 
                 return OfficialDetokenizer.load(d)  # type: ignore[return-value]
-            raise ValueError(f"{cfg_path}: unsupported format {meta.get('format')!r}; expected {FORMAT!r} "
+            raise ValueError(f"{d / 'config.json'}: unsupported format {meta.get('format')!r}; expected {FORMAT!r} "
                              "or an official EMOVA speech-tokenizer config")
         unknown = set(meta) - {"format", "u2s", "style_encoder", "vocoder", "stream", "sample_rate", "styles", "info"}
         if unknown:
-            raise ValueError(f"{cfg_path}: unknown keys {sorted(unknown)}")
+            raise ValueError(f"{d / 'config.json'}: unknown keys {sorted(unknown)}")
         u2s = U2SModel(U2SConfig.from_dict(meta["u2s"]))
         enc = StyleEncoder(StyleEncoderConfig.from_dict(meta["style_encoder"]))
         voc = build_vocoder(VocoderConfig.from_dict(meta["vocoder"]))

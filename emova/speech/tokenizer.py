@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from emova.assets import resolve_model_dir
+from emova.assets import read_config, resolve_model_dir
 from emova.audio import SAMPLE_RATE, Audio, as_audio
 from emova.speech.features import s2u_features
 from emova.speech.s2u import S2UConfig, S2UModel
@@ -37,15 +37,9 @@ class SpeechTokenizer:
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "emova-tiny", **kwargs) -> SpeechTokenizer:
         d = resolve_model_dir(name_or_path, "speech_tokenizer")
-        cfg_path = d / "config.json"
-        if not cfg_path.exists():
-            raise ValueError(f"{d} is not a speech tokenizer directory (no config.json)")
-        try:
-            meta = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_path}: invalid JSON ({e})") from None
+        meta = read_config(d, "speech tokenizer")
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{cfg_path}: unsupported format {meta.get('format')!r}; expected {FORMAT!r}")
+            raise ValueError(f"{d / 'config.json'}: unsupported format {meta.get('format')!r}; expected {FORMAT!r}")
         model = S2UModel(S2UConfig.from_dict(meta["s2u"]))
         weights = d / "model.safetensors"
         if not weights.exists():
