@@ -18,6 +18,7 @@ import csv
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -122,7 +123,7 @@ class GroupedCorpus:
         rng = random.Random(seed * 1000 + epoch)
         order = list(range(len(self.groups)))
         rng.shuffle(order)
-        # bucket: sort within windows of 50 groups by max duration → little padding
+        # bucket: sort within windows of 400 groups by longest rendering → little padding
         buckets = [sorted(order[i : i + 400], key=lambda g: max(self.durations[self.groups[g]]))
                    for i in range(0, len(order), 400)]
         batches, cur = [], []
@@ -311,8 +312,6 @@ def train_s2u(cfg: S2UTrainConfig, progress: bool = True) -> Path:
                 state = {"step": step, "epoch": epoch, "batch_in_epoch": bi + 1}
                 save_checkpoint(out / f"step-{step}", accelerator.unwrap_model(model), opt, state)
                 for old in sorted(out.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[: -cfg.keep_checkpoints]:
-                    import shutil
-
                     shutil.rmtree(old, ignore_errors=True)
         else:
             epoch += 1

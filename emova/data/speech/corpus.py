@@ -24,12 +24,10 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from emova.audio import SAMPLE_RATE, Audio
@@ -221,9 +219,3 @@ def read_manifest(path: str | Path, splits: tuple[str, ...] | None = None) -> li
             if splits is None or row["split"] in splits:
                 rows.append(row)
     return rows
-
-
-def iter_audio(root: str | Path, rows: list[dict]) -> Iterator[tuple[dict, np.ndarray]]:
-    root = Path(root)
-    for row in rows:
-        yield row, Audio.load(root / row["path"]).samples
