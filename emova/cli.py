@@ -174,6 +174,13 @@ def _cmd_tts(a: argparse.Namespace) -> None:
     print(audio.save(a.out))
 
 
+def _cmd_serve(a: argparse.Namespace) -> None:
+    from emova.serve.api import serve
+
+    serve(a.model, a.host, a.port, device=a.device, max_body_bytes=a.max_body_bytes,
+          max_audio_seconds=a.max_audio_seconds, max_image_pixels=a.max_image_pixels)
+
+
 def _cmd_convert(a: argparse.Namespace) -> None:
     from emova.convert.model import convert_checkpoint
 
@@ -297,6 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--repeats", type=int, default=5)
     bs.add_argument("--out", default="reports/bench_s2u.json")
     bs.set_defaults(func=_cmd_bench_s2u)
+    sv = sub.add_parser("serve", help="OpenAI-compatible HTTP API (chat with audio, speech, transcriptions)")
+    sv.add_argument("--model", default="emova-tiny")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--device", default="cpu")
+    sv.add_argument("--max-body-bytes", type=int, default=25_000_000)
+    sv.add_argument("--max-audio-seconds", type=float, default=120)
+    sv.add_argument("--max-image-pixels", type=int, default=4096 * 4096)
+    sv.set_defaults(func=_cmd_serve)
+
     cv = sub.add_parser("convert", help="convert model checkpoints between the official layouts and ours")
     cv.add_argument("src", help="checkpoint directory (official HF, official training layout, or ours)")
     cv.add_argument("dst", help="output directory")
