@@ -410,7 +410,7 @@ def train_stage(stage: int, cfg: OmniTrainConfig) -> Path:
                 bar.set_postfix(loss=f"{mean_loss:.3f}")
             if step % cfg.save_every == 0 or last:
                 state = {"step": step, "epoch": epoch, "batch_pos": batch_pos, "stage": stage, "engine": cfg.engine,
-                         "elapsed_s": round(el, 1)}
+                         "elapsed_s": round(el, 3)}
                 _save_step(cfg, acc, wrapped, module, opt, out / f"step-{step}", state)
         if batch_pos + per_step > n_usable:
             epoch, batch_pos = epoch + 1, 0
