@@ -71,6 +71,17 @@ def official_style2idx() -> dict[str, int]:
 # ----------------------------------------------------------------------------- config
 
 
+def _sub_config(data: dict, side: str, cls: Any, presets: dict) -> Any:
+    """`{side}_config` when the directory embeds it, else the preset named by `{side}_unit_type`."""
+    if f"{side}_config" in data:
+        return cls.from_dict(data[f"{side}_config"])
+    unit_type = data[f"{side}_unit_type"]
+    if unit_type in presets:
+        return presets[unit_type]()
+    raise ValueError(f"config field {side}_unit_type {unit_type!r} is unknown and no {side}_config is given; "
+                     f"known: {', '.join(presets)}")
+
+
 @dataclass(frozen=True)
 class SpeechTokenizerConfig:
     s2u_unit_type: str = OFFICIAL_S2U_UNIT_TYPE
@@ -117,24 +128,11 @@ class SpeechTokenizerConfig:
         for name in ("s2u_unit_type", "u2s_unit_type", "u2s_style2idx"):
             if name not in data:
                 raise ValueError(f"config.json lacks the required field {name}")
-        s2u_type, u2s_type = data["s2u_unit_type"], data["u2s_unit_type"]
-        if "s2u_config" in data:
-            s2u = SpiralConfig.from_dict(data["s2u_config"])
-        elif s2u_type in S2U_PRESETS:
-            s2u = S2U_PRESETS[s2u_type]()
-        else:
-            raise ValueError(f"config field s2u_unit_type {s2u_type!r} is unknown and no s2u_config is given; "
-                             f"known: {', '.join(S2U_PRESETS)}")
-        if "u2s_config" in data:
-            u2s = VitsConfig.from_dict(data["u2s_config"])
-        elif u2s_type in U2S_PRESETS:
-            u2s = U2S_PRESETS[u2s_type]()
-        else:
-            raise ValueError(f"config field u2s_unit_type {u2s_type!r} is unknown and no u2s_config is given; "
-                             f"known: {', '.join(U2S_PRESETS)}")
+        s2u = _sub_config(data, "s2u", SpiralConfig, S2U_PRESETS)
+        u2s = _sub_config(data, "u2s", VitsConfig, U2S_PRESETS)
         s2i = data["u2s_style2idx"]
         n_styles = data.get("u2s_num_styles", len(s2i) if isinstance(s2i, dict) else 0)
-        return cls(s2u_type, u2s_type, n_styles, data.get("u2s_dim_styles", u2s.gin_channels), s2i, s2u, u2s)
+        return cls(data["s2u_unit_type"], data["u2s_unit_type"], n_styles, data.get("u2s_dim_styles", u2s.gin_channels), s2i, s2u, u2s)
 
     def to_dict(self, embed_sub_configs: bool = True) -> dict[str, Any]:
         d: dict[str, Any] = {
