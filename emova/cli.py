@@ -181,6 +181,12 @@ def _cmd_serve(a: argparse.Namespace) -> None:
           max_audio_seconds=a.max_audio_seconds, max_image_pixels=a.max_image_pixels)
 
 
+def _cmd_web(a: argparse.Namespace) -> None:
+    from emova.serve.web import launch_web
+
+    launch_web(a.model, a.host, a.port, device=a.device, share=a.share)
+
+
 def _cmd_convert(a: argparse.Namespace) -> None:
     from emova.convert.model import convert_checkpoint
 
@@ -313,6 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-audio-seconds", type=float, default=120)
     sv.add_argument("--max-image-pixels", type=int, default=4096 * 4096)
     sv.set_defaults(func=_cmd_serve)
+
+    wb = sub.add_parser("web", help="web UI (Gradio): talk to emova from a browser")
+    wb.add_argument("--model", default="emova-tiny")
+    wb.add_argument("--host", default="127.0.0.1")
+    wb.add_argument("--port", type=int, default=7860)
+    wb.add_argument("--device", default="cpu")
+    wb.add_argument("--share", action="store_true", help="ask Gradio for a public share link (needs internet)")
+    wb.set_defaults(func=_cmd_web)
 
     cv = sub.add_parser("convert", help="convert model checkpoints between the official layouts and ours")
     cv.add_argument("src", help="checkpoint directory (official HF, official training layout, or ours)")
