@@ -336,11 +336,15 @@ def build_parser() -> argparse.ArgumentParser:
     bu = be.add_parser("u2s", help="speech detokenizer real-time factor", add_help=False)
     bu.add_argument("rest", nargs=argparse.REMAINDER)
     bu.set_defaults(func=None)  # dispatched in main()
+    bsv = be.add_parser("serve", help="HTTP server: time to first audio (streamed vs not), concurrency, peak RSS",
+                        add_help=False)
+    bsv.add_argument("rest", nargs=argparse.REMAINDER)
+    bsv.set_defaults(func=None)  # dispatched in main()
     return p
 
 
 _DELEGATED = {("train", "u2s"): "emova.train.u2s", ("eval", "u2s"): "emova.eval.u2s",
-              ("bench", "u2s"): "emova.eval.bench_u2s"}
+              ("bench", "u2s"): "emova.eval.bench_u2s", ("bench", "serve"): "emova.eval.bench_serve"}
 
 
 def main(argv: list[str] | None = None) -> int:
