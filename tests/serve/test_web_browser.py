@@ -1,7 +1,8 @@
 """`emova web` in a real headless Chromium (Debian's /usr/bin/chromium driven by Playwright; no browser is
 downloaded): upload a WAV and an image, press Send, and the page shows the transcript and the reply text and
 holds a playable <audio> whose length is that of the reply the model made. A non-audio upload then gives an
-error message on the page, and the page keeps working. Requests leaving 127.0.0.1 are blocked."""
+error message on the page, and the page keeps working; a clip recorded from (Chromium's fake) microphone is
+answered too. Requests leaving 127.0.0.1 are blocked."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from emova.model.prompts import format_answer
 from emova.serve.web import create_web
 from tests.inference.conftest import Feed, emova, image, ours_dir, speech  # noqa: F401 — fixtures
-from tests.serve.test_api import ANSWER, UNITS
+from tests.serve.test_api import ANSWER
 
 CHROMIUM = "/usr/bin/chromium"
 TIMEOUT_MS = 30_000
@@ -34,7 +35,7 @@ def web(emova):  # noqa: F811
     """The Gradio app on a free local port (server thread); the model answers the fixed dialogue JSON."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     mp = pytest.MonkeyPatch()
-    mp.setattr(emova, "_tokens", Feed(emova, format_answer(ANSWER), UNITS))
+    mp.setattr(emova, "_tokens", Feed(emova, format_answer(ANSWER)))  # every generation: this answer
     results = []
     chat = emova.chat
 
@@ -57,14 +58,17 @@ def web(emova):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def page(web):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     url, _ = web
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
-        pg = browser.new_page()
+                                    args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                                          "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
+        context = browser.new_context(permissions=["microphone"])  # Chromium's fake microphone: beeps
+        pg = context.new_page()
         pg.set_default_timeout(TIMEOUT_MS)
+        expect.set_options(timeout=TIMEOUT_MS)  # this machine may be busy: wait for answers generously
 
         def local_only(route):  # nothing but the app itself
             u = route.request.url
@@ -84,7 +88,8 @@ def _upload_audio(page, path: Path) -> None:
     upload = page.locator("#emova-audio-in button[aria-label='Upload file']")
     if upload.count():  # the microphone is the default source
         upload.click()
-    page.locator("#emova-audio-in input[type=file]").set_input_files(str(path))
+    with page.expect_response(lambda r: "/upload" in r.url and r.request.method == "POST"):
+        page.locator("#emova-audio-in input[type=file]").set_input_files(str(path))
 
 
 def test_upload_wav_and_image_get_text_and_audio(web, page, tmp_path, speech, image):  # noqa: F811
@@ -97,7 +102,7 @@ def test_upload_wav_and_image_get_text_and_audio(web, page, tmp_path, speech, im
     _upload_audio(page, wav)
     page.locator("#emova-image-in input[type=file]").set_input_files(str(png))
     page.wait_for_selector("#emova-image-in img")
-    page.wait_for_selector("#emova-audio-in audio", state="attached")  # the clip is in the page
+    page.wait_for_selector("#emova-audio-in button[aria-label='Play']")  # the clip is loaded in the page
     page.click("#emova-send")
 
     expect(page.locator("#emova-reply-text textarea")).to_have_value(ANSWER["assistant response text"])
@@ -129,7 +134,6 @@ def test_bad_upload_shows_an_error(web, page, tmp_path):
     page.click("#emova-clear")
     expect(page.locator("#emova-reply-text textarea")).to_have_value("")
     _upload_audio(page, bad)
-    page.wait_for_timeout(300)
     page.click("#emova-send")
     expect(page.locator("#emova-status")).to_contain_text("Error:")
     assert "audio" in page.locator("#emova-status").inner_text().lower()
@@ -139,3 +143,23 @@ def test_bad_upload_shows_an_error(web, page, tmp_path):
     page.locator("#emova-text-in textarea").fill("hello there")  # and the page still answers
     page.click("#emova-send")
     expect(page.locator("#emova-status")).to_contain_text("Replied")
+
+
+def test_microphone_recording_is_answered(web, page):
+    from playwright.sync_api import expect
+
+    _, results = web
+    n = len(results)
+    page.click("#emova-clear")
+    expect(page.locator("#emova-reply-text textarea")).to_have_value("")
+    mic = page.locator("#emova-audio-in button[aria-label='Record audio']")
+    if mic.count():
+        mic.click()
+    page.locator("#emova-audio-in button.record-button").click()
+    page.wait_for_timeout(1500)
+    with page.expect_response(lambda r: "/upload" in r.url and r.request.method == "POST"):
+        page.locator("#emova-audio-in button.stop-button").first.click()
+    page.wait_for_selector("#emova-audio-in button[aria-label='Play']")
+    page.click("#emova-send")
+    expect(page.locator("#emova-reply-text textarea")).to_have_value(ANSWER["assistant response text"])
+    assert len(results) == n + 1 and results[-1].mode == "spoken"  # the recording reached the model as speech
