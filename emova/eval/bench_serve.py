@@ -43,7 +43,7 @@ MB = 1024 * 1024
 
 # ------------------------------------------------------------------------------------------ one request
 @dataclass
-class Turn:
+class TurnTiming:
     """One request's outcome. Times in seconds from just before the request was sent."""
 
     stream: bool
@@ -72,11 +72,11 @@ def chat_body(wav: bytes, image_png: bytes | None, voice: str, stream: bool, max
     return body
 
 
-def send_turn(client: Any, url: str, body: dict, timeout: float) -> Turn:
+def send_turn(client: Any, url: str, body: dict, timeout: float) -> TurnTiming:
     """POST one chat completion; for `stream`, read the SSE events as they arrive."""
     import httpx
 
-    turn = Turn(stream=bool(body.get("stream")))
+    turn = TurnTiming(stream=bool(body.get("stream")))
     t0 = time.perf_counter()
     try:
         if not turn.stream:
@@ -239,7 +239,7 @@ def stats(values: list[float | None]) -> dict[str, float | None]:
             "mean": float(v.mean()), "min": float(v.min()), "max": float(v.max())}
 
 
-def _summary(turns: list[Turn]) -> dict[str, Any]:
+def _summary(turns: list[TurnTiming]) -> dict[str, Any]:
     return {"requests": len(turns), "ok": sum(t.ok for t in turns),
             "with_audio": sum(t.ok and t.audio_bytes > 0 for t in turns),
             "first_audio_s": stats([t.first_audio_s for t in turns if t.ok]),
@@ -288,7 +288,7 @@ def run_bench(url: str, pid: int | None = None, n: int = 10, concurrency: int = 
         rss_start = mem.sample()
         for i in range(warmup):  # first-call costs (allocations, lazy imports) are not what we measure
             send_turn(client, url, bodies[i % 2 == 0], timeout)
-        seq: dict[bool, list[Turn]] = {True: [], False: []}
+        seq: dict[bool, list[TurnTiming]] = {True: [], False: []}
         for _ in range(n):
             for s in (True, False):
                 seq[s].append(send_turn(client, url, bodies[s], timeout))
@@ -296,7 +296,7 @@ def run_bench(url: str, pid: int | None = None, n: int = 10, concurrency: int = 
 
         gate = threading.Barrier(concurrency)
 
-        def one(i: int) -> Turn:
+        def one(i: int) -> TurnTiming:
             with httpx.Client() as c:
                 gate.wait(timeout=60)
                 return send_turn(c, url, bodies[i % 2 == 0], timeout)
@@ -420,4 +420,4 @@ if __name__ == "__main__":  # pragma: no cover
     main()
 
 
-__all__ = ["Turn", "bench_serve", "format_table", "run_bench", "send_turn", "server_process", "main"]
+__all__ = ["TurnTiming", "bench_serve", "format_table", "run_bench", "send_turn", "server_process", "main"]
