@@ -53,6 +53,16 @@ class U2SConfig:
     f0_max: float = 700.0
     dropout: float = 0.0  # dropout costs ~20% of a CPU step and a few-epoch run does not overfit
     shape_gain: float = 1.0  # calibrated after training: undoes the shrinkage of the predicted F0 shape
+    # Prosody calibration (fitted after training on the training corpus, `calibrate_prosody`): regression
+    # towards the mean shrinks what the style asks for. Inference uses
+    #   log-F0 level = level_bias + level_gain * head level
+    #   log(1 + frames) per unit += rate_gain * (head log-dur - rate_center) + rate_bias
+    # The defaults are the identity.
+    level_gain: float = 1.0
+    level_bias: float = 0.0
+    rate_gain: float = 0.0
+    rate_center: float = 0.0
+    rate_bias: float = 0.0
 
     def __post_init__(self) -> None:
         for k in ("n_units", "sample_rate", "n_fft", "hop", "win", "n_mels", "dim", "enc_layers", "enc_heads",
@@ -240,13 +250,16 @@ class U2SModel(nn.Module):
         """units (1, N), style (1, S) → mel (F, n_mels), durations (N,) in frames, lf0, voiced (F,)."""
         n = torch.tensor([units.shape[1]], device=units.device)
         h, umask = self.encode(units, n)
-        dur = (torch.exp(self.predict_log_durations(h, style, umask)) - 1).clamp(min=0) * length_scale
+        pros = self.prosody(style)  # (1, 3): log-F0 level, spread, mean log(1 + frames)
+        c = self.cfg
+        log_dur = self.predict_log_durations(h, style, umask) + c.rate_gain * (pros[:, 2:3] - c.rate_center) + c.rate_bias
+        dur = (torch.exp(log_dur) - 1).clamp(min=0) * length_scale
         idx, n_frames = regulate_indices(dur, n)
         hf = torch.gather(h, 1, idx[..., None].expand(-1, -1, h.shape[-1]))
         fmask = torch.ones(1, hf.shape[1], 1, device=units.device)
         pitch = self.pitch(hf, style, fmask)
         voiced = (pitch[..., 1] > 0).float()
-        pros = self.prosody(style)  # (1, 3)
-        lf0 = pros[:, :1] + pros[:, 1:2].clamp(min=0.0) * self.cfg.shape_gain * pitch[..., 0]
+        level = c.level_bias + c.level_gain * pros[:, :1]
+        lf0 = level + pros[:, 1:2].clamp(min=0.0) * c.shape_gain * pitch[..., 0]
         mel = self.decode_mel(hf, lf0, voiced, style, fmask)
         return {"mel": mel[0], "durations": dur[0], "lf0": lf0[0], "voiced": voiced[0], "unit_index": idx[0]}

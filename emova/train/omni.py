@@ -97,6 +97,8 @@ class OmniTrainConfig:
     weight_decay: float = 0.0
     vision_lr_scale: float = 0.1  # stage 3: the ViT's lr multiplier
     train_vision_stage1: bool = False  # tiny recipe: no pretrained ViT offline, so stage 1 trains it too
+    from_scratch: bool = False  # tiny recipe: neither tower is pretrained (stage 1 trains the LLM, stage 2 the whole ViT)
+    num_workers: int = 0  # DataLoader worker processes that tokenise and load images ahead of the step
     max_length: int = 1024
     lora_r: int = 0  # > 0: LoRA on the LLM's q/v projections instead of full LLM training; merged at the end
     lora_alpha: int = 16
@@ -123,6 +125,8 @@ class OmniTrainConfig:
         for k in ("max_steps", "batch_size", "grad_accum", "save_every", "log_every", "keep_checkpoints"):
             if int(getattr(self, k)) < 1:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if int(self.num_workers) < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("need lr > 0 and 0 <= min_lr_ratio <= 1")
 
@@ -272,6 +276,29 @@ def lr_factor(step: int, cfg: OmniTrainConfig, elapsed_s: float = 0.0) -> float:
 
 
 # ---------------------------------------------------------------------------------------- the loop
+class _Collate:
+    """Record indices → one padded micro-batch (a top-level class so DataLoader workers can pickle it)."""
+
+    def __init__(self, dataset: OmniDataset, processor: Any) -> None:
+        self.dataset, self.processor = dataset, processor
+
+    def __call__(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        return collate([self.dataset[i] for i in idx], self.processor)
+
+
+def _micro_batches(plan: list[list[int]], start: int, stop: int, world: int, rank: int, grad_accum: int,
+                   fetch: _Collate, workers: int) -> Any:
+    """This rank's micro-batches from plan position `start` on, in the order the step loop takes them;
+    with `workers` > 0 they are prepared ahead in DataLoader worker processes."""
+    per_step = world * grad_accum
+    seq = [plan[p + m * world + rank] for p in range(start, stop - per_step + 1, per_step) for m in range(grad_accum)]
+    if workers <= 0:
+        return (fetch(idx) for idx in seq)
+    from torch.utils.data import DataLoader
+
+    return iter(DataLoader(seq, batch_size=None, collate_fn=fetch, num_workers=workers, prefetch_factor=4))
+
+
 def train_stage(stage: int, cfg: OmniTrainConfig) -> Path:
     """Train (or resume) one stage; returns `out_dir/final` (save_pretrained model + processor).
     `stage` overrides cfg.stage (both are accepted so the CLI can say `--stage 2 --config …`)."""
@@ -285,7 +312,7 @@ def train_stage(stage: int, cfg: OmniTrainConfig) -> Path:
     processor = build_processor(cfg)
     model = build_model(cfg)
     spec: TrainableSpec = stage_spec(stage, vision_depth(model), train_vision_stage1=cfg.train_vision_stage1,
-                                     vision_lr_scale=cfg.vision_lr_scale)
+                                     vision_lr_scale=cfg.vision_lr_scale, from_scratch=cfg.from_scratch)
     apply_stage(model, spec, lora=cfg.lora_r > 0)
     module = OmniLossModule(model)
 
@@ -362,14 +389,15 @@ def train_stage(stage: int, cfg: OmniTrainConfig) -> Path:
         n_usable = len(plan) - len(plan) % per_step
         if n_usable == 0:
             raise ValueError(f"{len(plan)} batches cannot fill one step of {per_step} micro-batches")
+        micro_batches = _micro_batches(plan, batch_pos, n_usable, world, rank, cfg.grad_accum,
+                                       _Collate(dataset, processor), cfg.num_workers)
         while batch_pos + per_step <= n_usable and not finished(el):
             lr_now = lr_factor(step, cfg, el)
             for g, base_lr in zip(opt.param_groups, base_lrs):
                 g["lr"] = base_lr * lr_now
             step_loss = torch.zeros(())
             for micro in range(cfg.grad_accum):
-                idx = plan[batch_pos + micro * world + rank]
-                batch = collate([dataset[i] for i in idx], processor)
+                batch = next(micro_batches)
                 batch = {k: v.to(acc.device) for k, v in batch.items()}
                 tokens_since += int((batch["labels"] != -100).sum()) * world
                 if cfg.engine == "deepspeed":  # the engine accumulates, clips and steps at the boundary

@@ -8,6 +8,9 @@
 
 `train_vision_stage1` exists for the tiny recipe only: the paper starts from a pretrained Qwen2-VL ViT,
 and no pretrained ViT exists offline, so the tiny ViT would otherwise stay random through stage 1.
+`from_scratch` (also tiny recipe only) goes one step further, for an LLM that is not pretrained either:
+stage 1 then trains the LLM too (a frozen random LLM gives the projector nothing to align to — the caption
+loss stays at chance), and stage 2 trains the whole ViT, not its upper half.
 
 With LoRA (`lora_r > 0`) the LLM's trainable set is the LoRA adapters on its q/v projections instead of
 its full weights (EMOVA's public recipe trains the full LLM; LoRA is an option for big models on small
@@ -48,14 +51,16 @@ class TrainableSpec:
 
 
 def stage_spec(stage: int, vision_depth: int, *, train_vision_stage1: bool = False,
-               vision_lr_scale: float = 0.1) -> TrainableSpec:
-    """The paper's trainable set for `stage` on a ViT with `vision_depth` blocks."""
+               vision_lr_scale: float = 0.1, from_scratch: bool = False) -> TrainableSpec:
+    """The paper's trainable set for `stage` on a ViT with `vision_depth` blocks (`from_scratch`: the
+    tiny recipe's variant for towers that are not pretrained, see the module docstring)."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     if stage == 1:
-        return TrainableSpec(llm=False, projector=True, vision=train_vision_stage1)
+        return TrainableSpec(llm=from_scratch, projector=True, vision=train_vision_stage1 or from_scratch)
     if stage == 2:
-        return TrainableSpec(llm=True, projector=True, vision=True, vision_from_layer=vision_depth // 2)
+        return TrainableSpec(llm=True, projector=True, vision=True,
+                             vision_from_layer=None if from_scratch else vision_depth // 2)
     if not 0 < vision_lr_scale <= 1:
         raise ValueError(f"vision_lr_scale must lie in (0, 1], got {vision_lr_scale}")
     return TrainableSpec(llm=True, projector=True, vision=True, vision_lr_scale=vision_lr_scale)

@@ -331,6 +331,50 @@ def calibrate_shape_gain(bundle: U2SBundle, data: U2SData, n: int = 200) -> floa
 
 
 @torch.no_grad()
+def calibrate_prosody(bundle: U2SBundle, data: U2SData, protos: StylePrototypes, per_style: int = 12) -> dict[str, float]:
+    """Undo the regression-to-the-mean of what a style asks for, on the path inference takes.
+
+    For every condition with training items: the data's mean utterance stats (median log-F0, mean
+    log(1 + frames) per unit) against the prediction from that condition's *prototype* (the vector a
+    style string selects at inference): the prosody head's level, and the duration predictor's mean on
+    the same items' units. Fits (least squares, weighted by items) the level map `a + g * level` and a
+    duration shift `k * (head log-dur - centre) + b` on the residual. Gains are clipped to sane ranges."""
+    rng = random.Random(0)
+    rows = []  # (n, data level, data dur, head level, head dur, predicted dur)
+    for key, ids in sorted(data.by_style.items()):
+        if key not in protos.index:
+            continue
+        pick = rng.sample(ids, min(per_style, len(ids)))
+        style = protos.vector(key)[None].float()
+        head = bundle.u2s.prosody(style)[0]
+        pred = []
+        for i in pick:
+            u = torch.from_numpy(data.units[i].astype(np.int64))[None]
+            h, m = bundle.u2s.encode(u, torch.tensor([u.shape[1]]))
+            pred.append(float(bundle.u2s.predict_log_durations(h, style, m).mean()))
+        st = np.array([data.stats[i] for i in pick])
+        rows.append((len(pick), st[:, 0].mean(), st[:, 2].mean(), float(head[0]), float(head[2]), float(np.mean(pred))))
+    if len(rows) < 3:
+        return {}
+    r = np.array(rows)
+    w = np.sqrt(r[:, 0])
+
+    def fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:  # y ~ slope * x + intercept
+        A = np.stack([x, np.ones_like(x)], 1) * w[:, None]
+        slope, icpt = np.linalg.lstsq(A, y * w, rcond=None)[0]
+        return float(slope), float(icpt)
+
+    g, a = fit(r[:, 3], r[:, 1])
+    g = float(np.clip(g, 1.0, 3.0))
+    a = float(np.average(r[:, 1] - g * r[:, 3], weights=r[:, 0]))
+    centre = float(np.average(r[:, 4], weights=r[:, 0]))
+    k, b = fit(r[:, 4] - centre, r[:, 2] - r[:, 5])
+    k = float(np.clip(k, 0.0, 3.0))
+    b = float(np.average(r[:, 2] - r[:, 5] - k * (r[:, 4] - centre), weights=r[:, 0]))
+    return {"level_gain": g, "level_bias": a, "rate_gain": k, "rate_center": centre, "rate_bias": b}
+
+
+@torch.no_grad()
 def build_prototypes(encoder: StyleEncoder, data: U2SData, per_style: int) -> StylePrototypes:
     encoder.eval()
 
@@ -357,6 +401,8 @@ def export_detokenizer(cfg: U2STrainConfig, out: str | Path | None = None, vocod
     data = U2SData(cfg.cache_dir)
     bundle.u2s.cfg.shape_gain = calibrate_shape_gain(bundle, data)
     protos = build_prototypes(bundle.style_encoder, data, cfg.prototypes_per_style)
+    for k, v in calibrate_prosody(bundle, data, protos).items():
+        setattr(bundle.u2s.cfg, k, v)
     kind = vocoder_kind or cfg.export_vocoder
     vcfg = cfg.vocoder_config(kind)
     voc = build_vocoder(vcfg)

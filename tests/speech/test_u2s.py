@@ -82,3 +82,22 @@ def test_f0_embedding_buckets_and_unvoiced_row():
     assert e.shape == (1, 4, 32)
     assert not torch.equal(e[0, 0], e[0, 1])
     assert torch.equal(e[0, 3], m.f0_emb.weight[m.cfg.f0_bins])  # unvoiced frames share one row
+
+
+def test_prosody_calibration_scales_level_and_speed():
+    m = _model()
+    units = torch.randint(0, 4096, (1, 30))
+    s = torch.randn(1, 16)
+    base = m.infer(units, s)
+    head = m.prosody(s)[0].detach()
+    m.cfg.level_gain, m.cfg.level_bias = 2.0, 0.3  # level = 0.3 + 2 * head level
+    lev = m.infer(units, s)
+    assert torch.allclose(lev["durations"], base["durations"])
+    assert torch.allclose(lev["lf0"] - base["lf0"], torch.full_like(base["lf0"], float(head[0]) + 0.3), atol=1e-4)
+    m.cfg.level_gain, m.cfg.level_bias = 1.0, 0.0
+    m.cfg.rate_gain, m.cfg.rate_center, m.cfg.rate_bias = 1.0, 0.0, 0.5  # log(1 + frames) += head log-dur + 0.5
+    slow = m.infer(units, s)
+    raw = torch.log(base["durations"] + 1)
+    expect = (torch.exp(raw + float(head[2]) + 0.5) - 1).clamp(min=0)
+    ok = base["durations"] > 0  # clamped units have no raw value to compare
+    assert torch.allclose(slow["durations"][ok], expect[ok], atol=1e-3)

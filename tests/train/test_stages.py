@@ -152,3 +152,12 @@ def test_mix_records_weights():
     assert sum(i.startswith("a") for i in ids) == 5 and len(set(i for i in ids if i.startswith("a"))) == 5
     assert sum(i.startswith("b") for i in ids) == 20
     assert mixed == mix_records(by_task, {"a": 0.5, "b": 2.0}, seed=0)
+
+
+def test_from_scratch_trains_the_llm_in_stage1_and_the_whole_vit_in_stage2(micro):
+    m = _model(micro)
+    llm, proj, vit = _all(m, "language_model."), _all(m, "mm_projector."), _all(m, "vision_tower.")
+    apply_stage(m, stage_spec(1, 2, from_scratch=True))
+    assert trainable_names(m) == llm | proj | vit
+    apply_stage(m, stage_spec(2, 2, from_scratch=True))
+    assert trainable_names(m) == llm | proj | vit
