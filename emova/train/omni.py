@@ -396,7 +396,7 @@ def train_stage(stage: int, cfg: OmniTrainConfig) -> Path:
             for g, base_lr in zip(opt.param_groups, base_lrs):
                 g["lr"] = base_lr * lr_now
             step_loss = torch.zeros(())
-            for micro in range(cfg.grad_accum):
+            for _micro in range(cfg.grad_accum):
                 batch = next(micro_batches)
                 batch = {k: v.to(acc.device) for k, v in batch.items()}
                 tokens_since += int((batch["labels"] != -100).sum()) * world
