@@ -7,8 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
-import threading
 import time
 
 import numpy as np
@@ -20,6 +18,7 @@ from emova.audio import Audio
 from emova.model.prompts import format_answer
 from emova.serve.api import create_app
 from tests.inference.conftest import Feed, emova, image, ours_dir, speech  # noqa: F401 — fixtures
+from tests.serve.live import live_uvicorn
 
 ANSWER = {
     "user question text": "I lost my dog", "user question emotion": "sad", "user question pitch": "low",
@@ -251,23 +250,9 @@ def test_transcriptions(client, emova, speech, monkeypatch):  # noqa: F811
 # --------------------------------------------------------------------------- official client, live server
 @pytest.fixture
 def live_server(emova):  # noqa: F811
-    import uvicorn
-
     app = create_app(emova)  # its own app: the asyncio lock lives in the server's event loop
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 10
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_uvicorn(app) as url:
+        yield f"{url}/v1"
 
 
 def test_openai_client(live_server, emova, speech, monkeypatch):  # noqa: F811

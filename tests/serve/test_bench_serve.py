@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import threading
-import time
 
 import pytest
 
@@ -17,27 +14,15 @@ from emova.eval.bench_serve import EXAMPLE_WAV, bench_serve, format_table, main,
 from emova.model.prompts import format_answer
 from emova.serve.api import create_app
 from tests.inference.conftest import Feed, emova, ours_dir  # noqa: F401 — fixtures
+from tests.serve.live import live_uvicorn
 from tests.serve.test_api import ANSWER
 
 
 @pytest.fixture
 def live(emova, monkeypatch):  # noqa: F811
-    import uvicorn
-
     monkeypatch.setattr(emova, "_tokens", Feed(emova, format_answer(ANSWER)))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(emova), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 10
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_uvicorn(create_app(emova)) as url:
+        yield url
 
 
 def test_run_bench_in_process(live, tmp_path):
