@@ -27,7 +27,7 @@ from tqdm import tqdm
 from emova.data.speech.voices import ESPEAK_TRAIN_VOICES, FLITE_TRAIN_VOICES, HELD_OUT_VOICES, Voice
 from emova.data.world.build import TASKS
 from emova.data.world.formats import SpeechRequest, fill_speech_units, load_records, records_needing_speech
-from emova.model.prompts import ASR_PROMPT
+from emova.model.prompts import ASR_PROMPT, TTS_PROMPT
 from emova.styles import Style
 
 FLITE_SHARE = 0.45
@@ -155,5 +155,51 @@ def fsdd_asr_records(corpus_dir: str | Path, split: str, tokenizer: Any) -> list
     return out
 
 
-__all__ = ["encode_world_speech", "fill_world_units", "fsdd_asr_records", "render_world_speech", "speech_requests",
+def heldout_texts(world_dir: str | Path) -> set[str]:
+    """Every sentence said or answered in the world's held-out split (to keep out of training data)."""
+    out: set[str] = set()
+    for f in sorted((Path(world_dir) / "heldout").glob("*.json")):
+        recs = json.loads(f.read_text())
+        if not isinstance(recs, list):
+            continue
+        for r in recs:
+            for t in r.get("conversations", []):
+                out.add(_norm(t.get("value", "")))
+            for sp in (r.get("meta") or {}).get("speech", []) or []:
+                out.add(_norm(sp.get("text", "")))
+    return out
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def corpus_speech_records(corpus_dir: str | Path, tokenizer: Any, exclude: set[str] | None = None,
+                          split: str = "train") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """ASR and TTS pairs from the speech corpus (EMOVA's stage-2 speech-text data): every rendering of a
+    sentence is an ASR record (units → text, style-invariant), the neutral rendering of each group a TTS
+    record (text → units). Sentences in `exclude` (normalised; e.g. `heldout_texts(world)`) are dropped."""
+    from emova.data.speech.corpus import read_manifest
+
+    rows = [r for r in read_manifest(corpus_dir, (split,)) if _norm(r["text"]) not in (exclude or set())]
+    if not rows:
+        raise ValueError(f"the speech corpus at {corpus_dir} has no usable {split} rows")
+    units = tokenizer.encode_batch([Path(corpus_dir) / r["path"] for r in rows])
+    asr, tts, seen = [], [], set()
+    neutral = "emotion-neutral_speed-normal_pitch-normal"
+    for r, u in zip(rows, units):
+        unit_str = "".join(f"<|speech_{k}|>" for k in tokenizer.reduce(u))
+        meta = {"source": "speech_corpus", "voice": r["voice"], "style": r["style"], "answer": r["text"]}
+        asr.append({"id": f"corpus_asr-{r['id']}", "meta": meta,
+                    "conversations": [{"from": "human", "value": ASR_PROMPT + unit_str},
+                                      {"from": "gpt", "value": r["text"]}]})
+        if r["style"].endswith(neutral) and r["group"] not in seen:
+            seen.add(r["group"])
+            tts.append({"id": f"corpus_tts-{r['id']}", "meta": meta,
+                        "conversations": [{"from": "human", "value": TTS_PROMPT + r["text"]},
+                                          {"from": "gpt", "value": unit_str}]})
+    return asr, tts
+
+
+__all__ = ["corpus_speech_records", "encode_world_speech", "heldout_texts", "fill_world_units", "fsdd_asr_records", "render_world_speech", "speech_requests",
            "voice_for"]
