@@ -193,6 +193,16 @@ def _cmd_convert(a: argparse.Namespace) -> None:
     print(convert_checkpoint(a.src, a.dst, to=a.to))
 
 
+def _server_parser(sub: argparse._SubParsersAction, name: str, help: str, port: int) -> argparse.ArgumentParser:
+    """A subcommand that serves a model on a local port (`serve`, `web`): their common flags."""
+    s = sub.add_parser(name, help=help)
+    s.add_argument("--model", default="emova-tiny")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=port)
+    s.add_argument("--device", default="cpu")
+    return s
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="emova", description="EMOVA: see, hear and speak with emotions")
     sub = p.add_subparsers(dest="command", required=True)
@@ -310,21 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--repeats", type=int, default=5)
     bs.add_argument("--out", default="reports/bench_s2u.json")
     bs.set_defaults(func=_cmd_bench_s2u)
-    sv = sub.add_parser("serve", help="OpenAI-compatible HTTP API (chat with audio, speech, transcriptions)")
-    sv.add_argument("--model", default="emova-tiny")
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--device", default="cpu")
+    sv = _server_parser(sub, "serve", "OpenAI-compatible HTTP API (chat with audio, speech, transcriptions)", 8000)
     sv.add_argument("--max-body-bytes", type=int, default=25_000_000)
     sv.add_argument("--max-audio-seconds", type=float, default=120)
     sv.add_argument("--max-image-pixels", type=int, default=4096 * 4096)
     sv.set_defaults(func=_cmd_serve)
 
-    wb = sub.add_parser("web", help="web UI (Gradio): talk to emova from a browser")
-    wb.add_argument("--model", default="emova-tiny")
-    wb.add_argument("--host", default="127.0.0.1")
-    wb.add_argument("--port", type=int, default=7860)
-    wb.add_argument("--device", default="cpu")
+    wb = _server_parser(sub, "web", "web UI (Gradio): talk to emova from a browser", 7860)
     wb.add_argument("--share", action="store_true", help="ask Gradio for a public share link (needs internet)")
     wb.set_defaults(func=_cmd_web)
 

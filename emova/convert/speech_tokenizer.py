@@ -132,7 +132,8 @@ class SpeechTokenizerConfig:
         u2s = _sub_config(data, "u2s", VitsConfig, U2S_PRESETS)
         s2i = data["u2s_style2idx"]
         n_styles = data.get("u2s_num_styles", len(s2i) if isinstance(s2i, dict) else 0)
-        return cls(data["s2u_unit_type"], data["u2s_unit_type"], n_styles, data.get("u2s_dim_styles", u2s.gin_channels), s2i, s2u, u2s)
+        return cls(data["s2u_unit_type"], data["u2s_unit_type"], n_styles, data.get("u2s_dim_styles", u2s.gin_channels),
+                   s2i, s2u, u2s)
 
     def to_dict(self, embed_sub_configs: bool = True) -> dict[str, Any]:
         d: dict[str, Any] = {

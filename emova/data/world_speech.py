@@ -26,7 +26,13 @@ from tqdm import tqdm
 
 from emova.data.speech.voices import ESPEAK_TRAIN_VOICES, FLITE_TRAIN_VOICES, HELD_OUT_VOICES, Voice
 from emova.data.world.build import TASKS
-from emova.data.world.formats import SpeechRequest, fill_speech_units, load_records, records_needing_speech
+from emova.data.world.formats import (
+    SpeechRequest,
+    fill_speech_units,
+    load_records,
+    records_needing_speech,
+    units_to_string,
+)
 from emova.model.prompts import ASR_PROMPT, TTS_PROMPT
 from emova.styles import Style
 
@@ -147,7 +153,7 @@ def fsdd_asr_records(corpus_dir: str | Path, split: str, tokenizer: Any) -> list
     units = tokenizer.encode_batch([Path(corpus_dir) / r["path"] for r in rows])
     out = []
     for r, u in zip(rows, units):
-        unit_str = "".join(f"<|speech_{k}|>" for k in tokenizer.reduce(u))
+        unit_str = units_to_string([int(k) for k in tokenizer.reduce(u)])
         out.append({"id": f"{FSDD_TASK}-{r['id']}",
                     "conversations": [{"from": "human", "value": ASR_PROMPT + unit_str},
                                       {"from": "gpt", "value": r["text"]}],
@@ -181,14 +187,15 @@ def corpus_speech_records(corpus_dir: str | Path, tokenizer: Any, exclude: set[s
     record (text → units). Sentences in `exclude` (normalised; e.g. `heldout_texts(world)`) are dropped."""
     from emova.data.speech.corpus import read_manifest
 
-    rows = [r for r in read_manifest(corpus_dir, (split,)) if _norm(r["text"]) not in (exclude or set())]
+    exclude = exclude or set()
+    rows = [r for r in read_manifest(corpus_dir, (split,)) if _norm(r["text"]) not in exclude]
     if not rows:
         raise ValueError(f"the speech corpus at {corpus_dir} has no usable {split} rows")
     units = tokenizer.encode_batch([Path(corpus_dir) / r["path"] for r in rows])
     asr, tts, seen = [], [], set()
     neutral = "emotion-neutral_speed-normal_pitch-normal"
     for r, u in zip(rows, units):
-        unit_str = "".join(f"<|speech_{k}|>" for k in tokenizer.reduce(u))
+        unit_str = units_to_string([int(k) for k in tokenizer.reduce(u)])
         meta = {"source": "speech_corpus", "voice": r["voice"], "style": r["style"], "answer": r["text"]}
         asr.append({"id": f"corpus_asr-{r['id']}", "meta": meta,
                     "conversations": [{"from": "human", "value": ASR_PROMPT + unit_str},
@@ -201,5 +208,5 @@ def corpus_speech_records(corpus_dir: str | Path, tokenizer: Any, exclude: set[s
     return asr, tts
 
 
-__all__ = ["corpus_speech_records", "encode_world_speech", "heldout_texts", "fill_world_units", "fsdd_asr_records", "render_world_speech", "speech_requests",
-           "voice_for"]
+__all__ = ["corpus_speech_records", "encode_world_speech", "fill_world_units", "fsdd_asr_records", "heldout_texts",
+           "render_world_speech", "speech_requests", "voice_for"]

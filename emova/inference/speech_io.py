@@ -51,8 +51,6 @@ class OfficialUnitEncoder:
         return [int(u) for u in self.model.encode(a.samples)]
 
 
-
-
 # ----------------------------------------------------------------------------------------- loading
 def is_official_speech_tokenizer(path: str | Path) -> bool:
     """True for an `emova_speech_tokenizer_hf`-layout directory (config with `u2s_style2idx`)."""

@@ -25,7 +25,7 @@ import numpy as np
 
 from emova.inference.messages import load_image
 from emova.inference.pipeline import GenerationError
-from emova.styles import EMOTIONS, GENDERS, PITCHES, SPEEDS
+from emova.styles import EMOTIONS, GENDERS, PITCHES, SPEEDS, Style
 
 if TYPE_CHECKING:  # pragma: no cover
     import gradio as gr
@@ -38,13 +38,9 @@ AUTO = "auto"  # "let the model choose" in the style pickers
 def style_override(emotion: str | None = None, pitch: str | None = None,
                    speed: str | None = None) -> dict[str, str] | None:
     """The pickers' values → `Emova.chat(style_override=...)`; "auto"/None/"" leave a field to the model."""
-    out = {}
-    for name, value, allowed in (("emotion", emotion, EMOTIONS), ("pitch", pitch, PITCHES), ("speed", speed, SPEEDS)):
-        if value in (None, "", AUTO):
-            continue
-        if value not in allowed:
-            raise ValueError(f"unknown {name} {value!r}; accepted: {AUTO}, {', '.join(allowed)}")
-        out[name] = value
+    out = {k: v for k, v in (("emotion", emotion), ("pitch", pitch), ("speed", speed)) if v not in (None, "", AUTO)}
+    if out:
+        Style().replace(**out)  # unknown labels raise ValueError naming the field and the accepted values
     return out or None
 
 
@@ -113,8 +109,6 @@ class WebChat:
         try:
             if not (audio or text):
                 raise ValueError("record or upload a spoken question, or type one")
-            if voice not in GENDERS:
-                raise ValueError(f"unknown voice {voice!r}; accepted: {', '.join(GENDERS)}")
             override = style_override(emotion, pitch, speed)
             content: list[dict[str, Any]] = []
             image_key = conv.image_key

@@ -169,7 +169,6 @@ def _keep_last(run: Path, keep: int = 2) -> None:
 
 
 def train_u2s_model(cfg: U2STrainConfig, progress: bool = True) -> Path:
-
     torch.manual_seed(cfg.seed)
     run = Path(cfg.out_dir) / "u2s"
     run.mkdir(parents=True, exist_ok=True)
@@ -241,7 +240,6 @@ def _vocoder_waves(cfg: U2STrainConfig) -> list[np.ndarray]:
 
 
 def train_vocoder(cfg: U2STrainConfig, progress: bool = True) -> Path:
-
     torch.manual_seed(cfg.seed + 1)
     vcfg = cfg.vocoder_config()
     run = Path(cfg.out_dir) / "vocoder"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+
+from emova.eval.bench_serve import free_port
 
 
 @contextlib.contextmanager
@@ -15,9 +16,7 @@ def live_uvicorn(app: Any, timeout: float = 10.0) -> Iterator[str]:
     """Serve `app` on 127.0.0.1; yields its base URL (no trailing slash) and stops it afterwards."""
     import uvicorn
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -7,11 +7,11 @@ answered too. Requests leaving 127.0.0.1 are blocked."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
+from emova.eval.bench_serve import free_port
 from emova.model.prompts import format_answer
 from emova.serve.web import create_web
 from tests.inference.conftest import Feed, emova, image, ours_dir, speech  # noqa: F401 — fixtures
@@ -22,12 +22,6 @@ TIMEOUT_MS = 30_000
 
 if not Path(CHROMIUM).exists() and not os.environ.get("CI"):  # CI must have it (make apt installs it)
     pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium, or `make apt`)", allow_module_level=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +40,7 @@ def web(emova):  # noqa: F811
 
     mp.setattr(emova, "chat", recording_chat)
     demo = create_web(emova)
-    port = _free_port()
+    port = free_port()
     demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port,
                                                    prevent_thread_lock=True, quiet=True, show_error=True)
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,18 +17,13 @@ import pytest
 import torch
 
 from emova.data.omni_dataset import OmniDataset, collate, load_task_records
+from emova.eval.bench_serve import free_port
 from emova.model.config_loader import load_model_config
 from emova.model.modeling_emova import EmovaForConditionalGeneration
 from emova.model.processor import EmovaProcessor
 from tests.train.omni_micro import make_micro_world, write_micro_model
 
 pytest.importorskip("deepspeed", reason="DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_stage3_zero3_two_cpu_processes(tmp_path):
@@ -57,7 +51,7 @@ progress: false
            "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()),
+           "--main_process_port", str(free_port()),
            "-m", "emova.train.omni", "--stage", "3", "--config", str(cfg)]
     t0 = time.time()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
@@ -98,7 +92,7 @@ def test_stage3_fsdp2_two_cpu_processes(tmp_path):
            "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), "-m", "emova.train.omni", "--stage", "3", "--set",
+           "--main_process_port", str(free_port()), "-m", "emova.train.omni", "--stage", "3", "--set",
            f"world_dir={world}", f"model={model_yaml}", f"out_dir={out}", "max_steps=8", "batch_size=2", "lr=3e-3",
            "warmup_steps=2", "save_every=8", "log_every=1", "bf16=false", "engine=fsdp2", "progress=false"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
