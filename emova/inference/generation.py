@@ -1,12 +1,20 @@
-"""KV-cached token generation, one token at a time, for batch size 1.
+"""KV-cached token generation for batch size 1, with optional speculative drafts.
 
-A plain loop over the model's forward with a `DynamicCache`: the prompt (and its images) once, then one
+A plain loop over the model's forward with a KV cache: the prompt (and its images) once, then one
 token per step. It is a generator, so callers (the streaming path) see every token as it is made.
+
+With `settings.draft` (a callable: tokens generated so far → proposed next tokens, e.g.
+`emova.inference.drafting.AnswerDrafter`), a step feeds the new token *and* the proposal in one forward
+pass and keeps the longest prefix of the proposal the model accepts: greedily, the tokens it would have
+picked anyway (so the output is the same); when sampling, each proposed token d is kept with
+probability p(d) and otherwise replaced by a sample from p without d — the speculative-sampling rule
+for a deterministic draft, which leaves the distribution of the output unchanged. Rejected positions
+are cropped from the cache.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +31,7 @@ class GenerationSettings:
     top_p: float = 1.0
     seed: int | None = None
     cache: str = "static"  # "static": preallocated (prompt + max_new_tokens), no per-step concatenation
+    draft: Callable[[list[int]], list[int]] | None = None  # proposes next tokens (speculative decoding)
 
     def __post_init__(self) -> None:
         if self.cache not in ("static", "dynamic"):
@@ -35,16 +44,45 @@ class GenerationSettings:
             raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
 
 
-def _pick(logits: torch.Tensor, s: GenerationSettings, gen: torch.Generator | None) -> int:
-    """logits (V,) → next token id."""
-    if s.temperature == 0:
-        return int(logits.argmax())
+def _probs(logits: torch.Tensor, s: GenerationSettings) -> torch.Tensor:
+    """The sampling distribution (temperature, then nucleus) for logits (V,); temperature > 0."""
     probs = torch.softmax(logits.float() / s.temperature, dim=-1)
     if s.top_p < 1:
         sorted_p, idx = probs.sort(descending=True)
         keep = sorted_p.cumsum(0) - sorted_p < s.top_p  # always keeps the top token
         probs = torch.zeros_like(probs).scatter_(0, idx[keep], sorted_p[keep])
-    return int(torch.multinomial(probs, 1, generator=gen))
+    return probs
+
+
+def _pick(logits: torch.Tensor, s: GenerationSettings, gen: torch.Generator | None) -> int:
+    """logits (V,) → next token id."""
+    if s.temperature == 0:
+        return int(logits.argmax())
+    return int(torch.multinomial(_probs(logits, s), 1, generator=gen))
+
+
+def _verify(logits: torch.Tensor, proposed: int, s: GenerationSettings, gen: torch.Generator | None) -> int:
+    """The token to emit where `proposed` was drafted: `proposed` itself if accepted, else a replacement."""
+    if s.temperature == 0:
+        return int(logits.argmax())
+    probs = _probs(logits, s)
+    p = float(probs[proposed])
+    if float(torch.rand((), generator=gen, device=probs.device)) < p:
+        return proposed
+    if p >= 1.0:  # numerically certain: nothing else to sample
+        return proposed
+    probs[proposed] = 0.0
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
+
+
+def _usable(draft: list[int], room: int, stop_ids: set[int]) -> list[int]:
+    """The proposal cut to the token budget (one token always follows it) and before any stop id."""
+    out = []
+    for t in draft[: max(0, room)]:
+        if t in stop_ids or not isinstance(t, int):
+            break
+        out.append(t)
+    return out
 
 
 @torch.inference_mode()
@@ -69,13 +107,29 @@ def generate_tokens(
     else:
         cache = DynamicCache(config=text_config)
     out = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1, **kwargs)
-    for _ in range(settings.max_new_tokens):
-        token = _pick(out.logits[0, -1], settings, gen)
+    logits, forced = out.logits[0, -1], None
+    produced: list[int] = []
+    while True:
+        token = _pick(logits, settings, gen) if forced is None else forced
         if token in stop_ids:
             return
+        produced.append(token)
         yield token
-        step = torch.tensor([[token]], device=device)
-        out = model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1)
+        room = settings.max_new_tokens - len(produced)
+        if room <= 0:
+            return
+        draft = _usable(settings.draft(produced) if settings.draft else [], room - 1, stop_ids)
+        step = torch.tensor([[token, *draft]], device=device)
+        out = model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=step.shape[1])
+        logits, forced = out.logits[0, -1], None
+        for i, d in enumerate(draft):
+            got = _verify(out.logits[0, i], d, settings, gen)
+            if got != d:  # rejected: drop the cache entries of draft[i:], emit the replacement next
+                cache.crop(-(len(draft) - i))
+                forced = got
+                break
+            produced.append(d)
+            yield d
 
 
 __all__ = ["GenerationSettings", "generate_tokens"]

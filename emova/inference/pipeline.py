@@ -33,6 +33,7 @@ import torch
 
 from emova.assets import resolve_model_dir
 from emova.audio import Audio
+from emova.inference.drafting import AnswerDrafter
 from emova.inference.generation import GenerationSettings, generate_tokens
 from emova.inference.json_repair import parse_answer, units_in
 from emova.inference.messages import Turn, check_messages, load_audio, load_image, resolve_style
@@ -153,6 +154,9 @@ class Emova:
                 stops.add(t)
         self.stop_ids = stops
         self._speech_ids = set(processor.speech_token_ids)
+        #: draft the answer's JSON skeleton and verify it in one pass (`emova.inference.drafting`);
+        #: greedy output is identical either way, only faster with it
+        self.speculative = True
 
     # ------------------------------------------------------------------------------------ loading
     @classmethod
@@ -247,7 +251,8 @@ class Emova:
         resolve_style(voice, None, None, style_override)  # fail before any generation
         turns = check_messages(messages, self.max_audio_seconds)
         mode = "spoken" if turns[-1].audios else "text"
-        settings = self._settings(max_new_tokens, 1024, temperature=temperature, seed=seed)
+        draft = AnswerDrafter(self.processor) if mode == "spoken" and self.speculative else None
+        settings = self._settings(max_new_tokens, 1024, temperature=temperature, seed=seed, draft=draft)
         rendered, images = self._render_turns(turns)
         inputs = self._encode(rendered, images)
         return ChatPlan(inputs, mode, voice, style_override, settings, speak, started)

@@ -1,0 +1,92 @@
+"""Draft tokens for speculative decoding of EMOVA's spoken-dialogue answer.
+
+The answer is one JSON object with `ANSWER_KEYS` in a fixed order (`format_answer`): about half of its
+non-unit tokens are the skeleton — `{"user question text": "`, `", "user question emotion": "`, … — which
+the model has to produce one forward pass per token although nothing about them is in doubt. The
+drafter reads the text generated so far, works out where in the skeleton it stands and, when the next
+characters are skeleton (a value just closed, or the answer has not begun), proposes their tokens.
+`generate_tokens` checks a whole proposal in one forward pass and keeps the longest prefix the model
+itself would have produced, so greedy output is unchanged; only the number of sequential passes drops
+(which is what the time to the first reply unit, and so the time to first audio, is made of).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from emova.model.prompts import ANSWER_KEYS
+
+_OPEN = '{"'
+
+
+def _opener(key: str) -> str:
+    return f'"{key}": "'
+
+
+def _closing_quote(value: str) -> int:
+    """Index of the first unescaped `"` in a JSON string body, or -1 while the string is still open."""
+    i = 0
+    while i < len(value):
+        c = value[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == '"':
+            return i
+        i += 1
+    return -1
+
+
+_OPENERS = re.compile("|".join(re.escape(_opener(k)) for k in ANSWER_KEYS))
+
+
+def skeleton_continuation(text: str) -> str | None:
+    """The skeleton characters that must follow `text` (a prefix of an answer), or None when the text
+    is inside a value (or does not follow the format, in which case nothing is proposed)."""
+    body = text.lstrip()
+    first = "{" + _opener(ANSWER_KEYS[0])
+    last = None
+    for m in _OPENERS.finditer(body):
+        last = m
+    if last is None:
+        return first[len(body):] if first.startswith(body) else None
+    k = ANSWER_KEYS.index(last.group(0)[1:-4])
+    rest = body[last.end():]
+    q = _closing_quote(rest)
+    if q < 0:
+        return None  # inside the value
+    tail = rest[q + 1:]
+    expected = "}" if k == len(ANSWER_KEYS) - 1 else ", " + _opener(ANSWER_KEYS[k + 1])
+    return expected[len(tail):] if expected.startswith(tail) and len(tail) < len(expected) else None
+
+
+class AnswerDrafter:
+    """`drafter(produced_ids) -> proposed next ids` for the spoken-dialogue answer (see module doc)."""
+
+    def __init__(self, processor: Any, max_draft: int = 16) -> None:
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.max_draft = max_draft
+        self.proposed = 0  # counters, for benchmarks and tests
+        self.calls = 0
+
+    def __call__(self, produced: list[int]) -> list[int]:
+        self.calls += 1
+        text = self.processor.decode(produced, skip_special_tokens=True)
+        cont = skeleton_continuation(text)
+        if not cont:
+            return []
+        # Re-tokenise text + continuation: BPE may merge the continuation's first characters with the
+        # last generated ones; propose only what extends the ids already produced.
+        full = self.tokenizer.encode(text + cont, add_special_tokens=False)
+        if full[: len(produced)] == produced:
+            draft = full[len(produced):]
+        else:
+            draft = self.tokenizer.encode(cont, add_special_tokens=False)
+        draft = draft[: self.max_draft]
+        self.proposed += len(draft)
+        return draft
+
+
+__all__ = ["AnswerDrafter", "skeleton_continuation"]

@@ -1,0 +1,133 @@
+"""Speculative decoding with the answer-skeleton drafter: where the skeleton is, that greedy output
+never changes, that budgets and stops hold, and that the sampling rule keeps the distribution."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from emova.inference.drafting import AnswerDrafter, skeleton_continuation
+from emova.inference.generation import GenerationSettings, _verify, generate_tokens
+from emova.model.prompts import format_answer
+from tests.inference.test_pipeline import ANSWER, audio_msg
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", '{"user question text": "'),
+    ("  {", '"user question text": "'),
+    ('{"user question text": "I lost my dog', None),
+    ('{"user question text": "I lost my \\"dog\\"', None),  # escaped quotes do not close the value
+    ('{"user question text": "I lost my dog"', ', "user question emotion": "'),
+    ('{"user question text": "I lost my dog", "us', 'er question emotion": "'),
+    ('{"user question text": "a", "user question emotion": "sad", "user question pitch": "low"',
+     ', "assistant response text": "'),
+    ('{"user question text": "a", "user question emotion": "sad", "user question pitch": "low", '
+     '"assistant response text": "b", "assistant response emotion": "sad", "assistant response pitch": "low", '
+     '"assistant response speech": "<|speech_1|>"', "}"),
+    ('{"user question text": "a"; oops', None),  # off the format: propose nothing
+    ("Sure! Here is", None),
+])  # fmt: skip
+def test_skeleton_continuation(text, expected):
+    assert skeleton_continuation(text) == expected
+
+
+def test_skeleton_walk_rebuilds_the_answer():
+    """Walking a real answer character by character, the skeleton proposed at each closed value is
+    exactly what follows in the answer."""
+    answer = format_answer(ANSWER)
+    i = 0
+    while i < len(answer):
+        cont = skeleton_continuation(answer[:i])
+        if cont:
+            assert answer[i : i + len(cont)] == cont
+            i += len(cont)
+        else:
+            i += 1
+
+
+def test_drafter_proposes_the_tokens_that_follow(emova):
+    tok = emova.processor.tokenizer
+    answer = format_answer(ANSWER)
+    ids = tok.encode(answer, add_special_tokens=False)
+    drafter = AnswerDrafter(emova.processor)
+    hits = 0
+    for n in range(len(ids)):
+        prop = drafter(ids[:n])
+        if prop:
+            k = 0
+            while k < len(prop) and n + k < len(ids) and prop[k] == ids[n + k]:
+                k += 1
+            hits += k
+    assert drafter.proposed > 0
+    assert hits >= 0.8 * drafter.proposed  # proposals are (nearly always) the true continuation
+
+
+class NoisyOracle:
+    """Proposes the true continuation (from a reference run), corrupted at random positions."""
+
+    def __init__(self, truth: list[int], vocab: int, seed: int) -> None:
+        self.truth, self.vocab, self.rng = truth, vocab, random.Random(seed)
+
+    def __call__(self, produced: list[int]) -> list[int]:
+        n = len(produced)
+        k = self.rng.randrange(0, 6)
+        prop = list(self.truth[n : n + k])
+        if prop and self.rng.random() < 0.5:
+            prop[self.rng.randrange(len(prop))] = self.rng.randrange(self.vocab)
+        return prop
+
+
+@pytest.mark.parametrize("cache", ["static", "dynamic"])
+def test_greedy_output_unchanged_by_drafts(emova, image, cache):
+    inputs = emova._encode([{"role": "user", "content": "Describe the image."}], [image])
+    plain = list(generate_tokens(emova.model, inputs, set(), GenerationSettings(max_new_tokens=24, cache=cache)))
+    vocab = emova.model.get_input_embeddings().weight.shape[0]
+    for seed in range(3):
+        s = GenerationSettings(max_new_tokens=24, cache=cache, draft=NoisyOracle(plain, vocab, seed))
+        assert list(generate_tokens(emova.model, inputs, set(), s)) == plain
+    # a junk drafter and one that proposes far past the budget change nothing either
+    junk = GenerationSettings(max_new_tokens=24, cache=cache, draft=lambda p: [7] * 50)
+    assert list(generate_tokens(emova.model, inputs, set(), junk)) == plain
+    for budget in (1, 2, 5):
+        s = GenerationSettings(max_new_tokens=budget, cache=cache, draft=NoisyOracle(plain, vocab, 0))
+        assert list(generate_tokens(emova.model, inputs, set(), s)) == plain[:budget]
+
+
+def test_drafts_stop_at_stop_ids(emova, image):
+    inputs = emova._encode([{"role": "user", "content": "Describe the image."}], [image])
+    plain = list(generate_tokens(emova.model, inputs, set(), GenerationSettings(max_new_tokens=24)))
+    stop = plain[5]
+    first = plain.index(stop)
+    s = GenerationSettings(max_new_tokens=24, draft=lambda p: plain[len(p) : len(p) + 8])
+    assert list(generate_tokens(emova.model, inputs, {stop}, s)) == plain[:first]
+
+
+def test_spoken_chat_same_answer_with_and_without_drafts(emova, speech):
+    """The pipeline drafts spoken answers by default; with random weights the JSON is garbage, but the
+    tokens must be the same as without drafting."""
+    outs = []
+    for spec in (True, False):
+        emova.speculative = spec
+        plan = emova.prepare_chat(audio_msg(speech), max_new_tokens=40)
+        assert (plan.settings.draft is not None) == spec
+        outs.append(list(emova._tokens(plan.inputs, plan.settings)))
+    emova.speculative = True
+    assert outs[0] == outs[1]
+
+
+def test_sampling_rule_keeps_the_distribution():
+    """Drafting token d and verifying with `_verify` must emit tokens distributed as the model's own."""
+    logits = torch.tensor([2.0, 1.0, 0.5, -1.0, 0.0])
+    s = GenerationSettings(temperature=0.8, top_p=0.95)
+    from emova.inference.generation import _probs
+
+    target = _probs(logits, s)
+    gen = torch.Generator().manual_seed(0)
+    n = 20000
+    for d in (0, 3):
+        counts = torch.zeros(5)
+        for _ in range(n):
+            counts[_verify(logits, d, s, gen)] += 1
+        assert torch.allclose(counts / n, target, atol=0.012), (d, counts / n, target)
