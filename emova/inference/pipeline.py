@@ -175,6 +175,8 @@ class Emova:
         root = resolve_model_dir(name_or_dir)
         dev = torch.device(device)
         dt = _as_dtype(dtype)
+        if dt is None and dev.type == "cpu":
+            dt = torch.float32  # checkpoints are stored in half precision; CPUs without native fp16 run it ~5x slower
         if (root / "llm").is_dir():
             llm_dir = root / "llm"
             st_dir = Path(speech_tokenizer) if speech_tokenizer else root / "speech_tokenizer"

@@ -50,6 +50,10 @@ class U2STrainConfig:
     splits: list[str] = field(default_factory=lambda: ["train"])
     max_groups: int | None = None
     workers: int = 2
+    # glob patterns on corpus voice keys: the renderings the U2S learns to *speak* (targets, prototypes);
+    # None = every training voice. Units always come from whatever the tokenizer hears.
+    voices: list[str] | None = None
+    init_from: str | None = None  # a detokenizer (dir or bundled name) whose U2S + style encoder start the run
     model: dict = field(default_factory=dict)  # U2SConfig overrides
     style_encoder: dict = field(default_factory=dict)
     vocoder: dict = field(default_factory=dict)
@@ -85,6 +89,9 @@ class U2STrainConfig:
         for k in ("max_steps", "batch_frames", "vocoder_steps", "vocoder_batch", "vocoder_segment", "threads"):
             if int(getattr(self, k)) < 1:
                 raise ValueError(f"U2STrainConfig.{k} must be >= 1")
+        if self.voices is not None and (not isinstance(self.voices, list) or not self.voices
+                                        or not all(isinstance(v, str) and v for v in self.voices)):
+            raise ValueError(f"U2STrainConfig.voices must be a non-empty list of glob patterns, got {self.voices!r}")
         if self.export_vocoder not in ("vocos", "griffin_lim", "hifigan"):
             raise ValueError(f"export_vocoder must be vocos, hifigan or griffin_lim, got {self.export_vocoder!r}")
         self.u2s_config()
@@ -168,6 +175,19 @@ def _keep_last(run: Path, keep: int = 2) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _init_from_detokenizer(bundle: U2SBundle, spec: str) -> None:
+    """Start from a saved detokenizer's U2S and style encoder (same architecture required)."""
+    from emova.speech.detokenizer import SpeechDetokenizer
+
+    src = SpeechDetokenizer.from_pretrained(spec)
+    for name, mine, theirs in (("u2s", bundle.u2s, src.u2s), ("style encoder", bundle.style_encoder, src.style_encoder)):
+        a, b = mine.state_dict(), theirs.state_dict()
+        if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+            raise ValueError(f"init_from {spec}: its {name} does not match this config's architecture")
+        mine.load_state_dict({k: v.float() for k, v in b.items()})
+    print(f"u2s starts from {spec}")
+
+
 def train_u2s_model(cfg: U2STrainConfig, progress: bool = True) -> Path:
     torch.manual_seed(cfg.seed)
     run = Path(cfg.out_dir) / "u2s"
@@ -180,9 +200,11 @@ def train_u2s_model(cfg: U2STrainConfig, progress: bool = True) -> Path:
         meta = load_checkpoint(ck, bundle, opt)
         step, epoch, bi0, elapsed0 = meta["step"], meta["epoch"], meta["batch_in_epoch"], meta.get("elapsed", 0.0)
         print(f"resuming u2s from {ck} (step {step})")
+    elif cfg.init_from:
+        _init_from_detokenizer(bundle, cfg.init_from)
     acc = fresh_accelerator(cfg.bf16)
     bundle, opt = acc.prepare(bundle, opt)
-    data = U2SData(cfg.cache_dir)
+    data = U2SData(cfg.cache_dir, cfg.voices)
     logf, writer = _open_log(run / "log.csv", ["step", "epoch", "lr", "total", "mel", "dur", "f0", "vuv", "prosody",
                                                "labels", "elapsed_s"], step == 0)
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train u2s", unit="step", disable=not progress)
@@ -396,7 +418,7 @@ def export_detokenizer(cfg: U2STrainConfig, out: str | Path | None = None, vocod
         raise ValueError(f"no U2S checkpoint under {cfg.out_dir}/u2s; train the u2s stage first")
     load_checkpoint(ck, bundle)
     bundle.eval()
-    data = U2SData(cfg.cache_dir)
+    data = U2SData(cfg.cache_dir, cfg.voices)
     bundle.u2s.cfg.shape_gain = calibrate_shape_gain(bundle, data)
     protos = build_prototypes(bundle.style_encoder, data, cfg.prototypes_per_style)
     for k, v in calibrate_prosody(bundle, data, protos).items():
@@ -450,11 +472,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vocoder-minutes", type=float, default=None)
     p.add_argument("--export-vocoder", default=None, choices=["vocos", "griffin_lim", "hifigan"])
     p.add_argument("--cache", dest="cache_dir", default=None)
+    p.add_argument("--voices", nargs="+", default=None, help="glob patterns of the voices the U2S learns to speak")
+    p.add_argument("--init-from", default=None, help="detokenizer (dir or bundled name) to start the u2s stage from")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     a = p.parse_args(argv)
     cfg = U2STrainConfig.load(a.config, corpus=a.corpus, tokenizer=a.tokenizer, out_dir=a.out_dir,
                               export_dir=a.export_dir, max_minutes=a.max_minutes, vocoder_minutes=a.vocoder_minutes,
-                              export_vocoder=a.export_vocoder, cache_dir=a.cache_dir)
+                              export_vocoder=a.export_vocoder, cache_dir=a.cache_dir, voices=a.voices,
+                              init_from=a.init_from)
     train_u2s(cfg, tuple(s for s in a.stages.split(",") if s))
 
 

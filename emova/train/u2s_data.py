@@ -17,6 +17,7 @@ The cache is written in shards (`shard-00000.npz`…), each written atomically; 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
@@ -191,10 +192,16 @@ def prepare_cache(corpus: str, cache_dir: str, tokenizer: str, vcfg: VocoderConf
     return out
 
 
-class U2SData:
-    """Every cached item in memory; length-bucketed batches."""
+def voice_matches(voice: str, patterns: list[str] | tuple[str, ...] | None) -> bool:
+    """Whether a corpus voice key (`flite:slt`, `espeak:en-us+f1`) matches any glob pattern (None: all)."""
+    return patterns is None or any(fnmatch.fnmatchcase(voice, p) for p in patterns)
 
-    def __init__(self, cache_dir: str | Path) -> None:
+
+class U2SData:
+    """Every cached item in memory; length-bucketed batches. `voices` (glob patterns on the voice key)
+    keeps only the renderings of those voices."""
+
+    def __init__(self, cache_dir: str | Path, voices: list[str] | tuple[str, ...] | None = None) -> None:
         files = sorted(Path(cache_dir).glob("shard-*.npz"))
         files = [f for f in files if ".tmp" not in f.name]
         if not files:
@@ -209,6 +216,12 @@ class U2SData:
                                          ("units", self.units, uo), ("durs", self.durs, uo)):
                     store.append(arrays[name][off[i] : off[i + 1]])
             self.meta += json.loads(str(arrays["meta"]))
+        if voices is not None:
+            keep = [i for i, m in enumerate(self.meta) if voice_matches(m["voice"], voices)]
+            if not keep:
+                raise ValueError(f"no cached U2S items of voices {list(voices)} in {cache_dir}")
+            for name in ("mel", "lf0", "vuv", "units", "durs", "meta"):
+                setattr(self, name, [getattr(self, name)[i] for i in keep])
         self.labels = [style_label_ids(m["style"]) for m in self.meta]
         self.by_style: dict[str, list[int]] = {}
         for i, m in enumerate(self.meta):

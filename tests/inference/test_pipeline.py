@@ -290,3 +290,12 @@ def test_one_official_checkpoint_serves_both_speech_ends(official_dir):
 
     enc, dec = load_speech_pair(official_dir / "speech_tokenizer", official_dir / "speech_tokenizer")
     assert enc.model is dec.model
+
+
+def test_half_precision_checkpoint_runs_in_fp32_on_cpu_unless_asked():
+    """The bundled weights are stored in fp16; on a CPU the pipeline computes in fp32 (fp16 matmuls are
+    emulated and several times slower there) unless a dtype is given."""
+    m = Emova.from_pretrained("emova-tiny")
+    assert next(m.model.parameters()).dtype == torch.float32
+    m16 = Emova.from_pretrained("emova-tiny", dtype="float16")
+    assert next(m16.model.parameters()).dtype == torch.float16

@@ -89,3 +89,36 @@ def test_config_rejects_unknown_keys(tmp_path):
         U2STrainConfig.load(p)
     with pytest.raises(ValueError, match="unknown U2S config keys"):
         U2STrainConfig(model={"dims": 3})
+
+
+def test_voices_filter_and_init_from(setup, capsys):
+    """`voices` keeps only the renderings of matching voices (targets and prototypes); `init_from` starts
+    the u2s stage from a saved detokenizer's weights."""
+    root, cfg = setup
+    train_u2s(cfg, stages=("prepare",), progress=False)
+    every = U2SData(cfg.cache_dir)
+    voices = sorted({m["voice"] for m in every.meta})
+    keep = voices[0]
+    only = U2SData(cfg.cache_dir, [keep])
+    assert 0 < len(only) < len(every) or len(voices) == 1
+    assert {m["voice"] for m in only.meta} == {keep}
+    assert len(only.mel) == len(only.units) == len(only.stats) == len(only.labels) == len(only)
+    engine = keep.split(":")[0]
+    assert len(U2SData(cfg.cache_dir, [f"{engine}:*"])) == sum(m["voice"].startswith(engine + ":") for m in every.meta)
+    with pytest.raises(ValueError, match="no cached U2S items"):
+        U2SData(cfg.cache_dir, ["nobody:*"])
+    with pytest.raises(ValueError, match="glob patterns"):
+        U2STrainConfig(**{**cfg.__dict__, "voices": []})
+    # init_from: a fresh run starts from the exported detokenizer's weights
+    train_u2s(cfg, stages=("prepare", "u2s", "vocoder", "export"), progress=False)
+    src = SpeechDetokenizer.from_pretrained(root / "detok")
+    init = U2STrainConfig(**{**cfg.__dict__, "out_dir": str(root / "run_init"), "init_from": str(root / "detok"),
+                             "voices": [keep], "max_steps": 1, "lr": 1e-12, "warmup_steps": 1})
+    train_u2s(init, stages=("u2s",), progress=False)
+    assert "u2s starts from" in capsys.readouterr().out
+    from safetensors.torch import load_file
+
+    ck = sorted((root / "run_init" / "u2s").glob("step-*"))[-1]
+    state = load_file(str(ck / "model.safetensors"))
+    w = src.u2s.state_dict()["encoder.emb.weight"].float()
+    assert torch.allclose(state["u2s.encoder.emb.weight"].float(), w, atol=1e-3)
