@@ -19,6 +19,7 @@ import base64
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -267,31 +268,61 @@ def _image_png(image: str | None) -> tuple[bytes | None, str | None]:
     return p.read_bytes(), str(p)
 
 
+def world_turns(n: int, world: str | Path = "data_cache/world", speech: str | Path = "data_cache/world_speech",
+                split: str = "heldout") -> list[tuple[str, str | None]]:
+    """`n` spoken turns of the tiny world's `split` as (WAV, image or None): spoken dialogue (no image)
+    and spoken questions about images, alternately, in file order."""
+    world, speech = Path(world), Path(speech)
+    pools = []
+    for task in ("dialogue_speech", "vqa_speech"):
+        f = world / split / f"{task}.json"
+        if not f.is_file():
+            raise ValueError(f"{f}: no such file; generate the world first (emova train recipe tiny --steps world "
+                             f"world_speech)")
+        pool = []
+        for rec in json.loads(f.read_text()):
+            keys = re.findall(r"<<speech:([^>]+)>>", rec["conversations"][0]["value"])
+            wav = speech / split / "wav" / f"{keys[0]}.wav" if keys else None
+            if wav is not None and wav.is_file():
+                pool.append((str(wav), str(world / rec["image"]) if rec.get("image") else None))
+        if not pool:
+            raise ValueError(f"no rendered speech for {task} under {speech / split}; run the world_speech step")
+        pools.append(pool)
+    return [pools[i % 2][i // 2 % len(pools[i % 2])] for i in range(n)]
+
+
 def run_bench(url: str, pid: int | None = None, n: int = 10, concurrency: int = 20, audio: str | Path = EXAMPLE_WAV,
               image: str | None = None, voice: str = "female", max_tokens: int | None = None,
-              timeout: float = 600.0, warmup: int = 2) -> dict[str, Any]:
-    """Benchmark a running server at `url` (`pid`: its process, for memory). Returns the report dict."""
+              timeout: float = 600.0, warmup: int = 2, turns: list[tuple[str, str | None]] | None = None) -> dict[str, Any]:
+    """Benchmark a running server at `url` (`pid`: its process, for memory). Returns the report dict.
+    `turns` [(WAV, image or None), …] replaces audio/image: the sequential and concurrent phases cycle
+    through them (each turn is sent streamed and non-streamed, back to back)."""
     import httpx
 
     if n < 1 or concurrency < 1:
         raise ValueError("n and concurrency must be at least 1")
-    clip = Audio.load(audio)  # a clear error for a bad file before any request
-    wav = Path(audio).read_bytes()
-    png, image_desc = _image_png(image)
-    bodies = {s: chat_body(wav, png, voice, s, max_tokens) for s in (True, False)}
+    turns = turns or [(str(audio), image)]
+    bodies, described = [], []
+    for wav_path, img in turns:
+        clip = Audio.load(wav_path)  # a clear error for a bad file before any request
+        png, image_desc = _image_png(img)
+        wav = Path(wav_path).read_bytes()
+        bodies.append({s: chat_body(wav, png, voice, s, max_tokens) for s in (True, False)})
+        described.append({"audio": str(wav_path), "audio_s": round(clip.duration, 3), "image": image_desc})
     report: dict[str, Any] = {
-        "url": url, "inputs": {"audio": str(audio), "audio_s": round(clip.duration, 3), "image": image_desc,
-                               "voice": voice, "max_tokens": max_tokens},
+        "url": url, "inputs": {**described[0], "voice": voice, "max_tokens": max_tokens, "turns": len(turns)},
         "n": n, "concurrency": concurrency,
     }
+    if len(turns) > 1:
+        report["inputs"]["turn_list"] = described
     with RssSampler(pid) as mem, httpx.Client() as client:
         rss_start = mem.sample()
         for i in range(warmup):  # first-call costs (allocations, lazy imports) are not what we measure
-            send_turn(client, url, bodies[i % 2 == 0], timeout)
+            send_turn(client, url, bodies[0][i % 2 == 0], timeout)
         seq: dict[bool, list[TurnTiming]] = {True: [], False: []}
-        for _ in range(n):
+        for i in range(n):
             for s in (True, False):
-                seq[s].append(send_turn(client, url, bodies[s], timeout))
+                seq[s].append(send_turn(client, url, bodies[i % len(bodies)][s], timeout))
         rss_seq = mem.sample()
 
         gate = threading.Barrier(concurrency)
@@ -299,7 +330,7 @@ def run_bench(url: str, pid: int | None = None, n: int = 10, concurrency: int = 
         def one(i: int) -> TurnTiming:
             with httpx.Client() as c:
                 gate.wait(timeout=60)
-                return send_turn(c, url, bodies[i % 2 == 0], timeout)
+                return send_turn(c, url, bodies[i % len(bodies)][i % 2 == 0], timeout)
 
         t0 = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
@@ -310,6 +341,9 @@ def run_bench(url: str, pid: int | None = None, n: int = 10, concurrency: int = 
     report["sequential"] = {"streamed": streamed, "non_streamed": plain}
     s50, p50 = streamed["first_audio_s"]["p50"], plain["first_audio_s"]["p50"]
     report["ttfa_speedup_p50"] = (p50 / s50) if s50 and p50 else None
+    pairs = [b.first_audio_s / a.first_audio_s for a, b in zip(seq[True], seq[False])
+             if a.ok and b.ok and a.first_audio_s and b.first_audio_s]
+    report["ttfa_speedup_per_turn"] = stats(pairs)  # the same turn, streamed vs not, back to back
     statuses: dict[str, int] = {}
     for t in burst:
         statuses[str(t.status)] = statuses.get(str(t.status), 0) + 1
@@ -345,18 +379,21 @@ def bench_serve(model: str = "emova-tiny", url: str | None = None, pid: int | No
                 concurrency: int = 20, audio: str | Path = EXAMPLE_WAV, image: str | None = None,
                 voice: str = "female", max_tokens: int | None = None, out: str | Path | None = "reports/bench_serve.json",
                 port: int | None = None, startup_timeout: float = 300.0, timeout: float = 600.0,
-                quiet: bool = False) -> dict[str, Any]:
+                quiet: bool = False, turns: list[tuple[str, str | None]] | None = None) -> dict[str, Any]:
     """Start `emova serve --model MODEL` (unless `url` is given), run the bench, write `out`, print a table."""
-    Audio.load(audio)  # bad inputs fail here, before a server is started
-    _image_png(image)
+    for wav_path, img in turns or [(str(audio), image)]:
+        Audio.load(wav_path)  # bad inputs fail here, before a server is started
+        _image_png(img)
     if url is None:
         t0 = time.perf_counter()
         with server_process(model, port, startup_timeout) as (base, server_pid):
             startup = time.perf_counter() - t0
-            report = run_bench(base, server_pid, n, concurrency, audio, image, voice, max_tokens, timeout)
+            report = run_bench(base, server_pid, n, concurrency, audio, image, voice, max_tokens, timeout,
+                               turns=turns)
         report["server"] = {"mode": "subprocess", "model": str(model), "startup_s": round(startup, 2)}
     else:
-        report = run_bench(url.rstrip("/"), pid, n, concurrency, audio, image, voice, max_tokens, timeout)
+        report = run_bench(url.rstrip("/"), pid, n, concurrency, audio, image, voice, max_tokens, timeout,
+                           turns=turns)
         report["server"] = {"mode": "external", "model": str(model) if model else None}
     report["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
     if out:
@@ -373,8 +410,11 @@ def format_table(r: dict[str, Any]) -> str:
     def f(x: float | None) -> str:
         return "-" if x is None else f"{x:.3f}"
 
+    many = r["inputs"].get("turns", 1) > 1
+    what = (f"{r['inputs']['turns']} held-out spoken turns, cycled" if many else
+            f"{r['inputs']['audio_s']} s audio" + (" + image" if r["inputs"]["image"] else ""))
     rows = [f"emova bench serve — {r['server'].get('model')} at {r['url']} ({r['server']['mode']} server); "
-            f"input {r['inputs']['audio_s']} s audio" + (" + image" if r["inputs"]["image"] else ""),
+            f"input {what}",
             "", f"{'sequential (' + str(r['n']) + ' turns)':<26}{'ok':>6}{'audio':>7}{'TTFA p50':>10}{'TTFA p95':>10}"
             f"{'total p50':>11}{'total p95':>11}"]
     for name, key in (("streamed (SSE)", "streamed"), ("non-streamed", "non_streamed")):
@@ -382,7 +422,9 @@ def format_table(r: dict[str, Any]) -> str:
         rows.append(f"{name:<26}{s['ok']:>6}{s['with_audio']:>7}{f(s['first_audio_s']['p50']):>10}"
                     f"{f(s['first_audio_s']['p95']):>10}{f(s['total_s']['p50']):>11}{f(s['total_s']['p95']):>11}")
     c, m = r["concurrent"], r["memory"]
-    rows += [f"first audio, streamed vs not (p50): {f(r['ttfa_speedup_p50'])}x earlier", "",
+    per = r.get("ttfa_speedup_per_turn") or {}
+    rows += [f"first audio, streamed vs not (p50): {f(r['ttfa_speedup_p50'])}x earlier; per turn, same input: "
+             f"p50 {f(per.get('p50'))}x, min {f(per.get('min'))}x", "",
              f"concurrent: {c['requests']} requests, {c['ok']} ok, {c['with_audio']} with audio, "
              f"{c['server_errors_5xx']} 5xx, {c['stream_errors']} stream errors, statuses {c['status_counts']}; "
              f"wall {c['wall_s']:.2f} s, {f(c['throughput_rps'])} req/s, latency p50 {f(c['total_s']['p50'])} "
@@ -411,13 +453,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--startup-timeout", type=float, default=300.0)
     p.add_argument("--timeout", type=float, default=600.0, help="per-request timeout (s)")
     p.add_argument("--out", default="reports/bench_serve.json")
+    p.add_argument("--world-turns", type=int, default=None, metavar="K",
+                   help="instead of --audio/--image: cycle through K held-out spoken turns of the tiny world "
+                        "(dialogue and questions about images, from data_cache/world and data_cache/world_speech)")
     a = p.parse_args(argv)
+    turns = world_turns(a.world_turns) if a.world_turns else None
     bench_serve(a.model, a.url, a.pid, a.n, a.concurrency, a.audio, a.image, a.voice, a.max_tokens, a.out, a.port,
-                a.startup_timeout, a.timeout)
+                a.startup_timeout, a.timeout, turns=turns)
 
 
 if __name__ == "__main__":  # pragma: no cover
     main()
 
 
-__all__ = ["TurnTiming", "bench_serve", "format_table", "run_bench", "send_turn", "server_process", "main"]
+__all__ = ["TurnTiming", "bench_serve", "world_turns", "format_table", "run_bench", "send_turn", "server_process", "main"]

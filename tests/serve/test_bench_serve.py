@@ -70,3 +70,40 @@ def test_bad_inputs_fail_before_any_server(tmp_path):
     bad.write_bytes(b"not audio")
     with pytest.raises(ValueError):
         bench_serve(url="http://127.0.0.1:9", audio=bad, out=None)
+
+
+def _fake_world(tmp_path, speech_wav: bytes, png: bytes):
+    world, speech = tmp_path / "world", tmp_path / "world_speech"
+    (world / "heldout" / "images").mkdir(parents=True)
+    (speech / "heldout" / "wav").mkdir(parents=True)
+    (world / "heldout" / "images" / "s0.png").write_bytes(png)
+    for key in ("dialogue_speech-heldout-00000__user", "vqa_speech-heldout-00000__user"):
+        (speech / "heldout" / "wav" / f"{key}.wav").write_bytes(speech_wav)
+    recs = {"dialogue_speech": [{"id": "d0", "conversations": [
+                {"from": "human", "value": "prompt<<speech:dialogue_speech-heldout-00000__user>>"}]}],
+            "vqa_speech": [{"id": "v0", "image": "heldout/images/s0.png", "conversations": [
+                {"from": "human", "value": "<image>\nprompt<<speech:vqa_speech-heldout-00000__user>>"}]}]}
+    for task, r in recs.items():
+        (world / "heldout" / f"{task}.json").write_text(json.dumps(r))
+    return world, speech
+
+
+def test_world_turns_cycle_dialogue_and_image_questions(live, tmp_path):
+    import io
+
+    from PIL import Image
+
+    from emova.eval.bench_serve import world_turns
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(buf, format="PNG")
+    world, speech = _fake_world(tmp_path, EXAMPLE_WAV.read_bytes(), buf.getvalue())
+    turns = world_turns(4, world, speech)
+    assert [img is not None for _, img in turns] == [False, True, False, True]
+    assert all(os.path.isfile(w) for w, _ in turns)
+    r = run_bench(live, pid=os.getpid(), n=2, concurrency=2, turns=turns)
+    assert r["inputs"]["turns"] == 4 and len(r["inputs"]["turn_list"]) == 4
+    assert r["sequential"]["streamed"]["ok"] == 2 and r["ttfa_speedup_per_turn"]["n"] == 2
+    assert "held-out spoken turns" in format_table(r | {"server": {"mode": "external", "model": None}})
+    with pytest.raises(ValueError, match="generate the world"):
+        world_turns(2, tmp_path / "nowhere", speech)
