@@ -272,6 +272,8 @@ def world_turns(n: int, world: str | Path = "data_cache/world", speech: str | Pa
                 split: str = "heldout") -> list[tuple[str, str | None]]:
     """`n` spoken turns of the tiny world's `split` as (WAV, image or None): spoken dialogue (no image)
     and spoken questions about images, alternately, in file order."""
+    from emova.data.world_speech import wav_name
+
     world, speech = Path(world), Path(speech)
     pools = []
     for task in ("dialogue_speech", "vqa_speech"):
@@ -282,7 +284,7 @@ def world_turns(n: int, world: str | Path = "data_cache/world", speech: str | Pa
         pool = []
         for rec in json.loads(f.read_text()):
             keys = re.findall(r"<<speech:([^>]+)>>", rec["conversations"][0]["value"])
-            wav = speech / split / "wav" / f"{keys[0]}.wav" if keys else None
+            wav = speech / split / "wav" / wav_name(keys[0]) if keys else None
             if wav is not None and wav.is_file():
                 pool.append((str(wav), str(world / rec["image"]) if rec.get("image") else None))
         if not pool:

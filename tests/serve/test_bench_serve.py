@@ -73,16 +73,18 @@ def test_bad_inputs_fail_before_any_server(tmp_path):
 
 
 def _fake_world(tmp_path, speech_wav: bytes, png: bytes):
+    from emova.data.world_speech import wav_name
+
     world, speech = tmp_path / "world", tmp_path / "world_speech"
     (world / "heldout" / "images").mkdir(parents=True)
     (speech / "heldout" / "wav").mkdir(parents=True)
     (world / "heldout" / "images" / "s0.png").write_bytes(png)
-    for key in ("dialogue_speech-heldout-00000__user", "vqa_speech-heldout-00000__user"):
-        (speech / "heldout" / "wav" / f"{key}.wav").write_bytes(speech_wav)
+    for key in ("dialogue_speech-heldout-00000/user", "vqa_speech-heldout-00000/user"):
+        (speech / "heldout" / "wav" / wav_name(key)).write_bytes(speech_wav)
     recs = {"dialogue_speech": [{"id": "d0", "conversations": [
-                {"from": "human", "value": "prompt<<speech:dialogue_speech-heldout-00000__user>>"}]}],
+                {"from": "human", "value": "prompt<<speech:dialogue_speech-heldout-00000/user>>"}]}],
             "vqa_speech": [{"id": "v0", "image": "heldout/images/s0.png", "conversations": [
-                {"from": "human", "value": "<image>\nprompt<<speech:vqa_speech-heldout-00000__user>>"}]}]}
+                {"from": "human", "value": "<image>\nprompt<<speech:vqa_speech-heldout-00000/user>>"}]}]}
     for task, r in recs.items():
         (world / "heldout" / f"{task}.json").write_text(json.dumps(r))
     return world, speech
