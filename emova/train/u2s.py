@@ -3,6 +3,8 @@
 Stages (each resumable; `stages` picks which run, so U2S and vocoder can train in two processes):
     prepare   units of every group's neutral rendering (given SpeechTokenizer), mels, F0, DTW timing
     u2s       U2S + style encoder: mel L1 + duration + F0 shape / voicing + prosody head + style labels
+    finetune  (when `finetune` is configured) the u2s result, trained on the renderings of chosen voices
+              only: every voice teaches the content, the clearest ones are what it learns to speak
     vocoder   Vocos vocoder on ground-truth mels: multi-resolution STFT + mel L1
     export    style prototypes (mean style vector per condition string), F0-shape calibration, save
 
@@ -37,7 +39,8 @@ from emova.train.checkpoint import latest_checkpoint, load_checkpoint, save_chec
 from emova.train.plots import plot_log
 from emova.train.u2s_data import U2SData, prepare_cache
 
-STAGES = ("prepare", "u2s", "vocoder", "export")
+STAGES = ("prepare", "u2s", "finetune", "vocoder", "export")
+FINETUNE_KEYS = {"voices", "max_minutes", "max_steps", "lr", "warmup_steps"}
 
 
 @dataclass
@@ -54,6 +57,9 @@ class U2STrainConfig:
     # None = every training voice. Units always come from whatever the tokenizer hears.
     voices: list[str] | None = None
     init_from: str | None = None  # a detokenizer (dir or bundled name) whose U2S + style encoder start the run
+    # second phase (stage `finetune`), e.g. {voices: ["flite:*"], max_minutes: 60, lr: 5e-4, warmup_steps: 50}:
+    # starts from the u2s stage's last checkpoint; export then takes its weights and its voices' prototypes
+    finetune: dict | None = None
     model: dict = field(default_factory=dict)  # U2SConfig overrides
     style_encoder: dict = field(default_factory=dict)
     vocoder: dict = field(default_factory=dict)
@@ -92,6 +98,11 @@ class U2STrainConfig:
         if self.voices is not None and (not isinstance(self.voices, list) or not self.voices
                                         or not all(isinstance(v, str) and v for v in self.voices)):
             raise ValueError(f"U2STrainConfig.voices must be a non-empty list of glob patterns, got {self.voices!r}")
+        if self.finetune is not None:
+            if not isinstance(self.finetune, dict) or set(self.finetune) - FINETUNE_KEYS:
+                raise ValueError(f"U2STrainConfig.finetune must be a mapping with keys among {sorted(FINETUNE_KEYS)}, "
+                                 f"got {self.finetune!r}")
+            self.finetune_config()
         if self.export_vocoder not in ("vocos", "griffin_lim", "hifigan"):
             raise ValueError(f"export_vocoder must be vocos, hifigan or griffin_lim, got {self.export_vocoder!r}")
         self.u2s_config()
@@ -108,6 +119,16 @@ class U2STrainConfig:
         if unknown:
             raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(f.name for f in fields(cls))}")
         return cls(**data)
+
+    def finetune_config(self) -> U2STrainConfig:
+        """The config the finetune stage trains with (this one, with the finetune overrides)."""
+        from dataclasses import replace
+
+        return replace(self, **{**(self.finetune or {}), "finetune": None, "init_from": None})
+
+    def speaking_voices(self) -> list[str] | None:
+        """The voices the exported detokenizer speaks (prototypes, calibration)."""
+        return (self.finetune or {}).get("voices", self.voices) if self.finetune else self.voices
 
     def u2s_config(self) -> U2SConfig:
         return U2SConfig.from_dict(self.model)
@@ -188,9 +209,10 @@ def _init_from_detokenizer(bundle: U2SBundle, spec: str) -> None:
     print(f"u2s starts from {spec}")
 
 
-def train_u2s_model(cfg: U2STrainConfig, progress: bool = True) -> Path:
+def train_u2s_model(cfg: U2STrainConfig, progress: bool = True, run_name: str = "u2s",
+                    init_checkpoint: Path | None = None) -> Path:
     torch.manual_seed(cfg.seed)
-    run = Path(cfg.out_dir) / "u2s"
+    run = Path(cfg.out_dir) / run_name
     run.mkdir(parents=True, exist_ok=True)
     bundle = U2SBundle(cfg.u2s_config(), StyleEncoderConfig.from_dict(cfg.style_encoder))
     opt = torch.optim.AdamW(bundle.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -200,6 +222,9 @@ def train_u2s_model(cfg: U2STrainConfig, progress: bool = True) -> Path:
         meta = load_checkpoint(ck, bundle, opt)
         step, epoch, bi0, elapsed0 = meta["step"], meta["epoch"], meta["batch_in_epoch"], meta.get("elapsed", 0.0)
         print(f"resuming u2s from {ck} (step {step})")
+    elif init_checkpoint is not None:
+        load_checkpoint(init_checkpoint, bundle)
+        print(f"{run_name} starts from {init_checkpoint}")
     elif cfg.init_from:
         _init_from_detokenizer(bundle, cfg.init_from)
     acc = fresh_accelerator(cfg.bf16)
@@ -207,7 +232,7 @@ def train_u2s_model(cfg: U2STrainConfig, progress: bool = True) -> Path:
     data = U2SData(cfg.cache_dir, cfg.voices)
     logf, writer = _open_log(run / "log.csv", ["step", "epoch", "lr", "total", "mel", "dur", "f0", "vuv", "prosody",
                                                "labels", "elapsed_s"], step == 0)
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="train u2s", unit="step", disable=not progress)
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {run_name}", unit="step", disable=not progress)
     t0 = time.time() - elapsed0
     bundle.train()
 
@@ -413,12 +438,14 @@ def export_detokenizer(cfg: U2STrainConfig, out: str | Path | None = None, vocod
     if out is None:
         raise ValueError("no export directory given")
     bundle = U2SBundle(cfg.u2s_config(), StyleEncoderConfig.from_dict(cfg.style_encoder))
-    ck = latest_checkpoint(Path(cfg.out_dir) / "u2s")
+    stage = "u2s_finetune" if cfg.finetune else "u2s"
+    ck = latest_checkpoint(Path(cfg.out_dir) / stage)
     if ck is None:
-        raise ValueError(f"no U2S checkpoint under {cfg.out_dir}/u2s; train the u2s stage first")
+        raise ValueError(f"no U2S checkpoint under {cfg.out_dir}/{stage}; train the {stage.replace('u2s_', '')} "
+                         f"stage first")
     load_checkpoint(ck, bundle)
     bundle.eval()
-    data = U2SData(cfg.cache_dir, cfg.voices)
+    data = U2SData(cfg.cache_dir, cfg.speaking_voices())
     bundle.u2s.cfg.shape_gain = calibrate_shape_gain(bundle, data)
     protos = build_prototypes(bundle.style_encoder, data, cfg.prototypes_per_style)
     for k, v in calibrate_prosody(bundle, data, protos).items():
@@ -432,7 +459,8 @@ def export_detokenizer(cfg: U2STrainConfig, out: str | Path | None = None, vocod
             raise ValueError(f"no vocoder checkpoint under {cfg.out_dir}/vocoder; train it or export griffin_lim")
         load_checkpoint(vck, voc)
     detok = SpeechDetokenizer(bundle.u2s, bundle.style_encoder, voc, protos)
-    info = {"u2s_checkpoint": str(ck), "trained_on": cfg.corpus, "tokenizer": cfg.tokenizer}
+    info = {"u2s_checkpoint": str(ck), "trained_on": cfg.corpus, "tokenizer": cfg.tokenizer,
+            "speaking_voices": cfg.speaking_voices()}
     return detok, detok.save_pretrained(out, info=info)
 
 
@@ -450,6 +478,11 @@ def train_u2s(cfg: U2STrainConfig, stages: tuple[str, ...] = STAGES, progress: b
                       cfg.max_groups, workers=cfg.workers, progress=progress)
     if "u2s" in stages:
         train_u2s_model(cfg, progress)
+    if "finetune" in stages and cfg.finetune:
+        base = latest_checkpoint(out / "u2s")
+        if base is None and latest_checkpoint(out / "u2s_finetune") is None:
+            raise ValueError(f"the finetune stage starts from the u2s stage: no checkpoint under {out / 'u2s'}")
+        train_u2s_model(cfg.finetune_config(), progress, "u2s_finetune", base)
     if "vocoder" in stages:
         train_vocoder(cfg, progress)
     if "export" in stages:
@@ -474,12 +507,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache", dest="cache_dir", default=None)
     p.add_argument("--voices", nargs="+", default=None, help="glob patterns of the voices the U2S learns to speak")
     p.add_argument("--init-from", default=None, help="detokenizer (dir or bundled name) to start the u2s stage from")
+    p.add_argument("--finetune-minutes", type=float, default=None, help="wall-clock budget of the finetune stage")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     a = p.parse_args(argv)
     cfg = U2STrainConfig.load(a.config, corpus=a.corpus, tokenizer=a.tokenizer, out_dir=a.out_dir,
                               export_dir=a.export_dir, max_minutes=a.max_minutes, vocoder_minutes=a.vocoder_minutes,
                               export_vocoder=a.export_vocoder, cache_dir=a.cache_dir, voices=a.voices,
                               init_from=a.init_from)
+    if a.finetune_minutes is not None:
+        if not cfg.finetune:
+            raise SystemExit("--finetune-minutes: this config has no `finetune` section")
+        cfg = U2STrainConfig(**{**cfg.__dict__, "finetune": {**cfg.finetune, "max_minutes": a.finetune_minutes}})
     train_u2s(cfg, tuple(s for s in a.stages.split(",") if s))
 
 

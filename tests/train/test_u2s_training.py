@@ -122,3 +122,28 @@ def test_voices_filter_and_init_from(setup, capsys):
     state = load_file(str(ck / "model.safetensors"))
     w = src.u2s.state_dict()["encoder.emb.weight"].float()
     assert torch.allclose(state["u2s.encoder.emb.weight"].float(), w, atol=1e-3)
+
+
+def test_finetune_stage_continues_on_chosen_voices(setup, capsys):
+    root, cfg = setup
+    train_u2s(cfg, stages=("prepare",), progress=False)
+    keep = sorted({m["voice"] for m in U2SData(cfg.cache_dir).meta})[0]
+    ft = U2STrainConfig(**{**cfg.__dict__, "out_dir": str(root / "run_ft"), "export_dir": str(root / "detok_ft"),
+                           "finetune": {"voices": [keep], "max_steps": 2, "lr": 1e-4, "warmup_steps": 1}})
+    with pytest.raises(ValueError, match="starts from the u2s stage"):
+        train_u2s(ft, stages=("finetune",), progress=False)
+    train_u2s(ft, stages=("u2s", "finetune", "vocoder", "export"), progress=False)
+    assert "u2s_finetune starts from" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(root / "run_ft" / "u2s_finetune" / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    detok = SpeechDetokenizer.from_pretrained(root / "detok_ft")
+    assert detok.decode([3, 7, 11, 7, 3] * 4, Style()).duration > 0
+    import json
+
+    info = json.loads((root / "detok_ft" / "config.json").read_text())["info"]
+    assert info["speaking_voices"] == [keep] and "u2s_finetune" in info["u2s_checkpoint"]
+    genders = {Style.parse(m["style"]).gender for m in U2SData(cfg.cache_dir, [keep]).meta}
+    built = [k for k, c in zip(detok.prototypes.keys, detok.prototypes.counts) if c > 0]
+    assert built and all(any(f"gender-{g}" in k for g in genders) for k in built)  # only the chosen voice
+    with pytest.raises(ValueError, match="finetune must be a mapping"):
+        U2STrainConfig(**{**cfg.__dict__, "finetune": {"voice": ["x"]}})
