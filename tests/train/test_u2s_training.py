@@ -147,3 +147,16 @@ def test_finetune_stage_continues_on_chosen_voices(setup, capsys):
     assert built and all(any(f"gender-{g}" in k for g in genders) for k in built)  # only the chosen voice
     with pytest.raises(ValueError, match="finetune must be a mapping"):
         U2STrainConfig(**{**cfg.__dict__, "finetune": {"voice": ["x"]}})
+
+
+def test_diagnose_runs_every_row(setup, tmp_path):
+    from emova.eval.u2s_diagnose import diagnose
+
+    root, cfg = setup
+    train_u2s(cfg, stages=("prepare", "u2s", "vocoder", "export"), progress=False)
+    res = diagnose(str(root / "detok"), str(root / "tok"), root / "corpus", n=1, out=tmp_path / "d.json")
+    assert {"original", "gt_mel_vocoder", "oracle_prosody", "self_reference", "default_female",
+            "default_male"} <= set(res["wer"])
+    assert all(0.0 <= w <= 5.0 for w in res["wer"].values())
+    with pytest.raises(ValueError, match="held-out awb"):
+        diagnose(str(root / "detok"), str(root / "tok"), root / "corpus", n=50, out=None)

@@ -1,0 +1,117 @@
+"""Where does the U2S lose intelligibility? `python -m emova.eval.u2s_diagnose [--model M] [-n 20]`
+
+On held-out sentences of the held-out flite `awb` voice (the `emova eval u2s` set), pocketsphinx WER of:
+
+    original             the flite recording itself
+    gt_mel_vocoder       its log-mel through the bundled vocoder          (mel + vocoder ceiling)
+    oracle_prosody       U2S on its units, teacher-forced with the clip's own durations and F0, style
+                         from the clip itself                              (the mel decoder alone)
+    self_reference       U2S on its units, everything predicted, style from the clip itself
+    prototype_<voice>    U2S, style = mean style vector of 20 neutral training renderings of <voice>
+    default_<gender>     U2S with the prototype of `Style(gender=…)` (what `emova eval u2s` scores)
+
+Reads only the corpus (`data_cache/speech`); writes JSON (`--out`) and prints one line per row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emova.audio import Audio
+from emova.data.speech.corpus import read_manifest
+from emova.eval.u2s import Judge, wer
+from emova.speech.detokenizer import SpeechDetokenizer
+from emova.speech.vocoder import mel_frames
+from emova.styles import Style
+from emova.train.u2s_data import align_durations, f0_track, load_tokenizer
+
+PROTOTYPE_VOICES = ("flite:slt", "flite:rms", "espeak:en-us+f1", "espeak:en-us+m1")
+
+
+@torch.no_grad()
+def oracle_prosody(detok: SpeechDetokenizer, clip: Audio, raw: np.ndarray) -> Audio:
+    """U2S mel decoder given the clip's own timing and F0 (teacher-forced), style from the clip."""
+    vc = detok.vocoder_config
+    change = np.concatenate([[True], raw[1:] != raw[:-1]])
+    red, raw_to_red = raw[change], np.cumsum(change) - 1
+    mel = mel_frames(clip.samples, vc).numpy()
+    durs = align_durations(mel, mel, raw_to_red, len(red), vc.hop, vc.sample_rate, same=True)
+    lf0, vuv = f0_track(clip.samples, vc.sample_rate, vc.hop, len(mel))
+    out = detok.u2s(torch.from_numpy(red.astype(np.int64))[None], torch.tensor([len(red)]),
+                    detok.style_vector(reference=clip), torch.from_numpy(durs.astype(np.float32))[None],
+                    torch.from_numpy(lf0)[None], torch.from_numpy(vuv.astype(np.float32))[None])
+    return Audio(detok.vocode(out["mel"][0]), detok.sample_rate)
+
+
+@torch.no_grad()
+def voice_prototype(detok: SpeechDetokenizer, corpus: Path, voice: str, n: int = 20) -> torch.Tensor | None:
+    rows = [r for r in read_manifest(corpus, ("train",)) if r["voice"] == voice
+            and r["style"] == str(Style(gender=r["gender"]))]
+    if not rows:
+        return None
+    random.Random(0).shuffle(rows)
+    vs = torch.cat([detok.style_vector(reference=Audio.load(corpus / r["path"])) for r in rows[:n]])
+    return torch.nn.functional.normalize(vs.mean(0, keepdim=True), dim=-1)
+
+
+def diagnose(model: str = "emova-tiny", tokenizer: str = "emova-tiny", corpus: str | Path = "data_cache/speech",
+             n: int = 20, out: str | Path | None = "reports/u2s_diagnose.json") -> dict:
+    corpus = Path(corpus)
+    rows = [r for r in read_manifest(corpus, ("heldout_per",)) if r["voice"] == "flite:awb"][:n]
+    if len(rows) < n:
+        raise ValueError(f"corpus {corpus} has {len(rows)} held-out awb sentences; need {n}")
+    judge, tok = Judge(), load_tokenizer(tokenizer)
+    detok = SpeechDetokenizer.from_pretrained(model)
+    clips = [Audio.load(corpus / r["path"]) for r in rows]
+    refs = [r["text"] for r in rows]
+    raws = [np.asarray(u) for u in tok.encode_batch(clips)]
+    units = [tok.reduce(u.tolist()) for u in raws]
+    res: dict = {"model": str(model), "n_sentences": n, "wer": {}, "examples": {}}
+
+    def score(name: str, audios: list[Audio]) -> None:
+        hyps = [judge.transcribe(a) for a in audios]
+        res["wer"][name] = round(wer(refs, hyps), 3)
+        res["examples"][name] = hyps[:3]
+        print(f"{name:28s} WER {res['wer'][name]:.3f}   e.g. {hyps[0]!r}", flush=True)
+
+    score("original", clips)
+    score("gt_mel_vocoder", [Audio(detok.vocode(mel_frames(c.samples, detok.vocoder_config)), detok.sample_rate)
+                             for c in clips])
+    score("oracle_prosody", [oracle_prosody(detok, c, r) for c, r in zip(clips, raws)])
+    score("self_reference", [detok.decode(u, reference=c) for u, c in zip(units, clips)])
+    for voice in PROTOTYPE_VOICES:
+        g = voice_prototype(detok, corpus, voice)
+        if g is not None:
+            score(f"prototype_{voice}", [Audio(detok.vocode(detok._mel(u, g)["mel"]), detok.sample_rate)
+                                         for u in units])
+    for gender in ("female", "male"):
+        score(f"default_{gender}", [detok.decode(u, Style(gender=gender)) for u in units])
+    res["references"] = refs[:3]
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(res, indent=1))
+    return res
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m emova.eval.u2s_diagnose", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="emova-tiny")
+    p.add_argument("--tokenizer", default="emova-tiny")
+    p.add_argument("--corpus", default="data_cache/speech")
+    p.add_argument("-n", type=int, default=20)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default="reports/u2s_diagnose.json")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    diagnose(a.model, a.tokenizer, a.corpus, a.n, a.out)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
