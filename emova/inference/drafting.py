@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from emova.inference.json_repair import _read_string
 from emova.model.prompts import ANSWER_KEYS
 
 _OPEN = '{"'
@@ -22,20 +23,6 @@ _OPEN = '{"'
 
 def _opener(key: str) -> str:
     return f'"{key}": "'
-
-
-def _closing_quote(value: str) -> int:
-    """Index of the first unescaped `"` in a JSON string body, or -1 while the string is still open."""
-    i = 0
-    while i < len(value):
-        c = value[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == '"':
-            return i
-        i += 1
-    return -1
 
 
 _OPENERS = re.compile("|".join(re.escape(_opener(k)) for k in ANSWER_KEYS))
@@ -52,11 +39,10 @@ def skeleton_continuation(text: str) -> str | None:
     if last is None:
         return first[len(body):] if first.startswith(body) else None
     k = ANSWER_KEYS.index(last.group(0)[1:-4])
-    rest = body[last.end():]
-    q = _closing_quote(rest)
-    if q < 0:
+    _, end, closed = _read_string(body, last.end() - 1)  # the opener ends with the value's opening quote
+    if not closed:
         return None  # inside the value
-    tail = rest[q + 1:]
+    tail = body[end:]
     expected = "}" if k == len(ANSWER_KEYS) - 1 else ", " + _opener(ANSWER_KEYS[k + 1])
     return expected[len(tail):] if expected.startswith(tail) and len(tail) < len(expected) else None
 
