@@ -419,6 +419,80 @@ def calibrate_prosody(bundle: U2SBundle, data: U2SData, protos: StylePrototypes,
     return {"level_gain": g, "level_bias": a, "rate_gain": k, "rate_center": centre, "rate_bias": b}
 
 
+def _wls(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, float]:
+    """Weighted least squares y ~ slope * x + intercept."""
+    A = np.stack([x, np.ones_like(x)], 1) * w[:, None]
+    slope, icpt = np.linalg.lstsq(A, y * w, rcond=None)[0]
+    return float(slope), float(icpt)
+
+
+@torch.no_grad()
+def calibrate_rendered_prosody(detok, data: U2SData, per_style: int = 4, min_items: int = 4) -> dict[str, float]:
+    """Closed-loop correction of the prosody calibration, measured on what the detokenizer *outputs*.
+
+    `calibrate_prosody` matches the levels the U2S asks for; the mel decoder then renders F0 with its own
+    compression (low voices come out higher, high ones lower), and the duration shift acts per unit in
+    log(1 + frames), not on the utterance length. Here, for every condition with at least `min_items`
+    training renderings: decode those items' units with the condition's prototype, measure the median
+    F0 of the audio (Praat) and the total length, and compare with the renderings themselves.
+      * pitch: fit rendered ≈ α + β · requested level across conditions, then the level map whose
+        rendered result best matches the data: level_gain, level_bias (gain clipped to [1, 3]);
+      * duration: the rate_gain (grid 0–3) and rate_bias whose predicted utterance lengths best match
+        the renderings' lengths (log frames, least squares).
+    Training renderings only; held-out data never enters."""
+    from emova.audio import f0_contour
+    from emova.speech.u2s import F0_REF, F0_SCALE
+
+    u2s, cfg = detok.u2s, detok.u2s.cfg
+    rng = random.Random(1)
+    rows = []  # weight, data level, head level, head log-dur, rendered level, items, predicted log-durations
+    for key, ids in sorted(data.by_style.items()):
+        if key not in detok.prototypes.index or len(ids) < min_items:
+            continue
+        pick = rng.sample(ids, min(per_style, len(ids)))
+        style = detok.prototypes.vector(key)[None].float()
+        head = u2s.prosody(style)[0]
+        out, log_durs = [], []
+        for i in pick:
+            u = torch.from_numpy(data.units[i].astype(np.int64))[None]
+            audio = Audio(detok.vocode(u2s.infer(u, style)["mel"]), detok.sample_rate)
+            f0 = f0_contour(audio) if audio.duration >= 0.25 else np.zeros(1)  # Praat needs a few periods
+            if (f0 > 0).sum() >= 5:
+                out.append((math.log(float(np.median(f0[f0 > 0]))) - F0_REF) / F0_SCALE)
+            h, m = u2s.encode(u, torch.tensor([u.shape[1]]))
+            log_durs.append(u2s.predict_log_durations(h, style, m)[0].numpy())
+        rows.append((len(pick), float(np.mean([data.stats[i][0] for i in pick])), float(head[0]), float(head[2]),
+                     float(np.mean(out)) if out else math.nan, pick, log_durs))
+    if len(rows) < 3:
+        return {}
+    w = np.sqrt(np.array([r[0] for r in rows], dtype=float))
+    d_lvl, h_lvl, h_dur, r_lvl = (np.array([r[k] for r in rows]) for k in (1, 2, 3, 4))
+    res: dict[str, float] = {}
+    ok = np.isfinite(r_lvl)
+    if ok.sum() >= 3:
+        req = cfg.level_bias + cfg.level_gain * h_lvl[ok]
+        beta, alpha = _wls(req, r_lvl[ok], w[ok])
+        if 0.2 <= beta <= 2.0:
+            want = (d_lvl[ok] - alpha) / beta  # the requested level that renders as the data's level
+            g, _ = _wls(h_lvl[ok], want, w[ok])
+            g = float(np.clip(g, 1.0, 3.0))
+            res["level_gain"] = g
+            res["level_bias"] = float(np.average(want - g * h_lvl[ok], weights=w[ok]))
+    # duration: utterance length in frames, predicted vs rendered, over a grid of rate gains
+    true_len = np.array([np.mean([math.log(len(data.mel[i])) for i in r[5]]) for r in rows])
+    best = (math.inf, cfg.rate_gain, cfg.rate_bias)
+    for k in np.arange(0.0, 3.01, 0.1):
+        shift = k * (h_dur - cfg.rate_center)
+        for b in np.arange(-0.3, 0.301, 0.02):
+            pred = np.array([np.mean([math.log(max(1.0, float(np.clip(np.exp(ld + s + b) - 1, 0, None).sum())))
+                                      for ld in r[6]]) for r, s in zip(rows, shift)])
+            err = float(np.average((pred - true_len) ** 2, weights=w))
+            if err < best[0]:
+                best = (err, float(k), float(b))
+    res["rate_gain"], res["rate_bias"] = best[1], best[2]
+    return res
+
+
 @torch.no_grad()
 def build_prototypes(encoder: StyleEncoder, data: U2SData, per_style: int) -> StylePrototypes:
     encoder.eval()
@@ -459,6 +533,8 @@ def export_detokenizer(cfg: U2STrainConfig, out: str | Path | None = None, vocod
             raise ValueError(f"no vocoder checkpoint under {cfg.out_dir}/vocoder; train it or export griffin_lim")
         load_checkpoint(vck, voc)
     detok = SpeechDetokenizer(bundle.u2s, bundle.style_encoder, voc, protos)
+    for k, v in calibrate_rendered_prosody(detok, data).items():
+        setattr(bundle.u2s.cfg, k, v)
     info = {"u2s_checkpoint": str(ck), "trained_on": cfg.corpus, "tokenizer": cfg.tokenizer,
             "speaking_voices": cfg.speaking_voices()}
     return detok, detok.save_pretrained(out, info=info)

@@ -160,3 +160,47 @@ def test_diagnose_runs_every_row(setup, tmp_path):
     assert all(0.0 <= w <= 5.0 for w in res["wer"].values())
     with pytest.raises(ValueError, match="held-out awb"):
         diagnose(str(root / "detok"), str(root / "tok"), root / "corpus", n=50, out=None)
+
+
+def test_rendered_calibration_recovers_the_duration_map(setup):
+    """When the renderings are exactly as long as the U2S predicts with a known rate map, the closed-loop
+    calibration finds that map again (and keeps the pitch gain in its range)."""
+    import math
+
+    from emova.train.u2s import calibrate_rendered_prosody
+
+    root, cfg = setup
+    train_u2s(cfg, stages=("prepare", "u2s", "vocoder", "export"), progress=False)
+    detok = SpeechDetokenizer.from_pretrained(root / "detok")
+    data = U2SData(cfg.cache_dir)
+    u2s, c = detok.u2s, detok.u2s.cfg
+    c.rate_gain, c.rate_center, c.rate_bias = 0.5, 0.3, 0.0
+    with torch.no_grad():
+        for key, ids in data.by_style.items():
+            style = detok.prototypes.vector(key)[None].float()
+            shift = 0.5 * (float(u2s.prosody(style)[0, 2]) - 0.3)
+            for i in ids:
+                u = torch.from_numpy(data.units[i].astype(np.int64))[None]
+                h, m = u2s.encode(u, torch.tensor([u.shape[1]]))
+                ld = u2s.predict_log_durations(h, style, m)[0].numpy()
+                n = max(1, round(float(np.clip(np.exp(ld + shift) - 1, 0, None).sum())))
+                data.mel[i] = np.zeros((n, 80), np.float16)
+    c.rate_gain, c.rate_bias = 2.5, 0.3  # start far from it
+
+    def length_error() -> float:  # mean |log predicted length - log rendered length| under the current map
+        errs = []
+        with torch.no_grad():
+            for key, ids in data.by_style.items():
+                style = detok.prototypes.vector(key)[None].float()
+                for i in ids:
+                    u = torch.from_numpy(data.units[i].astype(np.int64))[None]
+                    n = float(u2s.infer(u, style)["durations"].sum())
+                    errs.append(abs(math.log(max(1.0, n)) - math.log(len(data.mel[i]))))
+        return float(np.mean(errs))
+
+    before = length_error()
+    res = calibrate_rendered_prosody(detok, data, per_style=len(data), min_items=1)
+    c.rate_gain, c.rate_bias = res["rate_gain"], res["rate_bias"]
+    after = length_error()
+    assert before > 0.2 and after < 0.1 and after < before / 4  # the fitted map reproduces the lengths
+    assert "level_gain" not in res or 1.0 <= res["level_gain"] <= 3.0
