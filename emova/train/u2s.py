@@ -6,7 +6,8 @@ Stages (each resumable; `stages` picks which run, so U2S and vocoder can train i
     finetune  (when `finetune` is configured) the u2s result, trained on the renderings of chosen voices
               only: every voice teaches the content, the clearest ones are what it learns to speak
     vocoder   Vocos vocoder on ground-truth mels: multi-resolution STFT + mel L1
-    export    style prototypes (mean style vector per condition string), F0-shape calibration, save
+    export    style prototypes (mean style vector per condition string), F0-shape and prosody calibration
+              (open loop on the predictions, then closed loop on the rendered audio), save
 
 Runs on accelerate (bf16 autocast on CPU), writes safetensors checkpoints, logs CSV + PNG.
 """
@@ -375,6 +376,13 @@ def calibrate_shape_gain(bundle: U2SBundle, data: U2SData, n: int = 200) -> floa
     return float(np.clip(np.median(true_sd) / max(1e-3, np.median(pred_sd)), 1.0, 2.5))
 
 
+def _wls(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, float]:
+    """Weighted least squares y ~ slope * x + intercept."""
+    A = np.stack([x, np.ones_like(x)], 1) * w[:, None]
+    slope, icpt = np.linalg.lstsq(A, y * w, rcond=None)[0]
+    return float(slope), float(icpt)
+
+
 @torch.no_grad()
 def calibrate_prosody(bundle: U2SBundle, data: U2SData, protos: StylePrototypes, per_style: int = 12) -> dict[str, float]:
     """Undo the regression-to-the-mean of what a style asks for, on the path inference takes.
@@ -403,27 +411,14 @@ def calibrate_prosody(bundle: U2SBundle, data: U2SData, protos: StylePrototypes,
         return {}
     r = np.array(rows)
     w = np.sqrt(r[:, 0])
-
-    def fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:  # y ~ slope * x + intercept
-        A = np.stack([x, np.ones_like(x)], 1) * w[:, None]
-        slope, icpt = np.linalg.lstsq(A, y * w, rcond=None)[0]
-        return float(slope), float(icpt)
-
-    g, a = fit(r[:, 3], r[:, 1])
+    g, a = _wls(r[:, 3], r[:, 1], w)
     g = float(np.clip(g, 1.0, 3.0))
     a = float(np.average(r[:, 1] - g * r[:, 3], weights=r[:, 0]))
     centre = float(np.average(r[:, 4], weights=r[:, 0]))
-    k, b = fit(r[:, 4] - centre, r[:, 2] - r[:, 5])
+    k, b = _wls(r[:, 4] - centre, r[:, 2] - r[:, 5], w)
     k = float(np.clip(k, 0.0, 3.0))
     b = float(np.average(r[:, 2] - r[:, 5] - k * (r[:, 4] - centre), weights=r[:, 0]))
     return {"level_gain": g, "level_bias": a, "rate_gain": k, "rate_center": centre, "rate_bias": b}
-
-
-def _wls(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, float]:
-    """Weighted least squares y ~ slope * x + intercept."""
-    A = np.stack([x, np.ones_like(x)], 1) * w[:, None]
-    slope, icpt = np.linalg.lstsq(A, y * w, rcond=None)[0]
-    return float(slope), float(icpt)
 
 
 @torch.no_grad()
