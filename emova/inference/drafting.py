@@ -18,8 +18,6 @@ from typing import Any
 from emova.inference.json_repair import _read_string
 from emova.model.prompts import ANSWER_KEYS
 
-_OPEN = '{"'
-
 
 def _opener(key: str) -> str:
     return f'"{key}": "'

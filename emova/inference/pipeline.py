@@ -176,7 +176,7 @@ class Emova:
         dev = torch.device(device)
         dt = _as_dtype(dtype)
         if dt is None and dev.type == "cpu":
-            dt = torch.float32  # checkpoints are stored in half precision; CPUs without native fp16 run it ~5x slower
+            dt = torch.float32  # checkpoints are stored in fp16; CPUs without native fp16 run it several times slower
         if (root / "llm").is_dir():
             llm_dir = root / "llm"
             st_dir = Path(speech_tokenizer) if speech_tokenizer else root / "speech_tokenizer"
