@@ -19,7 +19,6 @@ import base64
 import io
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -272,6 +271,7 @@ def world_turns(n: int, world: str | Path = "data_cache/world", speech: str | Pa
                 split: str = "heldout") -> list[tuple[str, str | None]]:
     """`n` spoken turns of the tiny world's `split` as (WAV, image or None): spoken dialogue (no image)
     and spoken questions about images, alternately, in file order."""
+    from emova.data.world.formats import records_needing_speech
     from emova.data.world_speech import wav_name
 
     world, speech = Path(world), Path(speech)
@@ -283,8 +283,8 @@ def world_turns(n: int, world: str | Path = "data_cache/world", speech: str | Pa
                              f"world_speech)")
         pool = []
         for rec in json.loads(f.read_text()):
-            keys = re.findall(r"<<speech:([^>]+)>>", rec["conversations"][0]["value"])
-            wav = speech / split / "wav" / wav_name(keys[0]) if keys else None
+            asked = [r.key for r in records_needing_speech([rec]) if r.role == "input"]
+            wav = speech / split / "wav" / wav_name(asked[0]) if asked else None
             if wav is not None and wav.is_file():
                 pool.append((str(wav), str(world / rec["image"]) if rec.get("image") else None))
         if not pool:

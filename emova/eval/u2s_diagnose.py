@@ -50,9 +50,9 @@ def oracle_prosody(detok: SpeechDetokenizer, clip: Audio, raw: np.ndarray) -> Au
 
 
 @torch.no_grad()
-def voice_prototype(detok: SpeechDetokenizer, corpus: Path, voice: str, n: int = 20) -> torch.Tensor | None:
-    rows = [r for r in read_manifest(corpus, ("train",)) if r["voice"] == voice
-            and r["style"] == str(Style(gender=r["gender"]))]
+def voice_prototype(detok: SpeechDetokenizer, corpus: Path, train_rows: list[dict], voice: str,
+                    n: int = 20) -> torch.Tensor | None:
+    rows = [r for r in train_rows if r["voice"] == voice and r["style"] == str(Style(gender=r["gender"]))]
     if not rows:
         return None
     random.Random(0).shuffle(rows)
@@ -85,8 +85,9 @@ def diagnose(model: str = "emova-tiny", tokenizer: str = "emova-tiny", corpus: s
                              for c in clips])
     score("oracle_prosody", [oracle_prosody(detok, c, r) for c, r in zip(clips, raws)])
     score("self_reference", [detok.decode(u, reference=c) for u, c in zip(units, clips)])
+    train_rows = read_manifest(corpus, ("train",))
     for voice in PROTOTYPE_VOICES:
-        g = voice_prototype(detok, corpus, voice)
+        g = voice_prototype(detok, corpus, train_rows, voice)
         if g is not None:
             score(f"prototype_{voice}", [Audio(detok.vocode(detok._mel(u, g)["mel"]), detok.sample_rate)
                                          for u in units])

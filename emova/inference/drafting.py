@@ -51,12 +51,15 @@ class AnswerDrafter:
     def __init__(self, processor: Any, max_draft: int = 16) -> None:
         self.processor = processor
         self.tokenizer = processor.tokenizer
+        self._units = set(processor.speech_token_ids)
         self.max_draft = max_draft
         self.proposed = 0  # counters, for benchmarks and tests
         self.calls = 0
 
     def __call__(self, produced: list[int]) -> list[int]:
         self.calls += 1
+        if produced and produced[-1] in self._units:
+            return []  # inside the speech value: nothing to propose, and no need to decode everything again
         text = self.processor.decode(produced, skip_special_tokens=True)
         cont = skeleton_continuation(text)
         if not cont:

@@ -129,7 +129,7 @@ class U2STrainConfig:
 
     def speaking_voices(self) -> list[str] | None:
         """The voices the exported detokenizer speaks (prototypes, calibration)."""
-        return (self.finetune or {}).get("voices", self.voices) if self.finetune else self.voices
+        return self.finetune.get("voices", self.voices) if self.finetune else self.voices
 
     def u2s_config(self) -> U2SConfig:
         return U2SConfig.from_dict(self.model)

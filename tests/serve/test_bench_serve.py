@@ -81,9 +81,14 @@ def _fake_world(tmp_path, speech_wav: bytes, png: bytes):
     (world / "heldout" / "images" / "s0.png").write_bytes(png)
     for key in ("dialogue_speech-heldout-00000/user", "vqa_speech-heldout-00000/user"):
         (speech / "heldout" / "wav" / wav_name(key)).write_bytes(speech_wav)
-    recs = {"dialogue_speech": [{"id": "d0", "conversations": [
+    def asked(key):  # the record's speech field, as the world writes it
+        return [{"key": key, "text": "a question", "style": "gender-female_emotion-neutral_speed-normal_pitch-normal",
+                 "role": "input"}]
+
+    recs = {"dialogue_speech": [{"id": "d0", "speech": asked("dialogue_speech-heldout-00000/user"), "conversations": [
                 {"from": "human", "value": "prompt<<speech:dialogue_speech-heldout-00000/user>>"}]}],
-            "vqa_speech": [{"id": "v0", "image": "heldout/images/s0.png", "conversations": [
+            "vqa_speech": [{"id": "v0", "image": "heldout/images/s0.png",
+                            "speech": asked("vqa_speech-heldout-00000/user"), "conversations": [
                 {"from": "human", "value": "<image>\nprompt<<speech:vqa_speech-heldout-00000/user>>"}]}]}
     for task, r in recs.items():
         (world / "heldout" / f"{task}.json").write_text(json.dumps(r))
