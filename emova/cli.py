@@ -51,7 +51,7 @@ def _cmd_train_s2u(a: argparse.Namespace) -> None:
 
 def _cmd_train_stage(a: argparse.Namespace) -> None:
     if a.stage is None:
-        raise ValueError("`emova train` needs --stage 1|2|3 (with --config) or a subcommand: s2u, u2s, recipe")
+        raise ValueError("`emova train` needs --stage 1|2|3 (with --config) or a subcommand: s2u, u2s, vision, recipe")
     from emova.train.omni import train_stage_cli
 
     print(train_stage_cli(a.stage, a.stage_config, a.overrides))
@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--workers", type=int, default=2)
     ds.set_defaults(func=_cmd_data_speech)
 
-    trp = sub.add_parser("train", help="training: `--stage 1|2|3 --config C`, or a subcommand (s2u, recipe)")
+    trp = sub.add_parser("train", help="training: `--stage 1|2|3 --config C`, or a subcommand (s2u, u2s, vision, recipe)")
     trp.add_argument("--stage", type=int, choices=[1, 2, 3], default=None, help="EMOVA training stage of the omni model")
     trp.add_argument("--config", dest="stage_config", default=None, help="stage config (YAML path or a name in emova/configs/train)")
     trp.add_argument("--set", dest="overrides", nargs="*", default=None, metavar="KEY=VALUE", help="config overrides")
@@ -289,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     tu.add_argument("rest", nargs=argparse.REMAINDER)
     tu.set_defaults(func=None)  # dispatched in main()
+    tv = tr.add_parser("vision", help="pretrain the vision tower before stage 1 (args: `emova train vision --help`)",
+                       add_help=False)
+    tv.add_argument("rest", nargs=argparse.REMAINDER)
+    tv.set_defaults(func=None)  # dispatched in main()
 
     ev = sub.add_parser("eval", help="evaluation suites").add_subparsers(dest="eval_cmd", required=True)
     es = ev.add_parser("s2u", help="speech tokenizer: PER, style invariance, probes, usage")
@@ -345,8 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_DELEGATED = {("train", "u2s"): "emova.train.u2s", ("eval", "u2s"): "emova.eval.u2s",
-              ("bench", "u2s"): "emova.eval.bench_u2s", ("bench", "serve"): "emova.eval.bench_serve"}
+_DELEGATED = {("train", "u2s"): "emova.train.u2s", ("train", "vision"): "emova.train.vision_pretrain",
+              ("eval", "u2s"): "emova.eval.u2s", ("bench", "u2s"): "emova.eval.bench_u2s",
+              ("bench", "serve"): "emova.eval.bench_serve"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,6 +86,7 @@ class OmniTrainConfig:
     max_records: int | None = None  # cap after mixing (smoke runs)
     model: str = "tiny"  # model config (name or yaml) for a from-scratch start
     init_from: str | None = None  # a save_pretrained directory (the previous stage's final/)
+    vision_init_from: str | None = None  # pretrained vision tower (emova.train.vision_pretrain) for a fresh start
     out_dir: str = "runs/omni/stage3"
     max_steps: int = 1000
     max_minutes: float | None = None  # wall-clock budget: stop early (the cosine follows whichever ends first)
@@ -129,6 +130,9 @@ class OmniTrainConfig:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("need lr > 0 and 0 <= min_lr_ratio <= 1")
+        if self.vision_init_from and self.init_from:
+            raise ValueError("vision_init_from is for a fresh start; with init_from the vision tower comes from "
+                             f"that checkpoint ({self.init_from}); drop one of them")
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> OmniTrainConfig:
@@ -241,6 +245,10 @@ def build_model(cfg: OmniTrainConfig) -> nn.Module:
     else:
         torch.manual_seed(cfg.seed)
         model = EmovaForConditionalGeneration(load_model_config(cfg.model).config)
+        if cfg.vision_init_from:
+            from emova.train.vision_pretrain import load_vision_tower
+
+            load_vision_tower(model.vision_tower, cfg.vision_init_from)
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

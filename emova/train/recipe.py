@@ -23,7 +23,8 @@ import torch
 
 from emova.assets import ASSETS
 
-STEPS = ("speech_corpus", "s2u", "u2s", "world", "world_speech", "units", "stage1", "stage2", "stage3", "export")
+STEPS = ("speech_corpus", "s2u", "u2s", "world", "world_speech", "units", "vision", "stage1", "stage2", "stage3",
+         "export")
 PACKAGE = Path(__file__).resolve().parents[1]
 DEFAULT_FSDD = Path(__file__).resolve().parents[3] / "shared" / "data" / "fsdd"
 
@@ -65,6 +66,10 @@ class RecipePaths:
 
     def stage(self, n: int) -> Path:
         return self.runs / "omni" / f"stage{n}"
+
+    @property
+    def vision(self) -> Path:
+        return self.runs / "omni" / "vision"
 
 
 # ----------------------------------------------------------------------------------------------- steps
@@ -123,7 +128,31 @@ def _units(p: RecipePaths) -> None:
         out = fill_world_units(p.world, split, units, p.world_units)
         if p.fsdd:
             (out / f"{FSDD_TASK}.json").write_text(json.dumps(fsdd_asr_records(p.corpus, fsdd_split, tok)))
+    _corpus_units(p, tok)
     (p.world_units / "done").write_text("ok\n")
+
+
+CORPUS_TASKS = ("corpus_asr", "corpus_tts")
+
+
+def _corpus_units(p: RecipePaths, tok: Any) -> None:
+    """The speech corpus's training renderings as ASR/TTS pairs (EMOVA's stage-2 speech-text data): 7,000
+    more sentences than the world's own, minus every sentence the world's held-out split says or answers."""
+    from emova.data.world_speech import corpus_speech_records, heldout_texts
+
+    train = p.world_units / "train"
+    if all((train / f"{t}.json").exists() for t in CORPUS_TASKS):
+        return
+    asr, tts = corpus_speech_records(p.corpus, tok, heldout_texts(p.world))
+    for task, recs in zip(CORPUS_TASKS, (asr, tts)):
+        (train / f"{task}.json").write_text(json.dumps(recs))
+    print(f"[recipe] units: {len(asr)} corpus ASR and {len(tts)} corpus TTS pairs", flush=True)
+
+
+def _vision(p: RecipePaths) -> None:
+    from emova.train.vision_pretrain import VisionPretrainConfig, train_vision
+
+    train_vision(VisionPretrainConfig.load("vision_tiny", out_dir=str(p.vision)))
 
 
 def _stage(n: int) -> Callable[[RecipePaths], None]:
@@ -133,10 +162,11 @@ def _stage(n: int) -> Callable[[RecipePaths], None]:
         over: dict[str, Any] = {"world_dir": str(p.world_units), "image_root": str(p.world), "out_dir": str(p.stage(n))}
         if n > 1:
             over["init_from"] = str(p.stage(n - 1) / "final")
-        if n > 1 and p.fsdd:
-            over["extra_records"] = [str(p.world_units / "train" / "fsdd_asr.json")]
-        elif n > 1:
-            over["extra_records"] = []
+        else:
+            over["vision_init_from"] = str(p.vision / "final")
+        if n > 1:  # FSDD digits and the corpus pairs, where the units step made them
+            extra = [p.world_units / "train" / f"{t}.json" for t in ("fsdd_asr", *CORPUS_TASKS)]
+            over["extra_records"] = [str(f) for f in extra if f.exists()]
         train_stage(n, OmniTrainConfig.load(f"tiny_stage{n}", **over))
 
     return run
@@ -148,7 +178,7 @@ def _export(p: RecipePaths) -> None:
 
 _RUNNERS: dict[str, Callable[[RecipePaths], None]] = {
     "speech_corpus": _speech_corpus, "s2u": _s2u, "u2s": _u2s, "world": _world, "world_speech": _world_speech,
-    "units": _units, "stage1": _stage(1), "stage2": _stage(2), "stage3": _stage(3), "export": _export,
+    "units": _units, "vision": _vision, "stage1": _stage(1), "stage2": _stage(2), "stage3": _stage(3), "export": _export,
 }  # fmt: skip
 
 
@@ -161,6 +191,7 @@ def _outputs(p: RecipePaths) -> dict[str, Path]:
         "world": p.world / "heldout" / "tts.json",
         "world_speech": p.world_speech / "done",
         "units": p.world_units / "done",
+        "vision": p.vision / "final" / "vision_tower.safetensors",
         "stage1": p.stage(1) / "final" / "model.safetensors",
         "stage2": p.stage(2) / "final" / "model.safetensors",
         "stage3": p.stage(3) / "final" / "model.safetensors",

@@ -88,6 +88,27 @@ def test_recipe_skips_cached_steps_and_records_timings(tmp_path, monkeypatch):
         recipe.run_recipe("huge")
 
 
+def test_stage_runners_wire_the_pretrained_vision_tower_and_the_corpus_pairs(tmp_path, monkeypatch):
+    import emova.train.omni as omni
+
+    seen = {}
+    monkeypatch.setattr(omni, "train_stage", lambda n, cfg: seen.__setitem__(n, cfg))
+    paths = recipe.RecipePaths(tmp_path / "w", tmp_path / "r", tmp_path / "a", None)
+    recipe._RUNNERS["stage1"](paths)
+    assert seen[1].vision_init_from == str(paths.vision / "final") and seen[1].init_from is None
+    assert not seen[1].train_vision_stage1  # the paper: stage 1 trains the projector only
+    recipe._RUNNERS["stage2"](paths)
+    assert seen[2].extra_records == [] and seen[2].vision_init_from is None  # nothing made yet: nothing added
+    train = paths.world_units / "train"
+    train.mkdir(parents=True)
+    for t in ("fsdd_asr", "corpus_asr", "corpus_tts"):
+        (train / f"{t}.json").write_text("[]")
+    recipe._RUNNERS["stage3"](paths)
+    assert [p.rsplit("/", 1)[1] for p in seen[3].extra_records] == ["fsdd_asr.json", "corpus_asr.json",
+                                                                     "corpus_tts.json"]
+    assert seen[3].init_from == str(paths.stage(2) / "final")
+
+
 def test_missing_u2s_is_a_recorded_hook(tmp_path, monkeypatch):
     import builtins
 
