@@ -141,8 +141,6 @@ def _corpus_units(p: RecipePaths, tok: Any) -> None:
     from emova.data.world_speech import corpus_speech_records, heldout_texts
 
     train = p.world_units / "train"
-    if all((train / f"{t}.json").exists() for t in CORPUS_TASKS):
-        return
     asr, tts = corpus_speech_records(p.corpus, tok, heldout_texts(p.world))
     for task, recs in zip(CORPUS_TASKS, (asr, tts)):
         (train / f"{task}.json").write_text(json.dumps(recs))
