@@ -137,21 +137,27 @@ class OmniTrainConfig:
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> OmniTrainConfig:
         """YAML file (or a name in emova/configs/train/) + keyword overrides (None values are ignored)."""
-        data: dict[str, Any] = {}
-        if path is not None:
-            p = resolve_config(path)
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-            if not isinstance(data, dict):
-                raise ValueError(f"{p}: expected a mapping of config keys")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return cls(**config_data(cls, path, overrides))
 
     def stage_tasks(self) -> list[str]:
         return list(self.tasks) if self.tasks else list(STAGE_TASKS[self.stage])
+
+
+def config_data(cls: type, path: str | Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of dataclass `cls` from a YAML file (or a name in emova/configs/train/) and
+    overrides (None values ignored); a non-mapping file or an unknown key is an error naming it."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = resolve_config(path)
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{p}: expected a mapping of config keys")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
+    return data
 
 
 def resolve_config(name_or_path: str | Path) -> Path:

@@ -110,21 +110,9 @@ class VisionPretrainConfig:
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> VisionPretrainConfig:
         """YAML file (or a name in emova/configs/train/) + keyword overrides (None values are ignored)."""
-        import yaml
+        from emova.train.omni import config_data
 
-        from emova.train.omni import resolve_config
-
-        data: dict[str, Any] = {}
-        if path is not None:
-            p = resolve_config(path)
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-            if not isinstance(data, dict):
-                raise ValueError(f"{p}: expected a mapping of config keys")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {unknown}; known: {sorted(f.name for f in fields(cls))}")
-        return cls(**data)
+        return cls(**config_data(cls, path, overrides))
 
 
 # ------------------------------------------------------------------------------------------- labels
