@@ -76,4 +76,38 @@ class AnswerDrafter:
         return draft
 
 
-__all__ = ["AnswerDrafter", "skeleton_continuation"]
+def answer_unfinished(text: str) -> bool:
+    """True while `text` is an unfinished answer that follows the format: the keys so far are ANSWER_KEYS in
+    order and the closing brace has not come. Text off the format gives False (the model may stop)."""
+    body = text.lstrip()
+    first = "{" + _opener(ANSWER_KEYS[0])
+    if not body.startswith(first):
+        return first.startswith(body)  # the answer has not begun (or has begun right)
+    openers = list(_OPENERS.finditer(body))
+    keys = [m.group(0)[1:-4] for m in openers]
+    if keys != list(ANSWER_KEYS[: len(keys)]):
+        return False  # a key repeated, skipped or out of order: off the format
+    _, end, closed = _read_string(body, openers[-1].end() - 1)  # the opener ends with the value's opening quote
+    if not closed:
+        return True  # inside a value
+    tail = body[end:]
+    if len(keys) < len(ANSWER_KEYS):
+        return (", " + _opener(ANSWER_KEYS[len(keys)])).startswith(tail)  # on the way to the next key
+    return tail.strip() == ""  # after the last value, only the closing brace may end it
+
+
+class AnswerGuard:
+    """`guard(produced_ids) -> bool`: True while the spoken answer may not end (`answer_unfinished`); for
+    `GenerationSettings.hold_stop`."""
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+        self._units = set(processor.speech_token_ids)
+
+    def __call__(self, produced: list[int]) -> bool:
+        if produced and produced[-1] in self._units:
+            return True  # inside the speech value
+        return answer_unfinished(self.processor.decode(produced, skip_special_tokens=True))
+
+
+__all__ = ["AnswerDrafter", "AnswerGuard", "answer_unfinished", "skeleton_continuation"]

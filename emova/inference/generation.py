@@ -10,6 +10,11 @@ picked anyway (so the output is the same); when sampling, each proposed token d 
 probability p(d) and otherwise replaced by a sample from p without d — the speculative-sampling rule
 for a deterministic draft, which leaves the distribution of the output unchanged. Rejected positions
 are cropped from the cache.
+
+With `settings.hold_stop` (tokens so far → bool, e.g. `emova.inference.drafting.AnswerGuard`), the stop
+ids are masked out wherever it says the answer is not finished — a structural constraint like a JSON
+mode: a spoken answer cannot end before its reply. Greedy picks change only where the model's own first
+choice was a stop id; sampling draws from the distribution restricted to the other tokens.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class GenerationSettings:
     seed: int | None = None
     cache: str = "static"  # "static": preallocated (prompt + max_new_tokens), no per-step concatenation
     draft: Callable[[list[int]], list[int]] | None = None  # proposes next tokens (speculative decoding)
+    hold_stop: Callable[[list[int]], bool] | None = None  # True: the output may not end here (stop ids masked)
 
     def __post_init__(self) -> None:
         if self.cache not in ("static", "dynamic"):
@@ -75,6 +81,19 @@ def _verify(logits: torch.Tensor, proposed: int, s: GenerationSettings, gen: tor
     return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
 
 
+def _held(logits: torch.Tensor, produced: list[int], s: GenerationSettings, stop_ids: set[int]) -> torch.Tensor:
+    """logits (V,) with the stop ids masked where `s.hold_stop(produced)` says the output may not end."""
+    if s.hold_stop is None or not stop_ids:
+        return logits
+    if s.temperature == 0 and int(logits.argmax()) not in stop_ids:
+        return logits  # masking cannot change a greedy pick that is no stop id (and the check costs a decode)
+    if not s.hold_stop(produced):
+        return logits
+    masked = logits.clone()
+    masked[sorted(stop_ids)] = float("-inf")
+    return masked
+
+
 def _usable(draft: list[int], room: int, stop_ids: set[int]) -> list[int]:
     """The proposal cut to the token budget (one token always follows it) and before any stop id."""
     out = []
@@ -110,7 +129,7 @@ def generate_tokens(
     logits, forced = out.logits[0, -1], None
     produced: list[int] = []
     while True:
-        token = _pick(logits, settings, gen) if forced is None else forced
+        token = _pick(_held(logits, produced, settings, stop_ids), settings, gen) if forced is None else forced
         if token in stop_ids:
             return
         produced.append(token)
@@ -123,7 +142,7 @@ def generate_tokens(
         out = model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=step.shape[1])
         logits, forced = out.logits[0, -1], None
         for i, d in enumerate(draft):
-            got = _verify(out.logits[0, i], d, settings, gen)
+            got = _verify(_held(out.logits[0, i], produced, settings, stop_ids), d, settings, gen)
             if got != d:  # rejected: drop the cache entries of draft[i:], emit the replacement next
                 cache.crop(-(len(draft) - i))
                 forced = got

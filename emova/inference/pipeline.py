@@ -33,7 +33,7 @@ import torch
 
 from emova.assets import resolve_model_dir
 from emova.audio import Audio
-from emova.inference.drafting import AnswerDrafter
+from emova.inference.drafting import AnswerDrafter, AnswerGuard
 from emova.inference.generation import GenerationSettings, generate_tokens
 from emova.inference.json_repair import parse_answer, units_in
 from emova.inference.messages import Turn, check_messages, load_audio, load_image, resolve_style
@@ -157,6 +157,9 @@ class Emova:
         #: draft the answer's JSON skeleton and verify it in one pass (`emova.inference.drafting`);
         #: greedy output is identical either way, only faster with it
         self.speculative = True
+        #: a spoken answer may not end before its JSON is complete (`drafting.AnswerGuard`): where the model
+        #: would stop early (e.g. right after the transcript), it must go on; False gives the raw output
+        self.hold_unfinished = True
 
     # ------------------------------------------------------------------------------------ loading
     @classmethod
@@ -254,7 +257,9 @@ class Emova:
         turns = check_messages(messages, self.max_audio_seconds)
         mode = "spoken" if turns[-1].audios else "text"
         draft = AnswerDrafter(self.processor) if mode == "spoken" and self.speculative else None
-        settings = self._settings(max_new_tokens, 1024, temperature=temperature, seed=seed, draft=draft)
+        hold = AnswerGuard(self.processor) if mode == "spoken" and self.hold_unfinished else None
+        settings = self._settings(max_new_tokens, 1024, temperature=temperature, seed=seed, draft=draft,
+                                  hold_stop=hold)
         rendered, images = self._render_turns(turns)
         inputs = self._encode(rendered, images)
         return ChatPlan(inputs, mode, voice, style_override, settings, speak, started)

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from emova.inference.drafting import AnswerDrafter, skeleton_continuation
+from emova.inference.drafting import AnswerDrafter, AnswerGuard, answer_unfinished, skeleton_continuation
 from emova.inference.generation import GenerationSettings, _verify, generate_tokens
 from emova.model.prompts import format_answer
 from tests.inference.test_pipeline import ANSWER, audio_msg
@@ -131,3 +131,60 @@ def test_sampling_rule_keeps_the_distribution():
         for _ in range(n):
             counts[_verify(logits, d, s, gen)] += 1
         assert torch.allclose(counts / n, target, atol=0.012), (d, counts / n, target)
+
+
+FULL = ('{"user question text": "a", "user question emotion": "sad", "user question pitch": "low", '
+        '"assistant response text": "b", "assistant response emotion": "sad", "assistant response pitch": "low", '
+        '"assistant response speech": "<|speech_1|>"')
+
+
+@pytest.mark.parametrize("text, unfinished", [
+    ("", True),
+    ('{"user q', True),
+    ('{"user question text": "I found a gold coin hidden in my soup.', True),  # stopped after the transcript
+    ('{"user question text": "a"', True),
+    ('{"user question text": "a", "user question emo', True),
+    (FULL, True),
+    (FULL + "}", False),
+    (FULL + " }\n", False),
+    ('{"user question text": "a", "user question text": "a"', False),  # a key repeated: off the format
+    ('{"user question text": "a", "assistant response text": "b"', False),  # keys skipped
+    ('{"user question text": "a"; oops', False),
+    ("Sure! Here is", False),
+])
+def test_answer_unfinished(text, unfinished):
+    assert answer_unfinished(text) is unfinished
+
+
+def test_hold_stop_masks_stop_ids_only_while_held(emova, image):
+    inputs = emova._encode([{"role": "user", "content": "Describe the image."}], [image])
+    plain = list(generate_tokens(emova.model, inputs, set(), GenerationSettings(max_new_tokens=12)))
+    stop = {plain[0]}  # the model's own first choice, made a stop id: without the hold nothing comes out
+    assert list(generate_tokens(emova.model, inputs, stop, GenerationSettings(max_new_tokens=12))) == []
+    for draft in (None, lambda p: plain[len(p): len(p) + 4]):
+        held = GenerationSettings(max_new_tokens=12, hold_stop=lambda p: len(p) < 3, draft=draft)
+        out = list(generate_tokens(emova.model, inputs, stop, held))
+        assert len(out) >= 3 and not stop & set(out[:3])  # held: the runner-up instead of the stop id
+        assert out[0] != plain[0]
+
+
+def test_hold_never_changes_a_greedy_output_that_does_not_stop_early(emova, image):
+    inputs = emova._encode([{"role": "user", "content": "Describe the image."}], [image])
+    plain = list(generate_tokens(emova.model, inputs, set(), GenerationSettings(max_new_tokens=16)))
+    held = GenerationSettings(max_new_tokens=16, hold_stop=lambda p: True)
+    assert list(generate_tokens(emova.model, inputs, set(), held)) == plain
+
+
+def test_spoken_chat_holds_unfinished_answers_by_default(emova, speech):
+    plan = emova.prepare_chat(audio_msg(speech), max_new_tokens=8)
+    assert isinstance(plan.settings.hold_stop, AnswerGuard)
+    guard = plan.settings.hold_stop
+    ids = emova.processor.tokenizer.encode('{"user question text": "hi', add_special_tokens=False)
+    assert guard(ids) is True
+    assert guard(emova.processor.tokenizer.encode(FULL + "}", add_special_tokens=False)) is False
+    emova.hold_unfinished = False
+    try:
+        assert emova.prepare_chat(audio_msg(speech), max_new_tokens=8).settings.hold_stop is None
+    finally:
+        emova.hold_unfinished = True
+    assert emova.prepare_chat([{"role": "user", "content": "hi"}], max_new_tokens=8).settings.hold_stop is None
