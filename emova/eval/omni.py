@@ -40,6 +40,7 @@ THRESHOLDS = {  # (metric path, comparison, value): the issue's acceptance lines
     "fsdd_accuracy": ("fsdd.accuracy", ">=", 0.90),
     "tts_wer": ("tts.wer", "<=", 0.45),
     "dialogue_valid_json": ("dialogue.valid_json_keys_in_order", ">=", 0.98),
+    "dialogue_valid_json_held": ("dialogue.held.valid_json_keys_in_order", "report", None),
     "dialogue_reply_emotion": ("dialogue.reply_emotion_accuracy", ">=", 0.90),
     "dialogue_answer": ("dialogue.answer_accuracy", ">=", 0.85),
     "dialogue_transcript_wer": ("dialogue.transcript_wer", "<=", 0.15),
@@ -144,7 +145,9 @@ class Generator:
         return out
 
     @torch.inference_mode()
-    def run(self, records: Sequence[dict[str, Any]], max_new_tokens: int, desc: str = "") -> list[str]:
+    def run(self, records: Sequence[dict[str, Any]], max_new_tokens: int, desc: str = "",
+            hold: bool = False) -> list[str]:
+        """Greedy outputs; hold=True masks the stop ids while a spoken answer is unfinished (`AnswerGuard`)."""
         feats = [self.prompt(r) for r in records]
         order = sorted(range(len(feats)), key=lambda i: feats[i]["input_ids"].shape[1])
         outs: dict[int, str] = {}
@@ -153,13 +156,31 @@ class Generator:
             idx = order[s : s + self.batch_size]
             batch = self.processor.pad([feats[i] for i in idx], padding_side="left")
             batch.pop("labels")
+            extra = {"logits_processor": [_HoldUnfinished(self, batch["input_ids"].shape[1])]} if hold else {}
             gen = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                      eos_token_id=self.stop, pad_token_id=pad, use_cache=True)
+                                      eos_token_id=self.stop, pad_token_id=pad, use_cache=True, **extra)
             new = gen[:, batch["input_ids"].shape[1]:]
             for i, row in zip(idx, new.tolist()):
                 row = row[: next((k for k, t in enumerate(row) if t in self.stop), len(row))]
                 outs[i] = self.processor.decode(row, skip_special_tokens=False)
         return [outs[i] for i in range(len(records))]
+
+
+class _HoldUnfinished:
+    """A transformers logits processor: in rows whose greedy pick is a stop id while their answer is
+    unfinished (`emova.inference.drafting.AnswerGuard`), the stop ids are masked — the pipeline's rule."""
+
+    def __init__(self, gen: Generator, prompt_len: int) -> None:
+        from emova.inference.drafting import AnswerGuard
+
+        self.guard, self.stop, self.prompt_len = AnswerGuard(gen.processor), gen.stop, prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for row in range(scores.shape[0]):
+            produced = input_ids[row, self.prompt_len:].tolist()
+            if int(scores[row].argmax()) in self.stop and not set(produced) & set(self.stop) and self.guard(produced):
+                scores[row, self.stop] = float("-inf")
+        return scores
 
 
 # -------------------------------------------------------------------------------------------- suites
@@ -282,8 +303,16 @@ def suite_tts(gen: Generator, world_dir: Path, max_items: int | None, detokenize
 
 
 def suite_dialogue(gen: Generator, world_dir: Path, max_items: int | None) -> dict[str, Any]:
+    """The spoken-dialogue suite on the model's raw output; under `held`, the same turns decoded as the
+    pipeline does (`Emova.hold_unfinished`: no stop before the answer's JSON is complete)."""
     recs = _load(world_dir, "dialogue_speech", max_items) + _load(world_dir, "vqa_speech", max_items)
-    preds = gen.run(recs, MAX_NEW["dialogue"], "dialogue")
+    out = _dialogue_metrics(recs, gen.run(recs, MAX_NEW["dialogue"], "dialogue"))
+    held = _dialogue_metrics(recs, gen.run(recs, MAX_NEW["dialogue"], "dialogue, held", hold=True))
+    out["held"] = {k: v for k, v in held.items() if not isinstance(v, dict)}
+    return out
+
+
+def _dialogue_metrics(recs: Sequence[dict[str, Any]], preds: Sequence[str]) -> dict[str, Any]:
     valid, ordered, reply_emo, user_emo, answers, with_units = [], [], [], [], [], []
     refs, hyps, examples = [], [], []
     per_source: dict[str, list[bool]] = defaultdict(list)

@@ -70,10 +70,26 @@ def test_batched_generation_equals_one_by_one(setup):
     assert one == many and len(one) == len(recs)
 
 
+def test_held_decoding_masks_stops_only_in_unfinished_answers(setup):
+    from emova.eval.omni import _HoldUnfinished
+
+    _, world, model, proc = setup
+    gen = Generator(model, proc, world)
+    full = ('{"user question text": "a", "user question emotion": "sad", "user question pitch": "low", '
+            '"assistant response text": "b", "assistant response emotion": "sad", "assistant response pitch": "low", '
+            '"assistant response speech": "<|speech_1|>"}')
+    for text, masked in (('{"user question text": "I found a coin.', True), (full, False), ("Sure, here it is.", False)):
+        ids = torch.tensor([[5, 6, *proc.tokenizer.encode(text, add_special_tokens=False)]])
+        scores = torch.zeros(1, len(proc.tokenizer))
+        scores[0, gen.stop[0]] = 10.0  # the greedy pick is a stop id
+        out = _HoldUnfinished(gen, prompt_len=2)(ids, scores)
+        assert bool(out[0, gen.stop[0]] == float("-inf")) is masked, text
+
+
 def test_oracle_answers_score_perfectly(setup, monkeypatch, capsys):
     root, world, _, _ = setup
 
-    def oracle(self, records, max_new_tokens, desc=""):
+    def oracle(self, records, max_new_tokens, desc="", hold=False):
         return [r["conversations"][1]["value"] for r in records]
 
     monkeypatch.setattr(Generator, "run", oracle)
@@ -84,6 +100,7 @@ def test_oracle_answers_score_perfectly(setup, monkeypatch, capsys):
     assert s["text"]["accuracy"] == 1.0 and s["asr"]["wer"] == 0.0 and s["fsdd"]["accuracy"] == 1.0
     d = s["dialogue"]
     assert d["valid_json_keys_in_order"] == 1.0 and d["reply_emotion_accuracy"] == 1.0
+    assert d["held"]["valid_json_keys_in_order"] == 1.0 and "invalid_examples" in d["held"]
     assert d["answer_accuracy"] == 1.0 and d["transcript_wer"] == 0.0 and d["n_with_answer"] == 3
     acc = json.loads((root / "eval.json").read_text())["acceptance"]
     assert acc["vqa_accuracy"]["pass"] and acc["dialogue_valid_json"]["pass"] and acc["tts_wer"]["pass"] is None
@@ -92,7 +109,7 @@ def test_oracle_answers_score_perfectly(setup, monkeypatch, capsys):
 
 def test_wrong_answers_fail_acceptance(setup, monkeypatch):
     root, world, _, _ = setup
-    monkeypatch.setattr(Generator, "run", lambda self, records, n, desc="": ["I do not know."] * len(records))
+    monkeypatch.setattr(Generator, "run", lambda self, records, n, desc="", hold=False: ["I do not know."] * len(records))
     rep = evaluate_omni(root / "model", world, None, detokenizer=None, out=None, suites=["vqa", "dialogue"])
     assert rep["suites"]["vqa"]["accuracy"] == 0.0
     assert rep["acceptance"]["dialogue_valid_json"]["pass"] is False
