@@ -188,3 +188,17 @@ def test_spoken_chat_holds_unfinished_answers_by_default(emova, speech):
     finally:
         emova.hold_unfinished = True
     assert emova.prepare_chat([{"role": "user", "content": "hi"}], max_new_tokens=8).settings.hold_stop is None
+
+
+def test_hold_stop_when_sampling(emova, image):
+    inputs = emova._encode([{"role": "user", "content": "Describe the image."}], [image])
+    vocab = emova.model.get_input_embeddings().weight.shape[0]
+    allowed = set(range(100, 110))
+    stop = set(range(vocab)) - allowed  # almost every token ends the output ...
+    for seed in range(3):
+        free = GenerationSettings(max_new_tokens=6, temperature=1.0, seed=seed)
+        assert list(generate_tokens(emova.model, inputs, stop, free)) == []
+        # ... unless the hold masks them all: then only the allowed tokens can be sampled
+        held = GenerationSettings(max_new_tokens=6, temperature=1.0, seed=seed, hold_stop=lambda p: True)
+        out = list(generate_tokens(emova.model, inputs, stop, held))
+        assert len(out) == 6 and set(out) <= allowed
