@@ -173,13 +173,15 @@ class _HoldUnfinished:
     def __init__(self, gen: Generator, prompt_len: int) -> None:
         from emova.inference.drafting import AnswerGuard
 
-        self.guard, self.stop, self.prompt_len = AnswerGuard(gen.processor), gen.stop, prompt_len
+        self.guard, self.stop, self.prompt_len = AnswerGuard(gen.processor), set(gen.stop), prompt_len
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         for row in range(scores.shape[0]):
+            if int(scores[row].argmax()) not in self.stop:
+                continue
             produced = input_ids[row, self.prompt_len:].tolist()
-            if int(scores[row].argmax()) in self.stop and not set(produced) & set(self.stop) and self.guard(produced):
-                scores[row, self.stop] = float("-inf")
+            if not self.stop & set(produced) and self.guard(produced):  # a finished row stays finished
+                scores[row, sorted(self.stop)] = float("-inf")
         return scores
 
 
@@ -306,9 +308,18 @@ def suite_dialogue(gen: Generator, world_dir: Path, max_items: int | None) -> di
     """The spoken-dialogue suite on the model's raw output; under `held`, the same turns decoded as the
     pipeline does (`Emova.hold_unfinished`: no stop before the answer's JSON is complete)."""
     recs = _load(world_dir, "dialogue_speech", max_items) + _load(world_dir, "vqa_speech", max_items)
-    out = _dialogue_metrics(recs, gen.run(recs, MAX_NEW["dialogue"], "dialogue"))
-    held = _dialogue_metrics(recs, gen.run(recs, MAX_NEW["dialogue"], "dialogue, held", hold=True))
+    from emova.inference.drafting import answer_unfinished
+
+    preds = gen.run(recs, MAX_NEW["dialogue"], "dialogue")
+    out = _dialogue_metrics(recs, preds)
+    # Greedy decoding with the hold differs only where the raw output stopped unfinished: decode just those again
+    redo = [i for i, p in enumerate(preds) if answer_unfinished(p)]
+    held_preds = list(preds)
+    for i, p in zip(redo, gen.run([recs[i] for i in redo], MAX_NEW["dialogue"], "dialogue, held", hold=True)):
+        held_preds[i] = p
+    held = _dialogue_metrics(recs, held_preds)
     out["held"] = {k: v for k, v in held.items() if not isinstance(v, dict)}
+    out["held"]["n_redecoded"] = len(redo)
     return out
 
 

@@ -26,22 +26,33 @@ def _opener(key: str) -> str:
 _OPENERS = re.compile("|".join(re.escape(_opener(k)) for k in ANSWER_KEYS))
 
 
+def _last_value(body: str) -> tuple[list[str], int, bool] | None:
+    """Where an answer prefix stands: the keys opened so far, where the last value's string ends, and
+    whether it is closed; None before the first key."""
+    openers = list(_OPENERS.finditer(body))
+    if not openers:
+        return None
+    _, end, closed = _read_string(body, openers[-1].end() - 1)  # the opener ends with the value's opening quote
+    return [m.group(0)[1:-4] for m in openers], end, closed
+
+
+def _after(n_keys: int) -> str:
+    """The skeleton that follows the value of the n_keys-th key."""
+    return "}" if n_keys == len(ANSWER_KEYS) else ", " + _opener(ANSWER_KEYS[n_keys])
+
+
 def skeleton_continuation(text: str) -> str | None:
     """The skeleton characters that must follow `text` (a prefix of an answer), or None when the text
     is inside a value (or does not follow the format, in which case nothing is proposed)."""
     body = text.lstrip()
     first = "{" + _opener(ANSWER_KEYS[0])
-    last = None
-    for m in _OPENERS.finditer(body):
-        last = m
-    if last is None:
+    at = _last_value(body)
+    if at is None:
         return first[len(body):] if first.startswith(body) else None
-    k = ANSWER_KEYS.index(last.group(0)[1:-4])
-    _, end, closed = _read_string(body, last.end() - 1)  # the opener ends with the value's opening quote
+    keys, end, closed = at
     if not closed:
         return None  # inside the value
-    tail = body[end:]
-    expected = "}" if k == len(ANSWER_KEYS) - 1 else ", " + _opener(ANSWER_KEYS[k + 1])
+    tail, expected = body[end:], _after(ANSWER_KEYS.index(keys[-1]) + 1)
     return expected[len(tail):] if expected.startswith(tail) and len(tail) < len(expected) else None
 
 
@@ -83,16 +94,14 @@ def answer_unfinished(text: str) -> bool:
     first = "{" + _opener(ANSWER_KEYS[0])
     if not body.startswith(first):
         return first.startswith(body)  # the answer has not begun (or has begun right)
-    openers = list(_OPENERS.finditer(body))
-    keys = [m.group(0)[1:-4] for m in openers]
+    keys, end, closed = _last_value(body)  # never None here: `first` holds an opener
     if keys != list(ANSWER_KEYS[: len(keys)]):
         return False  # a key repeated, skipped or out of order: off the format
-    _, end, closed = _read_string(body, openers[-1].end() - 1)  # the opener ends with the value's opening quote
     if not closed:
         return True  # inside a value
     tail = body[end:]
     if len(keys) < len(ANSWER_KEYS):
-        return (", " + _opener(ANSWER_KEYS[len(keys)])).startswith(tail)  # on the way to the next key
+        return _after(len(keys)).startswith(tail)  # on the way to the next key
     return tail.strip() == ""  # after the last value, only the closing brace may end it
 
 
