@@ -40,7 +40,7 @@ THRESHOLDS = {  # (metric path, comparison, value): the issue's acceptance lines
     "fsdd_accuracy": ("fsdd.accuracy", ">=", 0.90),
     "tts_wer": ("tts.wer", "<=", 0.45),
     "dialogue_valid_json": ("dialogue.valid_json_keys_in_order", ">=", 0.98),
-    "dialogue_valid_json_held": ("dialogue.held.valid_json_keys_in_order", "report", None),
+    "dialogue_valid_json_pipeline": ("dialogue.pipeline.valid_json_keys_in_order", "report", None),
     "dialogue_reply_emotion": ("dialogue.reply_emotion_accuracy", ">=", 0.90),
     "dialogue_answer": ("dialogue.answer_accuracy", ">=", 0.85),
     "dialogue_transcript_wer": ("dialogue.transcript_wer", "<=", 0.15),
@@ -146,8 +146,9 @@ class Generator:
 
     @torch.inference_mode()
     def run(self, records: Sequence[dict[str, Any]], max_new_tokens: int, desc: str = "",
-            hold: bool = False) -> list[str]:
-        """Greedy outputs; hold=True masks the stop ids while a spoken answer is unfinished (`AnswerGuard`)."""
+            hold: bool = False, structured: bool = False) -> list[str]:
+        """Greedy outputs; hold=True masks the stop ids while a spoken answer is unfinished (`AnswerGuard`);
+        structured=True writes the answer's skeleton for the model (`Emova.structured_answers`)."""
         feats = [self.prompt(r) for r in records]
         order = sorted(range(len(feats)), key=lambda i: feats[i]["input_ids"].shape[1])
         outs: dict[int, str] = {}
@@ -156,7 +157,9 @@ class Generator:
             idx = order[s : s + self.batch_size]
             batch = self.processor.pad([feats[i] for i in idx], padding_side="left")
             batch.pop("labels")
-            extra = {"logits_processor": [_HoldUnfinished(self, batch["input_ids"].shape[1])]} if hold else {}
+            procs = [_HoldUnfinished(self, batch["input_ids"].shape[1])] if hold else []
+            procs += [_ForceSkeleton(self, batch["input_ids"].shape[1])] if structured else []
+            extra = {"logits_processor": procs} if procs else {}
             gen = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                       eos_token_id=self.stop, pad_token_id=pad, use_cache=True, **extra)
             new = gen[:, batch["input_ids"].shape[1]:]
@@ -182,6 +185,29 @@ class _HoldUnfinished:
             produced = input_ids[row, self.prompt_len:].tolist()
             if not self.stop & set(produced) and self.guard(produced):  # a finished row stays finished
                 scores[row, sorted(self.stop)] = float("-inf")
+        return scores
+
+
+class _ForceSkeleton:
+    """A transformers logits processor: in rows where a value of the spoken answer has just closed, only the
+    next token of the skeleton that must follow (`AnswerDrafter`) is allowed — the pipeline's structured
+    answers (`GenerationSettings.draft_is_constraint`), one token per step."""
+
+    def __init__(self, gen: Generator, prompt_len: int) -> None:
+        from emova.inference.drafting import AnswerDrafter
+
+        self.drafter, self.stop, self.prompt_len = AnswerDrafter(gen.processor), set(gen.stop), prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for row in range(scores.shape[0]):
+            produced = input_ids[row, self.prompt_len:].tolist()
+            if self.stop & set(produced):
+                continue  # finished (padding follows)
+            draft = self.drafter(produced)
+            if draft:
+                keep = scores[row, draft[0]].clone()
+                scores[row] = float("-inf")
+                scores[row, draft[0]] = keep
         return scores
 
 
@@ -305,21 +331,21 @@ def suite_tts(gen: Generator, world_dir: Path, max_items: int | None, detokenize
 
 
 def suite_dialogue(gen: Generator, world_dir: Path, max_items: int | None) -> dict[str, Any]:
-    """The spoken-dialogue suite on the model's raw output; under `held`, the same turns decoded as the
-    pipeline does (`Emova.hold_unfinished`: no stop before the answer's JSON is complete)."""
+    """The spoken-dialogue suite on the model's raw output; under `pipeline`, the same turns decoded as the
+    pipeline does: no stop before the answer's JSON is complete (`Emova.hold_unfinished`) and the skeleton
+    written for the model (`Emova.structured_answers`)."""
     recs = _load(world_dir, "dialogue_speech", max_items) + _load(world_dir, "vqa_speech", max_items)
-    from emova.inference.drafting import answer_unfinished
+    from emova.inference.json_repair import parse_answer
 
     preds = gen.run(recs, MAX_NEW["dialogue"], "dialogue")
     out = _dialogue_metrics(recs, preds)
-    # Greedy decoding with the hold differs only where the raw output stopped unfinished: decode just those again
-    redo = [i for i, p in enumerate(preds) if answer_unfinished(p)]
-    held_preds = list(preds)
-    for i, p in zip(redo, gen.run([recs[i] for i in redo], MAX_NEW["dialogue"], "dialogue, held", hold=True)):
-        held_preds[i] = p
-    held = _dialogue_metrics(recs, held_preds)
-    out["held"] = {k: v for k, v in held.items() if not isinstance(v, dict)}
-    out["held"]["n_redecoded"] = len(redo)
+    # every turn again: the forced skeleton is tokenised canonically, which may differ from the model's own
+    # split of the same characters even where its raw output was in order
+    piped = gen.run(recs, MAX_NEW["dialogue"], "dialogue, pipeline", hold=True, structured=True)
+    pipe = _dialogue_metrics(recs, piped)
+    out["pipeline"] = {k: v for k, v in pipe.items() if not isinstance(v, dict)}
+    out["pipeline"]["outputs_changed"] = _rate([a != b for a, b in zip(preds, piped)])
+    out["pipeline"]["needed_repair"] = _rate([bool(parse_answer(p).repairs) for p in piped])
     return out
 
 

@@ -11,6 +11,11 @@ probability p(d) and otherwise replaced by a sample from p without d — the spe
 for a deterministic draft, which leaves the distribution of the output unchanged. Rejected positions
 are cropped from the cache.
 
+With `settings.draft_is_constraint`, the draft is not a proposal but a constraint: its tokens are emitted
+as they are, unchecked (structured output, like a JSON-schema mode). With `AnswerDrafter` this forces the
+answer's skeleton (keys in order, separators, closing brace) wherever a value has just closed, so the
+model writes only the values. Greedy output changes only where the model would have left the format.
+
 With `settings.hold_stop` (tokens so far → bool, e.g. `emova.inference.drafting.AnswerGuard`), the stop
 ids are masked out wherever it says the answer is not finished — a structural constraint like a JSON
 mode: a spoken answer cannot end before its reply. Greedy picks change only where the model's own first
@@ -37,6 +42,7 @@ class GenerationSettings:
     seed: int | None = None
     cache: str = "static"  # "static": preallocated (prompt + max_new_tokens), no per-step concatenation
     draft: Callable[[list[int]], list[int]] | None = None  # proposes next tokens (speculative decoding)
+    draft_is_constraint: bool = False  # True: the draft's tokens are emitted unchecked (structured output)
     hold_stop: Callable[[list[int]], bool] | None = None  # True: the output may not end here (stop ids masked)
 
     def __post_init__(self) -> None:
@@ -128,6 +134,9 @@ def generate_tokens(
     out = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1, **kwargs)
     logits, forced = out.logits[0, -1], None
     produced: list[int] = []
+    if settings.draft is not None and settings.draft_is_constraint:  # a constraint may fix the very first tokens
+        first = _usable(settings.draft(produced), settings.max_new_tokens, stop_ids)
+        forced = first[0] if first else None
     while True:
         token = _pick(_held(logits, produced, settings, stop_ids), settings, gen) if forced is None else forced
         if token in stop_ids:
@@ -142,6 +151,10 @@ def generate_tokens(
         out = model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=step.shape[1])
         logits, forced = out.logits[0, -1], None
         for i, d in enumerate(draft):
+            if settings.draft_is_constraint:
+                produced.append(d)
+                yield d
+                continue
             got = _verify(_held(out.logits[0, i], produced, settings, stop_ids), d, settings, gen)
             if got != d:  # rejected: drop the cache entries of draft[i:], emit the replacement next
                 cache.crop(-(len(draft) - i))

@@ -160,6 +160,11 @@ class Emova:
         #: a spoken answer may not end before its JSON is complete (`drafting.AnswerGuard`): where the model
         #: would stop early (e.g. right after the transcript), it must go on; False gives the raw output
         self.hold_unfinished = True
+        #: structured answers: wherever a value has just closed, the skeleton that must follow (the next key
+        #: in order, or the closing brace) is written for the model, which writes only the values — keys
+        #: are never skipped, repeated or reordered (`GenerationSettings.draft_is_constraint`); False: the
+        #: skeleton is only proposed and verified, and the model may leave the format
+        self.structured_answers = True
 
     # ------------------------------------------------------------------------------------ loading
     @classmethod
@@ -256,10 +261,11 @@ class Emova:
         resolve_style(voice, None, None, style_override)  # fail before any generation
         turns = check_messages(messages, self.max_audio_seconds)
         mode = "spoken" if turns[-1].audios else "text"
-        draft = AnswerDrafter(self.processor) if mode == "spoken" and self.speculative else None
-        hold = AnswerGuard(self.processor) if mode == "spoken" and self.hold_unfinished else None
+        spoken = mode == "spoken"
+        draft = AnswerDrafter(self.processor) if spoken and (self.speculative or self.structured_answers) else None
+        hold = AnswerGuard(self.processor) if spoken and self.hold_unfinished else None
         settings = self._settings(max_new_tokens, 1024, temperature=temperature, seed=seed, draft=draft,
-                                  hold_stop=hold)
+                                  hold_stop=hold, draft_is_constraint=spoken and self.structured_answers)
         rendered, images = self._render_turns(turns)
         inputs = self._encode(rendered, images)
         return ChatPlan(inputs, mode, voice, style_override, settings, speak, started)

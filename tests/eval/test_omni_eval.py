@@ -86,10 +86,36 @@ def test_held_decoding_masks_stops_only_in_unfinished_answers(setup):
         assert bool(out[0, gen.stop[0]] == float("-inf")) is masked, text
 
 
+def test_structured_decoding_forces_only_the_skeleton_after_a_closed_value(setup):
+    from emova.eval.omni import _ForceSkeleton
+
+    _, world, model, proc = setup
+    gen = Generator(model, proc, world)
+    tok = proc.tokenizer
+    cases = (
+        ("", True),  # the answer begins: its first skeleton token
+        ('{"user question text": "I found a coin."', True),  # value closed: the separator and next key
+        ('{"user question text": "I found a co', False),  # inside a value: free
+        ("Sure, here it is.", False),  # off the format: free
+    )
+    for text, forced in cases:
+        produced = tok.encode(text, add_special_tokens=False)
+        ids = torch.tensor([[5, 6, *produced]])
+        out = _ForceSkeleton(gen, prompt_len=2)(ids, torch.zeros(1, len(tok)))
+        allowed = torch.nonzero(out[0] > float("-inf")).flatten().tolist()
+        if not forced:
+            assert len(allowed) == len(tok), text
+            continue
+        assert len(allowed) == 1, text
+        follow = tok.decode(produced + allowed)
+        expected = '{"user question text": "' if not text else ', "user question emotion": "'
+        assert follow.startswith(text) and expected.startswith(follow[len(text):]), (text, follow)
+
+
 def test_oracle_answers_score_perfectly(setup, monkeypatch, capsys):
     root, world, _, _ = setup
 
-    def oracle(self, records, max_new_tokens, desc="", hold=False):
+    def oracle(self, records, max_new_tokens, desc="", hold=False, structured=False):
         return [r["conversations"][1]["value"] for r in records]
 
     monkeypatch.setattr(Generator, "run", oracle)
@@ -100,7 +126,8 @@ def test_oracle_answers_score_perfectly(setup, monkeypatch, capsys):
     assert s["text"]["accuracy"] == 1.0 and s["asr"]["wer"] == 0.0 and s["fsdd"]["accuracy"] == 1.0
     d = s["dialogue"]
     assert d["valid_json_keys_in_order"] == 1.0 and d["reply_emotion_accuracy"] == 1.0
-    assert d["held"]["valid_json_keys_in_order"] == 1.0 and "invalid_examples" in d["held"]
+    assert d["pipeline"]["valid_json_keys_in_order"] == 1.0 and "invalid_examples" in d["pipeline"]
+    assert d["pipeline"]["outputs_changed"] == 0.0 and d["pipeline"]["needed_repair"] == 0.0
     assert d["answer_accuracy"] == 1.0 and d["transcript_wer"] == 0.0 and d["n_with_answer"] == 3
     acc = json.loads((root / "eval.json").read_text())["acceptance"]
     assert acc["vqa_accuracy"]["pass"] and acc["dialogue_valid_json"]["pass"] and acc["tts_wer"]["pass"] is None
@@ -109,7 +136,7 @@ def test_oracle_answers_score_perfectly(setup, monkeypatch, capsys):
 
 def test_wrong_answers_fail_acceptance(setup, monkeypatch):
     root, world, _, _ = setup
-    monkeypatch.setattr(Generator, "run", lambda self, records, n, desc="", hold=False: ["I do not know."] * len(records))
+    monkeypatch.setattr(Generator, "run", lambda self, records, n, desc="", hold=False, structured=False: ["I do not know."] * len(records))
     rep = evaluate_omni(root / "model", world, None, detokenizer=None, out=None, suites=["vqa", "dialogue"])
     assert rep["suites"]["vqa"]["accuracy"] == 0.0
     assert rep["acceptance"]["dialogue_valid_json"]["pass"] is False

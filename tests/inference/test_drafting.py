@@ -10,7 +10,7 @@ import torch
 
 from emova.inference.drafting import AnswerDrafter, AnswerGuard, answer_unfinished, skeleton_continuation
 from emova.inference.generation import GenerationSettings, _verify, generate_tokens
-from emova.model.prompts import format_answer
+from emova.model.prompts import ANSWER_KEYS, format_answer
 from tests.inference.test_pipeline import ANSWER, audio_msg
 
 
@@ -108,13 +108,59 @@ def test_spoken_chat_same_answer_with_and_without_drafts(emova, speech):
     """The pipeline drafts spoken answers by default; with random weights the JSON is garbage, but the
     tokens must be the same as without drafting."""
     outs = []
-    for spec in (True, False):
-        emova.speculative = spec
-        plan = emova.prepare_chat(audio_msg(speech), max_new_tokens=40)
-        assert (plan.settings.draft is not None) == spec
-        outs.append(list(emova._tokens(plan.inputs, plan.settings)))
-    emova.speculative = True
+    emova.structured_answers = False  # drafts as proposals only
+    try:
+        for spec in (True, False):
+            emova.speculative = spec
+            plan = emova.prepare_chat(audio_msg(speech), max_new_tokens=40)
+            assert (plan.settings.draft is not None) == spec and not plan.settings.draft_is_constraint
+            outs.append(list(emova._tokens(plan.inputs, plan.settings)))
+    finally:
+        emova.speculative, emova.structured_answers = True, True
     assert outs[0] == outs[1]
+
+
+def test_constraint_drafts_are_emitted_unchecked(emova, image):
+    inputs = emova._encode([{"role": "user", "content": "Describe the image."}], [image])
+    plain = list(generate_tokens(emova.model, inputs, set(), GenerationSettings(max_new_tokens=12)))
+    forced = [t for t in range(200, 210) if t not in plain[2:5]][:3]  # tokens the model would not pick there
+
+    def draft(p: list[int]) -> list[int]:
+        return forced if len(p) == 2 else []
+
+    for temperature in (0.0, 1.0):
+        proposal = GenerationSettings(max_new_tokens=12, draft=draft, temperature=temperature, seed=0)
+        constraint = GenerationSettings(max_new_tokens=12, draft=draft, draft_is_constraint=True,
+                                        temperature=temperature, seed=0)
+        out = list(generate_tokens(emova.model, inputs, set(), constraint))
+        assert out[2:5] == forced and len(out) == 12
+        if temperature == 0.0:
+            assert list(generate_tokens(emova.model, inputs, set(), proposal)) == plain  # verified: rejected
+            assert out[:2] == plain[:2]
+    # a constraint still ends at a stop id, and never past the budget
+    stop_draft = GenerationSettings(max_new_tokens=12, draft=lambda p: forced if len(p) == 2 else [],
+                                    draft_is_constraint=True)
+    assert list(generate_tokens(emova.model, inputs, {forced[1]}, stop_draft))[2:3] == forced[:1]
+    short = GenerationSettings(max_new_tokens=3, draft=draft, draft_is_constraint=True)
+    assert len(list(generate_tokens(emova.model, inputs, set(), short))) == 3
+
+
+def test_structured_answers_write_the_skeleton(emova, speech):
+    """With random weights the values are garbage, but the answer begins with the skeleton, and every
+    value that closes is followed by the next key in order."""
+    from emova.inference.drafting import _OPENERS
+
+    plan = emova.prepare_chat(audio_msg(speech), max_new_tokens=120)
+    assert plan.settings.draft_is_constraint and isinstance(plan.settings.draft, AnswerDrafter)
+    text = emova._decode(list(emova._tokens(plan.inputs, plan.settings)))
+    assert text.startswith('{"user question text": "')
+    keys = [m.group(0)[1:-4] for m in _OPENERS.finditer(text)]
+    assert keys == list(ANSWER_KEYS[: len(keys)])
+    emova.structured_answers, emova.speculative = False, False
+    try:
+        assert emova.prepare_chat(audio_msg(speech), max_new_tokens=8).settings.draft is None
+    finally:
+        emova.structured_answers, emova.speculative = True, True
 
 
 def test_sampling_rule_keeps_the_distribution():
