@@ -14,7 +14,8 @@ are cropped from the cache.
 With `settings.draft_is_constraint`, the draft is not a proposal but a constraint: its tokens are emitted
 as they are, unchecked (structured output, like a JSON-schema mode). With `AnswerDrafter` this forces the
 answer's skeleton (keys in order, separators, closing brace) wherever a value has just closed, so the
-model writes only the values. Greedy output changes only where the model would have left the format.
+model writes only the values. Greedy output changes where the model would have left the format (and, rarely,
+where it would have split the same skeleton characters into other tokens than the canonical ones).
 
 With `settings.hold_stop` (tokens so far → bool, e.g. `emova.inference.drafting.AnswerGuard`), the stop
 ids are masked out wherever it says the answer is not finished — a structural constraint like a JSON
