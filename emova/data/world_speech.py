@@ -7,9 +7,10 @@
 Voices: the train split is spoken by `TRAIN_VOICES` (flite and espeak-ng, ~45% flite, the speaker
 drawn per utterance from the style's gender, with per-utterance jitter), the held-out split ONLY by
 `HELD_OUT_VOICES` (flite `awb` for male styles, espeak-ng `en-us+f4` for female ones), so every
-evaluation of speech input is on voices never heard in training. Everything is a pure function of the
-speech key, so a resumed run renders the same audio. FSDD digits (real recordings) become ASR records
-from the speech corpus (`fsdd_train` for training, `fsdd_val` for evaluation).
+evaluation of speech input is on voices never heard in training. Voice and jitter are a pure function of
+the speech key, so a resumed run renders the same audio; the caches also record what each key says
+(`content_digest`), so a key whose text or style changed is rendered and encoded again. FSDD digits (real
+recordings) become ASR records from the speech corpus (`fsdd_train` for training, `fsdd_val` for evaluation).
 """
 
 from __future__ import annotations
@@ -60,19 +61,35 @@ def wav_name(key: str) -> str:
     return key.replace("/", "__") + ".wav"
 
 
+def content_digest(text: str, style: str) -> str:
+    """What a speech key says and how: the world's caches (wav index, units) hold it next to every key, so
+    a key whose record now says something else (e.g. a question drawn for another scene once the world has
+    more images) is rendered and encoded again instead of being served stale audio."""
+    return hashlib.sha1(f"{text}\x00{style}".encode()).hexdigest()[:16]
+
+
 def _render_one(args: tuple[str, str, str, str, str]) -> str:
     from emova.data.speech.render import Jitter, synthesize
 
     key, text, style, split, out = args
     path = Path(out) / wav_name(key)
-    if path.exists():
-        return key
     voice, jit = voice_for(key, style, split)
     audio = synthesize(text, voice, Style.parse(style), Jitter(**jit) if jit else Jitter())
     tmp = path.with_name(path.stem + ".tmp.wav")
     audio.save(tmp)
     tmp.replace(path)  # atomic: a killed run never leaves half a file
     return key
+
+
+def _read_index(path: Path) -> dict[str, dict[str, Any]]:
+    """JSON lines with a "key" each; the last line of a key wins (caches are appended to)."""
+    rows: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows[row["key"]] = row
+    return rows
 
 
 def speech_requests(world_dir: str | Path, split: str, tasks: Iterable[str] = TASKS) -> list[SpeechRequest]:
@@ -82,36 +99,43 @@ def speech_requests(world_dir: str | Path, split: str, tasks: Iterable[str] = TA
 
 def render_world_speech(world_dir: str | Path, split: str, out_dir: str | Path, workers: int = 2,
                         progress: bool = True) -> Path:
-    """Render every speech request of a split to `out_dir/{split}/wav/*.wav` (existing files skipped)."""
+    """Render every speech request of a split to `out_dir/{split}/wav/*.wav`. `wav/index.jsonl` records what
+    each file says (`content_digest`): a file is reused only while its request still says the same."""
     reqs = speech_requests(world_dir, split)
     wav_dir = Path(out_dir) / split / "wav"
     wav_dir.mkdir(parents=True, exist_ok=True)
-    todo = [(r.key, r.text, r.style, split, str(wav_dir)) for r in reqs if not (wav_dir / wav_name(r.key)).exists()]
+    index_path = wav_dir / "index.jsonl"
+    index = _read_index(index_path)
+    digest = {r.key: content_digest(r.text, r.style) for r in reqs}
+    todo = [(r.key, r.text, r.style, split, str(wav_dir)) for r in reqs
+            if index.get(r.key, {}).get("digest") != digest[r.key] or not (wav_dir / wav_name(r.key)).exists()]
     bar = tqdm(total=len(reqs), initial=len(reqs) - len(todo), desc=f"rendering {split} speech", unit="utt",
                disable=not progress)
-    if workers <= 1:
-        for a in todo:
-            _render_one(a)
+    with open(index_path, "a") as idx:
+        def done(key: str) -> None:
+            idx.write(json.dumps({"key": key, "digest": digest[key]}) + "\n")
+            idx.flush()
             bar.update()
-    elif todo:
-        with ProcessPoolExecutor(workers) as ex:
-            for _ in ex.map(_render_one, todo, chunksize=16):
-                bar.update()
+
+        if workers <= 1:
+            for a in todo:
+                done(_render_one(a))
+        elif todo:
+            with ProcessPoolExecutor(workers) as ex:
+                for key in ex.map(_render_one, todo, chunksize=16):
+                    done(key)
     bar.close()
     return wav_dir
 
 
 def encode_world_speech(speech_dir: str | Path, split: str, tokenizer: Any, requests: list[SpeechRequest],
                         batch: int = 32, progress: bool = True) -> dict[str, list[int]]:
-    """Reduced units per speech key, cached in `speech_dir/{split}/units.jsonl` (appended; resumable)."""
+    """Reduced units per speech key, cached in `speech_dir/{split}/units.jsonl` (appended; resumable) with
+    the `content_digest` they were made from: a row counts only while its request still says the same."""
     base = Path(speech_dir) / split
     cache = base / "units.jsonl"
-    done: dict[str, list[int]] = {}
-    if cache.exists():
-        for line in cache.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                done[row["key"]] = row["units"]
+    digest = {r.key: content_digest(r.text, r.style) for r in requests}
+    done = {k: row["units"] for k, row in _read_index(cache).items() if row.get("digest") == digest.get(k)}
     todo = [r.key for r in requests if r.key not in done]
     with open(cache, "a") as f, tqdm(total=len(requests), initial=len(requests) - len(todo),
                                      desc=f"encoding {split} speech", unit="utt", disable=not progress) as bar:
@@ -120,7 +144,7 @@ def encode_world_speech(speech_dir: str | Path, split: str, tokenizer: Any, requ
             units = tokenizer.encode_batch([base / "wav" / wav_name(k) for k in keys])
             for k, u in zip(keys, units):
                 done[k] = tokenizer.reduce(u)
-                f.write(json.dumps({"key": k, "units": done[k]}) + "\n")
+                f.write(json.dumps({"key": k, "digest": digest[k], "units": done[k]}) + "\n")
             f.flush()
             bar.update(len(keys))
     return {r.key: done[r.key] for r in requests}

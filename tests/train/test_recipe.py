@@ -140,3 +140,34 @@ def test_export_llm_fp16_when_lossless(tmp_path):
     back = EmovaForConditionalGeneration.from_pretrained(tmp_path / "llm")
     assert back.dtype == torch.float16 and (tmp_path / "llm" / "tokenizer_config.json").exists()
     shutil.rmtree(tmp_path / "src")
+
+
+def test_world_speech_caches_follow_what_a_key_says(tmp_path):
+    """A key whose record now says something else is rendered and encoded again; the others are reused."""
+    sizes = WorldSizes(n_images=1, questions_per_image=1, n_vqa_speech=0, n_dialogues=0, n_text_qa=0, n_asr=2, n_tts=0)
+    build_world(tmp_path / "world", "heldout", sizes=sizes, progress=False)
+    wav_dir = render_world_speech(tmp_path / "world", "heldout", tmp_path / "speech", workers=1, progress=False)
+    reqs = speech_requests(tmp_path / "world", "heldout")
+    first = encode_world_speech(tmp_path / "speech", "heldout", _FakeTokenizer(), reqs, progress=False)
+    asr = tmp_path / "world" / "heldout" / "asr.json"
+    recs = json.loads(asr.read_text())
+    changed = recs[0]["speech"][0]["key"]
+    kept = recs[1]["speech"][0]["key"]
+    recs[0]["speech"][0]["text"] = "Zero one two three four five six seven eight nine."
+    recs[0]["conversations"][1]["value"] = recs[0]["speech"][0]["text"]
+    asr.write_text(json.dumps(recs))
+    before = {k: (wav_dir / (k.replace("/", "__") + ".wav")).read_bytes() for k in (changed, kept)}
+    render_world_speech(tmp_path / "world", "heldout", tmp_path / "speech", workers=1, progress=False)
+    after = {k: (wav_dir / (k.replace("/", "__") + ".wav")).read_bytes() for k in (changed, kept)}
+    assert after[kept] == before[kept] and after[changed] != before[changed]
+    reqs = speech_requests(tmp_path / "world", "heldout")
+    calls = []
+
+    class Counting(_FakeTokenizer):
+        def encode_batch(self, paths):
+            calls.extend(str(p) for p in paths)
+            return super().encode_batch(paths)
+
+    second = encode_world_speech(tmp_path / "speech", "heldout", Counting(), reqs, progress=False)
+    assert len(calls) == 1 and calls[0].endswith(changed.replace("/", "__") + ".wav")
+    assert second[kept] == first[kept] and second[changed] != first[changed]
