@@ -189,9 +189,10 @@ class _HoldUnfinished:
 
 
 class _ForceSkeleton:
-    """A transformers logits processor: in rows where a value of the spoken answer has just closed, only the
-    next token of the skeleton that must follow (`AnswerDrafter`) is allowed — the pipeline's structured
-    answers (`GenerationSettings.draft_is_constraint`), one token per step."""
+    """A transformers logits processor: in rows where a value of the spoken answer has just closed (or a label
+    value can only become one label), only the next token of what must follow (`AnswerDrafter`) is allowed,
+    and where an emotion/pitch value opens, only the first tokens of its labels (`AnswerDrafter.allowed`) —
+    the pipeline's structured answers (`GenerationSettings.draft_is_constraint` + `allow`), one token per step."""
 
     def __init__(self, gen: Generator, prompt_len: int) -> None:
         from emova.inference.drafting import AnswerDrafter
@@ -203,11 +204,11 @@ class _ForceSkeleton:
             produced = input_ids[row, self.prompt_len:].tolist()
             if self.stop & set(produced):
                 continue  # finished (padding follows)
-            draft = self.drafter(produced)
-            if draft:
-                keep = scores[row, draft[0]].clone()
+            keep = self.drafter(produced)[:1] or self.drafter.allowed(produced)
+            if keep:
+                kept = scores[row, keep].clone()
                 scores[row] = float("-inf")
-                scores[row, draft[0]] = keep
+                scores[row, keep] = kept
         return scores
 
 

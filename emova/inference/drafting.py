@@ -8,6 +8,11 @@ characters are skeleton (a value just closed, or the answer has not begun), prop
 `generate_tokens` checks a whole proposal in one forward pass and keeps the longest prefix the model
 itself would have produced, so greedy output is unchanged; only the number of sequential passes drops
 (which is what the time to the first reply unit, and so the time to first audio, is made of).
+
+The emotion and pitch values are labels: once the value written so far can only become one label, the
+drafter proposes the rest of it (and the skeleton after it), and `AnswerDrafter.allowed` names the tokens
+that may open a label still open to choice — with `Emova.structured_answers` the pipeline keeps the model
+to those (`GenerationSettings.allow`), so a label value is always one of `EMOTIONS` / `PITCHES`.
 """
 
 from __future__ import annotations
@@ -16,7 +21,12 @@ import re
 from typing import Any
 
 from emova.inference.json_repair import _read_string
-from emova.model.prompts import ANSWER_KEYS
+from emova.model.prompts import ANSWER_KEYS, EMOTIONS, PITCHES
+
+#: keys whose value is a label, and the labels each may take
+LABEL_KEYS: dict[str, tuple[str, ...]] = {
+    k: EMOTIONS if k.endswith("emotion") else PITCHES for k in ANSWER_KEYS if k.endswith(("emotion", "pitch"))
+}
 
 
 def _opener(key: str) -> str:
@@ -26,14 +36,14 @@ def _opener(key: str) -> str:
 _OPENERS = re.compile("|".join(re.escape(_opener(k)) for k in ANSWER_KEYS))
 
 
-def _last_value(body: str) -> tuple[list[str], int, bool] | None:
-    """Where an answer prefix stands: the keys opened so far, where the last value's string ends, and
-    whether it is closed; None before the first key."""
+def _last_value(body: str) -> tuple[list[str], str, int, bool] | None:
+    """Where an answer prefix stands: the keys opened so far, the last value (so far), where its string
+    ends, and whether it is closed; None before the first key."""
     openers = list(_OPENERS.finditer(body))
     if not openers:
         return None
-    _, end, closed = _read_string(body, openers[-1].end() - 1)  # the opener ends with the value's opening quote
-    return [m.group(0)[1:-4] for m in openers], end, closed
+    value, end, closed = _read_string(body, openers[-1].end() - 1)  # the opener ends with the value's quote
+    return [m.group(0)[1:-4] for m in openers], value, end, closed
 
 
 def _after(n_keys: int) -> str:
@@ -41,17 +51,37 @@ def _after(n_keys: int) -> str:
     return "}" if n_keys == len(ANSWER_KEYS) else ", " + _opener(ANSWER_KEYS[n_keys])
 
 
+def _label_endings(key: str, value: str) -> list[str]:
+    """Inside the open value of `key`: each way it may still end (the rest of a label it can become, the
+    closing quote and the skeleton after it); [] for a free-text value or one already off every label."""
+    labels = LABEL_KEYS.get(key, ())
+    after = '"' + _after(ANSWER_KEYS.index(key) + 1) if labels else ""
+    return [lab[len(value):] + after for lab in labels if lab.startswith(value)]
+
+
+def label_endings(text: str) -> list[str]:
+    """The ways an answer prefix that stops inside a label value (an emotion or a pitch) may go on to the
+    next key; [] anywhere else."""
+    at = _last_value(text.lstrip())
+    if at is None or at[3]:
+        return []
+    keys, value, _, _ = at
+    return _label_endings(keys[-1], value) if keys == list(ANSWER_KEYS[: len(keys)]) else []
+
+
 def skeleton_continuation(text: str) -> str | None:
-    """The skeleton characters that must follow `text` (a prefix of an answer), or None when the text
-    is inside a value (or does not follow the format, in which case nothing is proposed)."""
+    """The characters that must follow `text` (a prefix of an answer): the skeleton after a closed value,
+    or the rest of a label value once only one label can complete it (and the skeleton after that); None
+    inside a free-text value, where a label is still open to choice, or off the format (nothing proposed)."""
     body = text.lstrip()
     first = "{" + _opener(ANSWER_KEYS[0])
     at = _last_value(body)
     if at is None:
         return first[len(body):] if first.startswith(body) else None
-    keys, end, closed = at
+    keys, value, end, closed = at
     if not closed:
-        return None  # inside the value
+        endings = label_endings(body)
+        return endings[0] if len(endings) == 1 else None
     tail, expected = body[end:], _after(ANSWER_KEYS.index(keys[-1]) + 1)
     return expected[len(tail):] if expected.startswith(tail) and len(tail) < len(expected) else None
 
@@ -75,16 +105,30 @@ class AnswerDrafter:
         cont = skeleton_continuation(text)
         if not cont:
             return []
-        # Re-tokenise text + continuation: BPE may merge the continuation's first characters with the
-        # last generated ones; propose only what extends the ids already produced.
-        full = self.tokenizer.encode(text + cont, add_special_tokens=False)
-        if full[: len(produced)] == produced:
-            draft = full[len(produced):]
-        else:
-            draft = self.tokenizer.encode(cont, add_special_tokens=False)
-        draft = draft[: self.max_draft]
+        draft = self._extension(produced, text, cont)[: self.max_draft]
         self.proposed += len(draft)
         return draft
+
+    def allowed(self, produced: list[int]) -> list[int] | None:
+        """The only token ids that may come next (for `GenerationSettings.allow`): inside an emotion or pitch
+        value still open to choice, the first token of each label it can become; None anywhere else."""
+        if produced and produced[-1] in self._units:
+            return None
+        text = self.processor.decode(produced, skip_special_tokens=True)
+        endings = label_endings(text)
+        if len(endings) < 2:
+            return None  # free text, off the format, or one way left (which the drafter writes)
+        firsts = {ext[0] for e in endings if (ext := self._extension(produced, text, e))}
+        return sorted(firsts) or None
+
+    def _extension(self, produced: list[int], text: str, cont: str) -> list[int]:
+        """The ids of `cont` after `produced` (whose text is `text`). BPE may merge the continuation's first
+        characters with the last generated ones: re-tokenise text + continuation and keep what extends
+        the ids already produced."""
+        full = self.tokenizer.encode(text + cont, add_special_tokens=False)
+        if full[: len(produced)] == produced:
+            return full[len(produced):]
+        return self.tokenizer.encode(cont, add_special_tokens=False)
 
 
 def answer_unfinished(text: str) -> bool:
@@ -94,7 +138,7 @@ def answer_unfinished(text: str) -> bool:
     first = "{" + _opener(ANSWER_KEYS[0])
     if not body.startswith(first):
         return first.startswith(body)  # the answer has not begun (or has begun right)
-    keys, end, closed = _last_value(body)  # never None here: `first` holds an opener
+    keys, _, end, closed = _last_value(body)  # never None here: `first` holds an opener
     if keys != list(ANSWER_KEYS[: len(keys)]):
         return False  # a key repeated, skipped or out of order: off the format
     if not closed:
@@ -119,4 +163,5 @@ class AnswerGuard:
         return answer_unfinished(self.processor.decode(produced, skip_special_tokens=True))
 
 
-__all__ = ["AnswerDrafter", "AnswerGuard", "answer_unfinished", "skeleton_continuation"]
+__all__ = ["LABEL_KEYS", "AnswerDrafter", "AnswerGuard", "answer_unfinished", "label_endings",
+           "skeleton_continuation"]

@@ -21,11 +21,14 @@ With `settings.hold_stop` (tokens so far → bool, e.g. `emova.inference.draftin
 ids are masked out wherever it says the answer is not finished — a structural constraint like a JSON
 mode: a spoken answer cannot end before its reply. Greedy picks change only where the model's own first
 choice was a stop id; sampling draws from the distribution restricted to the other tokens.
+
+With `settings.allow` (tokens so far → the only ids that may come next, or None), the others are masked the
+same way (`AnswerDrafter.allowed`: the first token of each emotion/pitch label where a label value opens).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +48,7 @@ class GenerationSettings:
     draft: Callable[[list[int]], list[int]] | None = None  # proposes next tokens (speculative decoding)
     draft_is_constraint: bool = False  # True: the draft's tokens are emitted unchecked (structured output)
     hold_stop: Callable[[list[int]], bool] | None = None  # True: the output may not end here (stop ids masked)
+    allow: Callable[[list[int]], Sequence[int] | None] | None = None  # the only ids that may come next (None: any)
 
     def __post_init__(self) -> None:
         if self.cache not in ("static", "dynamic"):
@@ -101,6 +105,23 @@ def _held(logits: torch.Tensor, produced: list[int], s: GenerationSettings, stop
     return masked
 
 
+def _shaped(logits: torch.Tensor, produced: list[int], s: GenerationSettings, stop_ids: set[int]) -> torch.Tensor:
+    """logits (V,) under the settings' rules: stop ids held (`_held`), and only `s.allow(produced)` left when
+    it names the ids that may come next."""
+    logits = _held(logits, produced, s, stop_ids)
+    if s.allow is None:
+        return logits
+    allowed = s.allow(produced)
+    if not allowed:
+        return logits
+    if s.temperature == 0 and int(logits.argmax()) in allowed:
+        return logits  # the greedy pick is allowed already
+    masked = torch.full_like(logits, float("-inf"))
+    idx = torch.tensor(sorted(allowed), device=logits.device)
+    masked[idx] = logits[idx]
+    return masked
+
+
 def _usable(draft: list[int], room: int, stop_ids: set[int]) -> list[int]:
     """The proposal cut to the token budget (one token always follows it) and before any stop id."""
     out = []
@@ -139,7 +160,7 @@ def generate_tokens(
         first = _usable(settings.draft(produced), settings.max_new_tokens, stop_ids)
         forced = first[0] if first else None
     while True:
-        token = _pick(_held(logits, produced, settings, stop_ids), settings, gen) if forced is None else forced
+        token = _pick(_shaped(logits, produced, settings, stop_ids), settings, gen) if forced is None else forced
         if token in stop_ids:
             return
         produced.append(token)
@@ -156,7 +177,7 @@ def generate_tokens(
                 produced.append(d)
                 yield d
                 continue
-            got = _verify(_held(out.logits[0, i], produced, settings, stop_ids), d, settings, gen)
+            got = _verify(_shaped(out.logits[0, i], produced, settings, stop_ids), d, settings, gen)
             if got != d:  # rejected: drop the cache entries of draft[i:], emit the replacement next
                 cache.crop(-(len(draft) - i))
                 forced = got

@@ -162,8 +162,9 @@ class Emova:
         self.hold_unfinished = True
         #: structured answers: wherever a value has just closed, the skeleton that must follow (the next key
         #: in order, or the closing brace) is written for the model, which writes only the values — keys
-        #: are never skipped, repeated or reordered (`GenerationSettings.draft_is_constraint`); False: the
-        #: skeleton is only proposed and verified, and the model may leave the format
+        #: are never skipped, repeated or reordered (`GenerationSettings.draft_is_constraint`), and emotion and
+        #: pitch values are always labels of the format (`GenerationSettings.allow`); False: the skeleton is
+        #: only proposed and verified, and the model may leave the format
         self.structured_answers = True
 
     # ------------------------------------------------------------------------------------ loading
@@ -264,8 +265,10 @@ class Emova:
         spoken = mode == "spoken"
         draft = AnswerDrafter(self.processor) if spoken and (self.speculative or self.structured_answers) else None
         hold = AnswerGuard(self.processor) if spoken and self.hold_unfinished else None
+        structured = spoken and self.structured_answers
         settings = self._settings(max_new_tokens, 1024, temperature=temperature, seed=seed, draft=draft,
-                                  hold_stop=hold, draft_is_constraint=spoken and self.structured_answers)
+                                  hold_stop=hold, draft_is_constraint=structured,
+                                  allow=draft.allowed if structured and draft is not None else None)
         rendered, images = self._render_turns(turns)
         inputs = self._encode(rendered, images)
         return ChatPlan(inputs, mode, voice, style_override, settings, speak, started)

@@ -13,7 +13,7 @@ from emova.eval.omni import Generator, answer_correct, digit_of, evaluate_omni, 
 from emova.model.config_loader import load_model_config
 from emova.model.modeling_emova import EmovaForConditionalGeneration
 from emova.model.processor import EmovaProcessor, build_image_processor
-from emova.model.prompts import ANSWER_KEYS
+from emova.model.prompts import ANSWER_KEYS, EMOTIONS
 from emova.train.omni import _offline_tokenizer
 from tests.train.omni_micro import make_micro_world, write_micro_model
 
@@ -110,6 +110,13 @@ def test_structured_decoding_forces_only_the_skeleton_after_a_closed_value(setup
         follow = tok.decode(produced + allowed)
         expected = '{"user question text": "' if not text else ', "user question emotion": "'
         assert follow.startswith(text) and expected.startswith(follow[len(text):]), (text, follow)
+    # where an emotion value opens, exactly the first tokens of the seven labels are allowed
+    text = '{"user question text": "I found a coin.", "user question emotion": "'
+    produced = tok.encode(text, add_special_tokens=False)
+    out = _ForceSkeleton(gen, prompt_len=2)(torch.tensor([[5, 6, *produced]]), torch.zeros(1, len(tok)))
+    allowed = torch.nonzero(out[0] > float("-inf")).flatten().tolist()
+    firsts = {tok.encode(text + e + '", "', add_special_tokens=False)[len(produced)] for e in EMOTIONS}
+    assert set(allowed) == firsts and len(allowed) > 1
 
 
 def test_oracle_answers_score_perfectly(setup, monkeypatch, capsys):

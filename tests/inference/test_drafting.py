@@ -8,9 +8,15 @@ import random
 import pytest
 import torch
 
-from emova.inference.drafting import AnswerDrafter, AnswerGuard, answer_unfinished, skeleton_continuation
+from emova.inference.drafting import (
+    AnswerDrafter,
+    AnswerGuard,
+    answer_unfinished,
+    label_endings,
+    skeleton_continuation,
+)
 from emova.inference.generation import GenerationSettings, _verify, generate_tokens
-from emova.model.prompts import ANSWER_KEYS, format_answer
+from emova.model.prompts import ANSWER_KEYS, EMOTIONS, PITCHES, format_answer
 from tests.inference.test_pipeline import ANSWER, audio_msg
 
 
@@ -28,9 +34,55 @@ from tests.inference.test_pipeline import ANSWER, audio_msg
      '"assistant response speech": "<|speech_1|>"', "}"),
     ('{"user question text": "a"; oops', None),  # off the format: propose nothing
     ("Sure! Here is", None),
+    ('{"user question text": "a", "user question emotion": "', None),  # a label still open to choice
+    ('{"user question text": "a", "user question emotion": "s', None),  # sad or surprised
+    ('{"user question text": "a", "user question emotion": "sur', 'prised", "user question pitch": "'),
+    ('{"user question text": "a", "user question emotion": "sad', '", "user question pitch": "'),
+    ('{"user question text": "a", "user question emotion": "sad", "user question pitch": "n',
+     'ormal", "assistant response text": "'),
+    ('{"user question text": "a", "user question emotion": "sadly', None),  # off every label: nothing
 ])  # fmt: skip
 def test_skeleton_continuation(text, expected):
     assert skeleton_continuation(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"user question text": "a", "user question emotion": "', EMOTIONS),
+    ('{"user question text": "a", "user question emotion": "s', ("sad", "surprised")),
+    ('{"user question text": "a", "user question emotion": "sad", "user question pitch": "', PITCHES),
+    ('{"user question text": "a", "user question emotion": "sad", "user question pitch": "low", '
+     '"assistant response text": "b", "assistant response emotion": "', EMOTIONS),
+    ('{"user question text": "', ()),  # free text
+    ('{"user question text": "a", "user question emotion": "sad"', ()),  # closed
+    ('{"user question text": "a", "user question pitch": "', ()),  # off the format (a key skipped)
+])  # fmt: skip
+def test_label_endings(text, expected):
+    value = text[text.rindex('"') + 1:]
+    assert sorted(value + e.split('"')[0] for e in label_endings(text)) == sorted(expected)
+    assert all(e.endswith('": "') for e in label_endings(text))  # label, its closing quote, the next key
+
+
+def test_allowed_tokens_open_exactly_the_labels(emova):
+    """Where a label value opens, the allowed ids are the first tokens of the labels as the answer itself
+    tokenises them; taking any of them and letting the drafter write the rest gives a valid label."""
+    tok = emova.processor.tokenizer
+    drafter = AnswerDrafter(emova.processor)
+    for prefix, labels in (('{"user question text": "a b", "user question emotion": "', EMOTIONS),
+                           ('{"user question text": "a b", "user question emotion": "sad", '
+                            '"user question pitch": "', PITCHES)):
+        produced = tok.encode(prefix, add_special_tokens=False)
+        assert tok.decode(produced) == prefix
+        allowed = drafter.allowed(produced)
+        truth = {tok.encode(prefix + lab + '", "', add_special_tokens=False)[len(produced)] for lab in labels}
+        assert set(allowed) == truth
+        for first in allowed:
+            ids = produced + [first]
+            while skeleton_continuation(tok.decode(ids)) is None:  # several labels still share this start
+                ids.append(drafter.allowed(ids)[0])
+            ids += drafter(ids)
+            value = tok.decode(ids)[len(prefix):].split('"')[0]
+            assert value in labels, value
+    assert drafter.allowed(tok.encode('{"user question text": "a', add_special_tokens=False)) is None
 
 
 def test_skeleton_walk_rebuilds_the_answer():
@@ -156,11 +208,55 @@ def test_structured_answers_write_the_skeleton(emova, speech):
     assert text.startswith('{"user question text": "')
     keys = [m.group(0)[1:-4] for m in _OPENERS.finditer(text)]
     assert keys == list(ANSWER_KEYS[: len(keys)])
+    assert plan.settings.allow == plan.settings.draft.allowed
     emova.structured_answers, emova.speculative = False, False
     try:
         assert emova.prepare_chat(audio_msg(speech), max_new_tokens=8).settings.draft is None
     finally:
         emova.structured_answers, emova.speculative = True, True
+
+
+def test_structured_generation_writes_only_labels(emova, image):
+    """Random weights write garbage where they choose, yet with `allow` every emotion and pitch value is a
+    label (greedy and sampling); without it, the same weights write no label."""
+    tok = emova.processor.tokenizer
+    inputs = emova._encode([{"role": "user", "content": "Describe the image."}], [image])
+    start = tok.encode('{"user question text": "a b", "user question emotion": "', add_special_tokens=False)
+    drafter = AnswerDrafter(emova.processor)
+
+    def draft(p: list[int]) -> list[int]:
+        return start[len(p):] if len(p) < len(start) else drafter(p)
+
+    def labels_in(text: str) -> list[str]:
+        return [text.split(f'"{k}": "', 1)[1].split('"', 1)[0] for k in ANSWER_KEYS[1:3]]
+
+    for temperature in (0.0, 1.0):
+        s = GenerationSettings(max_new_tokens=40, draft=draft, draft_is_constraint=True, allow=drafter.allowed,
+                               temperature=temperature, seed=0)
+        text = tok.decode(list(generate_tokens(emova.model, inputs, set(), s)))
+        assert text.startswith('{"user question text": "a b", "user question emotion": "'), text
+        emotion, pitch = labels_in(text)
+        assert emotion in EMOTIONS and pitch in PITCHES, text
+        assert '"assistant response text": "' in text
+    free = GenerationSettings(max_new_tokens=40, draft=lambda p: start[len(p):] if len(p) < len(start) else [],
+                              draft_is_constraint=True)
+    text = tok.decode(list(generate_tokens(emova.model, inputs, set(), free)))
+    assert text.startswith(tok.decode(start)) and text[len(tok.decode(start)):].split('"')[0] not in EMOTIONS
+
+
+def test_allow_masks_all_but_the_named_ids(emova, image):
+    inputs = emova._encode([{"role": "user", "content": "Describe the image."}], [image])
+    plain = list(generate_tokens(emova.model, inputs, set(), GenerationSettings(max_new_tokens=6)))
+    only = [t for t in (300, 301, 302) if t not in plain][:2]
+    for temperature in (0.0, 1.0):
+        s = GenerationSettings(max_new_tokens=6, allow=lambda p: only if len(p) == 2 else None,
+                               temperature=temperature, seed=1)
+        out = list(generate_tokens(emova.model, inputs, set(), s))
+        assert out[2] in only
+        if temperature == 0.0:
+            assert out[:2] == plain[:2]
+    unchanged = GenerationSettings(max_new_tokens=6, allow=lambda p: [plain[len(p)]])  # allows the greedy pick
+    assert list(generate_tokens(emova.model, inputs, set(), unchanged)) == plain
 
 
 def test_sampling_rule_keeps_the_distribution():
