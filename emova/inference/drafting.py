@@ -12,7 +12,8 @@ itself would have produced, so greedy output is unchanged; only the number of se
 The emotion and pitch values are labels: once the value written so far can only become one label, the
 drafter proposes the rest of it (and the skeleton after it), and `AnswerDrafter.allowed` names the tokens
 that may open a label still open to choice — with `Emova.structured_answers` the pipeline keeps the model
-to those (`GenerationSettings.allow`), so a label value is always one of `EMOTIONS` / `PITCHES`.
+to those (`GenerationSettings.allow`), so a label value is always one of `EMOTIONS` / `PITCHES`; the
+speech value likewise holds units only, up to its closing quote.
 """
 
 from __future__ import annotations
@@ -69,6 +70,15 @@ def label_endings(text: str) -> list[str]:
     return _label_endings(keys[-1], value) if keys == list(ANSWER_KEYS[: len(keys)]) else []
 
 
+def _speech_opened(text: str) -> bool:
+    """True when `text` (an answer prefix in the format) stops right where the speech value opens."""
+    at = _last_value(text.lstrip())
+    if at is None:
+        return False
+    keys, value, _, closed = at
+    return keys == list(ANSWER_KEYS) and not closed and value == ""
+
+
 def skeleton_continuation(text: str) -> str | None:
     """The characters that must follow `text` (a prefix of an answer): the skeleton after a closed value,
     or the rest of a label value once only one label can complete it (and the skeleton after that); None
@@ -93,6 +103,9 @@ class AnswerDrafter:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self._units = set(processor.speech_token_ids)
+        self._unit_ids = sorted(self._units)
+        quote = self.tokenizer.encode('<|speech_0|>"', add_special_tokens=False)[-1]  # closes the speech value
+        self._after_unit = self._unit_ids + [quote]
         self.max_draft = max_draft
         self.proposed = 0  # counters, for benchmarks and tests
         self.calls = 0
@@ -111,10 +124,13 @@ class AnswerDrafter:
 
     def allowed(self, produced: list[int]) -> list[int] | None:
         """The only token ids that may come next (for `GenerationSettings.allow`): inside an emotion or pitch
-        value still open to choice, the first token of each label it can become; None anywhere else."""
+        value still open to choice, the first token of each label it can become; in the speech value, units
+        (and, once one is there, its closing quote); None anywhere else."""
         if produced and produced[-1] in self._units:
-            return None
+            return self._after_unit  # units come only in the speech value: more of them, or its end
         text = self.processor.decode(produced, skip_special_tokens=True)
+        if _speech_opened(text):
+            return self._unit_ids  # the speech value has just opened: it begins with a unit
         endings = label_endings(text)
         if len(endings) < 2:
             return None  # free text, off the format, or one way left (which the drafter writes)

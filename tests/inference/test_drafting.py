@@ -83,6 +83,13 @@ def test_allowed_tokens_open_exactly_the_labels(emova):
             value = tok.decode(ids)[len(prefix):].split('"')[0]
             assert value in labels, value
     assert drafter.allowed(tok.encode('{"user question text": "a', add_special_tokens=False)) is None
+    # the speech value: it opens with a unit; after a unit, more units or its closing quote
+    units = set(emova.processor.speech_token_ids)
+    opened = tok.encode(FULL.rsplit("<", 1)[0], add_special_tokens=False)
+    assert set(drafter.allowed(opened)) == units
+    after = set(drafter.allowed(tok.encode(FULL[:-1], add_special_tokens=False)))  # FULL ends '<|speech_1|>"'
+    closed = tok.encode(FULL + "}", add_special_tokens=False)
+    assert after - units == {closed[-2]} and tok.decode(closed[-2:]) == '"}'
 
 
 def test_skeleton_walk_rebuilds_the_answer():
@@ -238,6 +245,15 @@ def test_structured_generation_writes_only_labels(emova, image):
         emotion, pitch = labels_in(text)
         assert emotion in EMOTIONS and pitch in PITCHES, text
         assert '"assistant response text": "' in text
+    speech = tok.encode(FULL.rsplit("<", 1)[0], add_special_tokens=False)  # up to the speech value's quote
+    units = set(emova.processor.speech_token_ids)
+    for temperature in (0.0, 1.0):
+        s = GenerationSettings(max_new_tokens=len(speech) + 12, allow=drafter.allowed, draft_is_constraint=True,
+                               draft=lambda p: speech[len(p):] if len(p) < len(speech) else drafter(p),
+                               temperature=temperature, seed=0)
+        out = list(generate_tokens(emova.model, inputs, set(), s))[len(speech):]
+        body = out[: next((i for i, t in enumerate(out) if t not in units), len(out))]
+        assert body and tok.decode(out[len(body):]) in ("", '"', '"}'), tok.decode(out)  # units, then the end
     free = GenerationSettings(max_new_tokens=40, draft=lambda p: start[len(p):] if len(p) < len(start) else [],
                               draft_is_constraint=True)
     text = tok.decode(list(generate_tokens(emova.model, inputs, set(), free)))
