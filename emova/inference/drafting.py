@@ -21,13 +21,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from emova.inference.json_repair import _read_string
-from emova.model.prompts import ANSWER_KEYS, EMOTIONS, PITCHES
-
-#: keys whose value is a label, and the labels each may take
-LABEL_KEYS: dict[str, tuple[str, ...]] = {
-    k: EMOTIONS if k.endswith("emotion") else PITCHES for k in ANSWER_KEYS if k.endswith(("emotion", "pitch"))
-}
+from emova.inference.json_repair import LABELS, _read_string
+from emova.model.prompts import ANSWER_KEYS
 
 
 def _opener(key: str) -> str:
@@ -52,10 +47,18 @@ def _after(n_keys: int) -> str:
     return "}" if n_keys == len(ANSWER_KEYS) else ", " + _opener(ANSWER_KEYS[n_keys])
 
 
+def _open_value(text: str) -> tuple[str, str] | None:
+    """(key, value so far) when an answer prefix that follows the format stops inside a value; else None."""
+    at = _last_value(text.lstrip())
+    if at is None or at[3] or at[0] != list(ANSWER_KEYS[: len(at[0])]):
+        return None
+    return at[0][-1], at[1]
+
+
 def _label_endings(key: str, value: str) -> list[str]:
     """Inside the open value of `key`: each way it may still end (the rest of a label it can become, the
     closing quote and the skeleton after it); [] for a free-text value or one already off every label."""
-    labels = LABEL_KEYS.get(key, ())
+    labels = LABELS.get(key, ())
     after = '"' + _after(ANSWER_KEYS.index(key) + 1) if labels else ""
     return [lab[len(value):] + after for lab in labels if lab.startswith(value)]
 
@@ -63,20 +66,8 @@ def _label_endings(key: str, value: str) -> list[str]:
 def label_endings(text: str) -> list[str]:
     """The ways an answer prefix that stops inside a label value (an emotion or a pitch) may go on to the
     next key; [] anywhere else."""
-    at = _last_value(text.lstrip())
-    if at is None or at[3]:
-        return []
-    keys, value, _, _ = at
-    return _label_endings(keys[-1], value) if keys == list(ANSWER_KEYS[: len(keys)]) else []
-
-
-def _speech_opened(text: str) -> bool:
-    """True when `text` (an answer prefix in the format) stops right where the speech value opens."""
-    at = _last_value(text.lstrip())
-    if at is None:
-        return False
-    keys, value, _, closed = at
-    return keys == list(ANSWER_KEYS) and not closed and value == ""
+    at = _open_value(text)
+    return _label_endings(*at) if at else []
 
 
 def skeleton_continuation(text: str) -> str | None:
@@ -90,7 +81,8 @@ def skeleton_continuation(text: str) -> str | None:
         return first[len(body):] if first.startswith(body) else None
     keys, value, end, closed = at
     if not closed:
-        endings = label_endings(body)
+        ordered = keys == list(ANSWER_KEYS[: len(keys)])
+        endings = _label_endings(keys[-1], value) if ordered else []
         return endings[0] if len(endings) == 1 else None
     tail, expected = body[end:], _after(ANSWER_KEYS.index(keys[-1]) + 1)
     return expected[len(tail):] if expected.startswith(tail) and len(tail) < len(expected) else None
@@ -109,12 +101,13 @@ class AnswerDrafter:
         self.max_draft = max_draft
         self.proposed = 0  # counters, for benchmarks and tests
         self.calls = 0
+        self._decoded: tuple[list[int], str] = ([], "")  # the last decode: the drafter and `allowed` share it
 
     def __call__(self, produced: list[int]) -> list[int]:
         self.calls += 1
         if produced and produced[-1] in self._units:
             return []  # inside the speech value: nothing to propose, and no need to decode everything again
-        text = self.processor.decode(produced, skip_special_tokens=True)
+        text = self._text(produced)
         cont = skeleton_continuation(text)
         if not cont:
             return []
@@ -128,14 +121,21 @@ class AnswerDrafter:
         (and, once one is there, its closing quote); None anywhere else."""
         if produced and produced[-1] in self._units:
             return self._after_unit  # units come only in the speech value: more of them, or its end
-        text = self.processor.decode(produced, skip_special_tokens=True)
-        if _speech_opened(text):
+        text = self._text(produced)
+        at = _open_value(text)
+        if at == (ANSWER_KEYS[-1], ""):
             return self._unit_ids  # the speech value has just opened: it begins with a unit
-        endings = label_endings(text)
+        endings = _label_endings(*at) if at else []
         if len(endings) < 2:
             return None  # free text, off the format, or one way left (which the drafter writes)
         firsts = {ext[0] for e in endings if (ext := self._extension(produced, text, e))}
         return sorted(firsts) or None
+
+    def _text(self, produced: list[int]) -> str:
+        """`produced` decoded; the pipeline and the eval ask the drafter and `allowed` at the same position."""
+        if self._decoded[0] != produced:
+            self._decoded = (list(produced), self.processor.decode(produced, skip_special_tokens=True))
+        return self._decoded[1]
 
     def _extension(self, produced: list[int], text: str, cont: str) -> list[int]:
         """The ids of `cont` after `produced` (whose text is `text`). BPE may merge the continuation's first
@@ -179,5 +179,5 @@ class AnswerGuard:
         return answer_unfinished(self.processor.decode(produced, skip_special_tokens=True))
 
 
-__all__ = ["LABEL_KEYS", "AnswerDrafter", "AnswerGuard", "answer_unfinished", "label_endings",
+__all__ = ["AnswerDrafter", "AnswerGuard", "answer_unfinished", "label_endings",
            "skeleton_continuation"]

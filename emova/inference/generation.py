@@ -117,7 +117,7 @@ def _shaped(logits: torch.Tensor, produced: list[int], s: GenerationSettings, st
     if s.temperature == 0 and int(logits.argmax()) in allowed:
         return logits  # the greedy pick is allowed already
     masked = torch.full_like(logits, float("-inf"))
-    idx = torch.tensor(sorted(allowed), device=logits.device)
+    idx = torch.tensor(list(allowed), device=logits.device)
     masked[idx] = logits[idx]
     return masked
 
