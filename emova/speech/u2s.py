@@ -52,6 +52,11 @@ class U2SConfig:
     f0_min: float = 50.0
     f0_max: float = 700.0
     dropout: float = 0.0  # dropout costs ~20% of a CPU step and a few-epoch run does not overfit
+    # Where a frame lies inside its unit (fraction, frames since the start, frames to the end, unit length),
+    # added to the length-regulated states: without it every frame of a unit starts from the same vector
+    # and transitions can only come from the decoder's convolutions. Zero-initialised (off = the first
+    # bundled architecture).
+    frame_position: bool = False
     shape_gain: float = 1.0  # calibrated after training: undoes the shrinkage of the predicted F0 shape
     # Prosody calibration (fitted after training on the training corpus, `calibrate_prosody`): regression
     # towards the mean shrinks what the style asks for. Inference uses
@@ -173,19 +178,37 @@ class UnitEncoder(nn.Module):
         return self.norm(self.layers(x, src_key_padding_mask=pad if pad.any() else None))
 
 
+def _unit_ends(durations: torch.Tensor, n_units: torch.Tensor) -> torch.Tensor:
+    N = durations.shape[1]
+    valid = torch.arange(N, device=durations.device)[None] < n_units[:, None]
+    return torch.round(torch.cumsum(durations.clamp(min=0) * valid, dim=1)).long()  # (B, N)
+
+
 def regulate_indices(durations: torch.Tensor, n_units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Fractional durations (B, N) in frames → frame-to-unit index (B, F) and frame counts (B,).
 
     Unit i covers frames [round(c_{i-1}), round(c_i)) where c is the cumulative sum, so rounding errors
     never accumulate and the total is round(sum(d))."""
     B, N = durations.shape
-    valid = torch.arange(N, device=durations.device)[None] < n_units[:, None]
-    ends = torch.round(torch.cumsum(durations.clamp(min=0) * valid, dim=1)).long()  # (B, N)
+    ends = _unit_ends(durations, n_units)
     n_frames = ends[:, -1].clamp(min=1)
     Fmax = int(n_frames.max())
     frames = torch.arange(Fmax, device=durations.device)[None, :].expand(B, Fmax)
     idx = torch.searchsorted(ends, frames.contiguous(), right=True).clamp(max=N - 1)  # (B, F)
     return idx, n_frames
+
+
+def frame_positions(durations: torch.Tensor, n_units: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Per frame (B, F, 4): fraction of its unit elapsed (at the frame centre), frames since the unit's
+    start and to its end, and the unit's length (the last three / 8). `idx` from `regulate_indices`."""
+    ends = _unit_ends(durations, n_units).float()
+    starts = F.pad(ends, (1, 0))[:, :-1]
+    s = torch.gather(starts, 1, idx)
+    e = torch.gather(ends, 1, idx)
+    t = torch.arange(idx.shape[1], device=idx.device, dtype=torch.float32)[None]
+    length = (e - s).clamp(min=1.0)
+    since, until = (t - s).clamp(min=0.0), (e - t - 1).clamp(min=0.0)
+    return torch.stack([(since + 0.5) / length, since / 8, until / 8, length / 8], dim=-1)
 
 
 class U2SModel(nn.Module):
@@ -201,6 +224,10 @@ class U2SModel(nn.Module):
         edges = torch.linspace(math.log(cfg.f0_min), math.log(cfg.f0_max), cfg.f0_bins - 1)
         self.register_buffer("f0_edges", edges, persistent=False)
         self.dec_in = nn.Linear(D, D)
+        if cfg.frame_position:
+            self.frame_pos = nn.Linear(4, D)
+            nn.init.zeros_(self.frame_pos.weight)
+            nn.init.zeros_(self.frame_pos.bias)
         self.decoder = nn.ModuleList(ConvNeXtBlock(D, cfg.dec_kernel, S, cfg.dropout) for _ in range(cfg.dec_layers))
         self.dec_norm = nn.LayerNorm(D)
         self.to_mel = nn.Linear(D, cfg.n_mels)
@@ -212,6 +239,19 @@ class U2SModel(nn.Module):
 
     def predict_log_durations(self, h: torch.Tensor, style: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.duration(h, style, mask)[..., 0]  # (B, N): log(1 + frames)
+
+    def regulate(self, h: torch.Tensor, durations: torch.Tensor, n_units: torch.Tensor,
+                 n_frames_out: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit states (B, N, D) → frame states (B, F, D) and the frame mask (B, F, 1); F = n_frames_out
+        (teacher forcing: the target's length) or the longest regulated length."""
+        idx, n_frames = regulate_indices(durations.float(), n_units)
+        Fr = idx.shape[1] if n_frames_out is None else n_frames_out
+        idx = F.pad(idx, (0, max(0, Fr - idx.shape[1])), value=0)[:, :Fr]
+        fmask = (torch.arange(Fr, device=h.device)[None] < n_frames[:, None]).float()[..., None]
+        hf = torch.gather(h, 1, idx[..., None].expand(-1, -1, h.shape[-1]))
+        if self.cfg.frame_position:
+            hf = hf + self.frame_pos(frame_positions(durations.float(), n_units, idx))
+        return hf * fmask, fmask
 
     def f0_embedding(self, lf0: torch.Tensor, voiced: torch.Tensor) -> torch.Tensor:
         """lf0 (B, F) normalised log-F0, voiced (B, F) in {0, 1} → (B, F, D)."""
@@ -234,11 +274,7 @@ class U2SModel(nn.Module):
         with F = max(sum(durations)). Returns predictions for every loss term."""
         h, umask = self.encode(units, n_units)
         log_dur = self.predict_log_durations(h, style, umask)
-        idx, n_frames = regulate_indices(durations.float(), n_units)
-        Fr = lf0.shape[1]
-        idx = F.pad(idx, (0, max(0, Fr - idx.shape[1])), value=0)[:, :Fr]
-        fmask = (torch.arange(Fr, device=units.device)[None] < n_frames[:, None]).float()[..., None]
-        hf = torch.gather(h, 1, idx[..., None].expand(-1, -1, h.shape[-1])) * fmask
+        hf, fmask = self.regulate(h, durations, n_units, lf0.shape[1])
         pitch = self.pitch(hf, style, fmask)  # (B, F, 2)
         mel = self.decode_mel(hf, lf0, voiced, style, fmask)
         return {"log_dur": log_dur, "f0_shape": pitch[..., 0], "vuv_logit": pitch[..., 1], "mel": mel,
@@ -254,9 +290,8 @@ class U2SModel(nn.Module):
         c = self.cfg
         log_dur = self.predict_log_durations(h, style, umask) + c.rate_gain * (pros[:, 2:3] - c.rate_center) + c.rate_bias
         dur = (torch.exp(log_dur) - 1).clamp(min=0) * length_scale
-        idx, n_frames = regulate_indices(dur, n)
-        hf = torch.gather(h, 1, idx[..., None].expand(-1, -1, h.shape[-1]))
-        fmask = torch.ones(1, hf.shape[1], 1, device=units.device)
+        idx, _ = regulate_indices(dur, n)
+        hf, fmask = self.regulate(h, dur, n)
         pitch = self.pitch(hf, style, fmask)
         voiced = (pitch[..., 1] > 0).float()
         level = c.level_bias + c.level_gain * pros[:, :1]

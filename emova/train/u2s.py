@@ -33,14 +33,14 @@ from tqdm import tqdm
 from emova.audio import Audio
 from emova.data.speech.corpus import read_manifest
 from emova.speech.style_encoder import StyleEncoder, StyleEncoderConfig, StylePrototypes
-from emova.speech.u2s import U2SConfig, U2SModel, regulate_indices
+from emova.speech.u2s import U2SConfig, U2SModel
 from emova.speech.vocoder import VocoderConfig, build_vocoder, mel_frames, mel_l1, multi_resolution_stft_loss
 from emova.train.accel import fresh_accelerator
 from emova.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from emova.train.plots import plot_log
 from emova.train.u2s_data import U2SData, prepare_cache
 
-STAGES = ("prepare", "u2s", "finetune", "vocoder", "export")
+STAGES = ("prepare", "u2s", "finetune", "vocoder", "vocoder_gta", "export")
 FINETUNE_KEYS = {"voices", "max_minutes", "max_steps", "lr", "warmup_steps"}
 
 
@@ -53,6 +53,9 @@ class U2STrainConfig:
     export_dir: str | None = "emova/assets/emova-tiny/speech_detokenizer"
     splits: list[str] = field(default_factory=lambda: ["train"])
     max_groups: int | None = None
+    # glob patterns on corpus voice keys: only these voices' groups are cached (None: every voice). A run
+    # that trains only on some voices (voices / init_from) need not encode the others.
+    prepare_voices: list[str] | None = None
     workers: int = 2
     # glob patterns on corpus voice keys: the renderings the U2S learns to *speak* (targets, prototypes);
     # None = every training voice. Units always come from whatever the tokenizer hears.
@@ -77,6 +80,9 @@ class U2STrainConfig:
     w_vuv: float = 0.5
     w_prosody: float = 1.0
     w_labels: float = 0.2
+    # weight of the mel loss on renderings timed by DTW against the neutral one (other styles); the neutral
+    # rendering's own timing is exact. Below 1, misaligned frames teach the decoder less blur.
+    w_mel_styled: float = 1.0
     # vocoder optimisation
     vocoder_steps: int = 6000
     vocoder_minutes: float | None = None
@@ -84,6 +90,11 @@ class U2STrainConfig:
     vocoder_segment: int = 12_800  # samples
     vocoder_lr: float = 1e-3
     vocoder_items: int = 6000
+    # vocoder_gta stage: steps / minutes, learning rate, share of each batch cut from U2S (teacher-forced) mels
+    gta_steps: int = 3000
+    gta_minutes: float | None = None
+    gta_lr: float = 2e-4
+    gta_fraction: float = 0.5
     # common
     threads: int = 1
     bf16: bool = True
@@ -99,11 +110,17 @@ class U2STrainConfig:
         if self.voices is not None and (not isinstance(self.voices, list) or not self.voices
                                         or not all(isinstance(v, str) and v for v in self.voices)):
             raise ValueError(f"U2STrainConfig.voices must be a non-empty list of glob patterns, got {self.voices!r}")
+        if self.prepare_voices is not None and (not isinstance(self.prepare_voices, list) or not self.prepare_voices
+                                                or not all(isinstance(v, str) and v for v in self.prepare_voices)):
+            raise ValueError("U2STrainConfig.prepare_voices must be a non-empty list of glob patterns, "
+                             f"got {self.prepare_voices!r}")
         if self.finetune is not None:
             if not isinstance(self.finetune, dict) or set(self.finetune) - FINETUNE_KEYS:
                 raise ValueError(f"U2STrainConfig.finetune must be a mapping with keys among {sorted(FINETUNE_KEYS)}, "
                                  f"got {self.finetune!r}")
             self.finetune_config()
+        if not 0.0 <= self.gta_fraction <= 1.0:
+            raise ValueError(f"U2STrainConfig.gta_fraction must be in [0, 1], got {self.gta_fraction!r}")
         if self.export_vocoder not in ("vocos", "griffin_lim", "hifigan"):
             raise ValueError(f"export_vocoder must be vocos, hifigan or griffin_lim, got {self.export_vocoder!r}")
         self.u2s_config()
@@ -168,7 +185,8 @@ def u2s_losses(bundle: U2SBundle, batch: dict, cfg: U2STrainConfig) -> dict[str,
     fm, um = o["frame_mask"].float(), o["unit_mask"].float()
     # the regulated length equals the true length by construction (durations sum to the frame count)
     mel = (o["mel"].float() - batch["mel"]).abs().mean(-1)
-    losses = {"mel": (mel * fm).sum() / fm.sum()}
+    wm = fm * torch.where(batch["exact"], 1.0, cfg.w_mel_styled)[:, None]
+    losses = {"mel": (mel * wm).sum() / wm.sum().clamp(min=1e-6)}
     dur_t = torch.log1p(batch["durs"])
     losses["dur"] = (((o["log_dur"].float() - dur_t) ** 2) * um).sum() / um.sum()
     w = fm * (0.3 + 0.7 * batch["vuv"])
@@ -198,16 +216,35 @@ def _keep_last(run: Path, keep: int = 2) -> None:
 
 
 def _init_from_detokenizer(bundle: U2SBundle, spec: str) -> None:
-    """Start from a saved detokenizer's U2S and style encoder (same architecture required)."""
+    """Start from a saved detokenizer's U2S and style encoder.
+
+    The architecture must match, or extend it without changing what it computes: extra decoder blocks
+    (appended; their output projection is zeroed so each starts as the identity) and the zero-initialised
+    frame-position input. Every weight of the source must exist here with the same shape."""
     from emova.speech.detokenizer import SpeechDetokenizer
 
     src = SpeechDetokenizer.from_pretrained(spec)
+    added: list[str] = []
     for name, mine, theirs in (("u2s", bundle.u2s, src.u2s), ("style encoder", bundle.style_encoder, src.style_encoder)):
         a, b = mine.state_dict(), theirs.state_dict()
-        if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
-            raise ValueError(f"init_from {spec}: its {name} does not match this config's architecture")
-        mine.load_state_dict({k: v.float() for k, v in b.items()})
-    print(f"u2s starts from {spec}")
+        missing = [k for k in b if k not in a or a[k].shape != b[k].shape]
+        if missing:
+            raise ValueError(f"init_from {spec}: its {name} does not match this config's architecture "
+                             f"({len(missing)} weights differ, e.g. {missing[0]})")
+        new = [k for k in a if k not in b]
+        n_src_blocks = len(theirs.decoder) if name == "u2s" else 0
+        bad = [k for k in new if name != "u2s" or not (
+            k.startswith("frame_pos.") or (k.startswith("decoder.") and int(k.split(".")[1]) >= n_src_blocks))]
+        if bad:
+            raise ValueError(f"init_from {spec}: this config's {name} has weights the source lacks that would "
+                             f"change its output ({bad[0]}, ...); only extra decoder blocks and frame_position may be added")
+        mine.load_state_dict({k: v.float() for k, v in b.items()}, strict=False)
+        if name == "u2s":
+            for blk in list(mine.decoder)[n_src_blocks:]:
+                nn.init.zeros_(blk.pw2.weight)
+                nn.init.zeros_(blk.pw2.bias)
+        added += [f"{name}.{k}" for k in new]
+    print(f"u2s starts from {spec}" + (f" (+{len(added)} new tensors, identity-initialised)" if added else ""))
 
 
 def train_u2s_model(cfg: U2STrainConfig, progress: bool = True, run_name: str = "u2s",
@@ -350,6 +387,139 @@ def train_vocoder(cfg: U2STrainConfig, progress: bool = True) -> Path:
     return run
 
 
+def _u2s_stage_checkpoint(cfg: U2STrainConfig) -> Path:
+    stage = "u2s_finetune" if cfg.finetune else "u2s"
+    ck = latest_checkpoint(Path(cfg.out_dir) / stage)
+    if ck is None:
+        raise ValueError(f"no U2S checkpoint under {cfg.out_dir}/{stage}; train the {stage.replace('u2s_', '')} "
+                         f"stage first")
+    return ck
+
+
+def _load_vocoder_weights(cfg: U2STrainConfig, voc: nn.Module, runs: tuple[str, ...]) -> str:
+    """Latest checkpoint of the first run directory that has one, else the `init_from` detokenizer's vocoder."""
+    for name in runs:
+        vck = latest_checkpoint(Path(cfg.out_dir) / name)
+        if vck is not None:
+            load_checkpoint(vck, voc)
+            return str(vck)
+    if cfg.init_from:
+        from emova.speech.detokenizer import SpeechDetokenizer
+
+        src = SpeechDetokenizer.from_pretrained(cfg.init_from).vocoder
+        a, b = voc.state_dict(), src.state_dict()
+        if getattr(src, "cfg", None) != voc.cfg or a.keys() != b.keys():
+            raise ValueError(f"init_from {cfg.init_from}: its vocoder is not the configured {voc.cfg.kind} vocoder")
+        voc.load_state_dict({k: v.float() for k, v in b.items()})
+        return f"{cfg.init_from} (vocoder)"
+    raise ValueError(f"no vocoder checkpoint under {cfg.out_dir}/{{{','.join(runs)}}} and no init_from; "
+                     f"train the vocoder stage or export griffin_lim")
+
+
+def train_vocoder_gta(cfg: U2STrainConfig, progress: bool = True) -> Path:
+    """Continue the vocoder on ground-truth-aligned (GTA) mels, as Tacotron 2 does for WaveNet.
+
+    The trained U2S decodes each exactly timed (neutral) training rendering teacher-forced (its own
+    durations, F0 and reference style), so its mel lines up frame by frame with the real waveform; the
+    vocoder learns to map that smoother mel to the real audio. `gta_fraction` of each batch comes from
+    such mels, the rest from ground-truth mels of the same waves (it must still render every style)."""
+    torch.manual_seed(cfg.seed + 2)
+    vcfg = cfg.vocoder_config()
+    if vcfg.kind == "griffin_lim":
+        raise ValueError("vocoder_gta trains a neural vocoder; griffin_lim has no weights")
+    run = Path(cfg.out_dir) / "vocoder_gta"
+    run.mkdir(parents=True, exist_ok=True)
+    bundle = U2SBundle(cfg.u2s_config(), StyleEncoderConfig.from_dict(cfg.style_encoder))
+    load_checkpoint(_u2s_stage_checkpoint(cfg), bundle)
+    bundle.eval().requires_grad_(False)
+    model = build_vocoder(vcfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.gta_lr, weight_decay=0.01, betas=(0.8, 0.99))
+    step, elapsed0 = 0, 0.0
+    ck = latest_checkpoint(run)
+    if ck is not None:
+        meta = load_checkpoint(ck, model, opt)
+        step, elapsed0 = meta["step"], meta.get("elapsed", 0.0)
+        print(f"resuming vocoder_gta from {ck} (step {step})")
+    else:
+        print("vocoder_gta starts from", _load_vocoder_weights(cfg, model, ("vocoder",)))
+    data = U2SData(cfg.cache_dir, cfg.speaking_voices())
+    seg_frames = cfg.vocoder_segment // vcfg.hop
+    seg = seg_frames * vcfg.hop
+    ids = [i for i in range(len(data)) if data.exact[i] and len(data.mel[i]) > seg_frames + 2]
+    if not ids:
+        raise ValueError("vocoder_gta: no exactly timed (neutral) cached renderings longer than vocoder_segment")
+    paths = {r["id"]: Path(cfg.corpus) / r["path"] for r in read_manifest(cfg.corpus, tuple(cfg.splits))}
+    waves: dict[int, np.ndarray] = {}
+    gta: dict[int, torch.Tensor] = {}
+
+    def wave(i: int) -> np.ndarray:
+        if i not in waves:
+            waves[i] = Audio.load(paths[data.meta[i]["id"]], vcfg.sample_rate).samples
+        return waves[i]
+
+    def gta_mel(batch_ids: list[int]) -> None:
+        todo = [i for i in batch_ids if i not in gta]
+        if not todo:
+            return
+        b = data.collate(todo, random.Random(0), 0.0)
+        with torch.no_grad():
+            style = bundle.style_encoder(b["ref"], b["ref_lens"])
+            o = bundle.u2s(b["units"], b["n_units"], style, b["durs"], b["lf0"], b["vuv"])
+        for k, i in enumerate(todo):
+            gta[i] = o["mel"][k, : len(data.mel[i])].float()
+
+    acc = fresh_accelerator(cfg.bf16)
+    model, opt = acc.prepare(model, opt)
+    logf, writer = _open_log(run / "log.csv", ["step", "lr", "total", "stft", "mel", "elapsed_s"], step == 0)
+    bar = tqdm(total=cfg.gta_steps, initial=step, desc="train vocoder_gta", unit="step", disable=not progress)
+    t0 = time.time() - elapsed0
+    model.train()
+    n_gta = round(cfg.vocoder_batch * cfg.gta_fraction)
+    while step < cfg.gta_steps and not (cfg.gta_minutes and time.time() - t0 > 60 * cfg.gta_minutes):
+        rng = random.Random(cfg.seed * 15485863 + step)
+        pick = [rng.choice(ids) for _ in range(cfg.vocoder_batch)]
+        gta_mel(pick[:n_gta])
+        mels, segs = [], []
+        for k, i in enumerate(pick):
+            w = wave(i)
+            last = min(len(data.mel[i]), len(w) // vcfg.hop + 1) - seg_frames - 1
+            o = rng.randrange(0, max(1, last))
+            x = torch.from_numpy(w[o * vcfg.hop : o * vcfg.hop + seg])
+            x = F.pad(x, (0, seg - len(x)))
+            segs.append(x)
+            mels.append(gta[i][o : o + seg_frames + 1] if k < n_gta else mel_frames(x, vcfg))
+        x, mel = torch.stack(segs), torch.stack(mels)
+        lr = _lr(step, time.time() - t0, cfg.gta_lr, 50, cfg.gta_steps, cfg.gta_minutes)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        with acc.autocast():
+            y = model(mel)
+        y = y.float()[:, :seg]
+        stft = multi_resolution_stft_loss(y, x[:, : y.shape[1]])
+        ml = mel_l1(y, x[:, : y.shape[1]], vcfg)
+        loss = stft + ml
+        opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update()
+        if step % cfg.log_every == 0:
+            writer.writerow([step, f"{lr:.3e}", f"{loss.item():.4f}", f"{stft.item():.4f}", f"{ml.item():.4f}",
+                             f"{time.time() - t0:.1f}"])
+            logf.flush()
+            bar.set_postfix(stft=f"{stft.item():.3f}", mel=f"{ml.item():.3f}")
+        if step % cfg.save_every == 0:
+            save_checkpoint(run / f"step-{step}", acc.unwrap_model(model), opt, {"step": step, "elapsed": time.time() - t0})
+            _keep_last(run)
+    bar.close()
+    logf.close()
+    save_checkpoint(run / f"step-{step}", acc.unwrap_model(model), opt, {"step": step, "elapsed": time.time() - t0})
+    _keep_last(run)
+    plot_log(run / "log.csv", ("stft", "mel"))
+    return run
+
+
 @torch.no_grad()
 def calibrate_shape_gain(bundle: U2SBundle, data: U2SData, n: int = 200) -> float:
     """Ratio of target to predicted F0-shape spread on voiced frames (predictions shrink towards 0)."""
@@ -360,11 +530,7 @@ def calibrate_shape_gain(bundle: U2SBundle, data: U2SData, n: int = 200) -> floa
         b = data.collate(idx[s : s + 16], rng, 0.0)
         style = bundle.style_encoder(b["ref"], b["ref_lens"])
         h, umask = bundle.u2s.encode(b["units"], b["n_units"])
-        ix, nf = regulate_indices(b["durs"], b["n_units"])
-        Fr = b["mel"].shape[1]
-        ix = F.pad(ix, (0, max(0, Fr - ix.shape[1])))[:, :Fr]
-        fm = (torch.arange(Fr)[None] < nf[:, None]).float()[..., None]
-        hf = torch.gather(h, 1, ix[..., None].expand(-1, -1, h.shape[-1])) * fm
+        hf, fm = bundle.u2s.regulate(h, b["durs"], b["n_units"], b["mel"].shape[1])
         z = bundle.u2s.pitch(hf, style, fm)[..., 0]
         for k in range(len(b["units"])):
             v = (b["vuv"][k] > 0) & (fm[k, :, 0] > 0)
@@ -507,11 +673,7 @@ def export_detokenizer(cfg: U2STrainConfig, out: str | Path | None = None, vocod
     if out is None:
         raise ValueError("no export directory given")
     bundle = U2SBundle(cfg.u2s_config(), StyleEncoderConfig.from_dict(cfg.style_encoder))
-    stage = "u2s_finetune" if cfg.finetune else "u2s"
-    ck = latest_checkpoint(Path(cfg.out_dir) / stage)
-    if ck is None:
-        raise ValueError(f"no U2S checkpoint under {cfg.out_dir}/{stage}; train the {stage.replace('u2s_', '')} "
-                         f"stage first")
+    ck = _u2s_stage_checkpoint(cfg)
     load_checkpoint(ck, bundle)
     bundle.eval()
     data = U2SData(cfg.cache_dir, cfg.speaking_voices())
@@ -522,16 +684,14 @@ def export_detokenizer(cfg: U2STrainConfig, out: str | Path | None = None, vocod
     kind = vocoder_kind or cfg.export_vocoder
     vcfg = cfg.vocoder_config(kind)
     voc = build_vocoder(vcfg)
-    if kind != "griffin_lim":
-        vck = latest_checkpoint(Path(cfg.out_dir) / "vocoder")
-        if vck is None:
-            raise ValueError(f"no vocoder checkpoint under {cfg.out_dir}/vocoder; train it or export griffin_lim")
-        load_checkpoint(vck, voc)
+    vocoder_from = None
+    if kind != "griffin_lim":  # the GTA-finetuned vocoder when that stage ran
+        vocoder_from = _load_vocoder_weights(cfg, voc, ("vocoder_gta", "vocoder"))
     detok = SpeechDetokenizer(bundle.u2s, bundle.style_encoder, voc, protos)
     for k, v in calibrate_rendered_prosody(detok, data).items():
         setattr(bundle.u2s.cfg, k, v)
-    info = {"u2s_checkpoint": str(ck), "trained_on": cfg.corpus, "tokenizer": cfg.tokenizer,
-            "speaking_voices": cfg.speaking_voices()}
+    info = {"u2s_checkpoint": str(ck), "vocoder_checkpoint": vocoder_from, "trained_on": cfg.corpus,
+            "tokenizer": cfg.tokenizer, "speaking_voices": cfg.speaking_voices()}
     return detok, detok.save_pretrained(out, info=info)
 
 
@@ -546,7 +706,7 @@ def train_u2s(cfg: U2STrainConfig, stages: tuple[str, ...] = STAGES, progress: b
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
     if "prepare" in stages:
         prepare_cache(cfg.corpus, cfg.cache_dir, cfg.tokenizer, cfg.vocoder_config(), tuple(cfg.splits),
-                      cfg.max_groups, workers=cfg.workers, progress=progress)
+                      cfg.max_groups, workers=cfg.workers, progress=progress, voices=cfg.prepare_voices)
     if "u2s" in stages:
         train_u2s_model(cfg, progress)
     if "finetune" in stages and cfg.finetune:
@@ -556,6 +716,8 @@ def train_u2s(cfg: U2STrainConfig, stages: tuple[str, ...] = STAGES, progress: b
         train_u2s_model(cfg.finetune_config(), progress, "u2s_finetune", base)
     if "vocoder" in stages:
         train_vocoder(cfg, progress)
+    if "vocoder_gta" in stages:
+        train_vocoder_gta(cfg, progress)
     if "export" in stages:
         _, d = export_detokenizer(cfg)
         print("exported", d)
@@ -574,6 +736,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--export", dest="export_dir", default=None)
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--vocoder-minutes", type=float, default=None)
+    p.add_argument("--gta-minutes", type=float, default=None, help="wall-clock budget of the vocoder_gta stage")
     p.add_argument("--export-vocoder", default=None, choices=["vocos", "griffin_lim", "hifigan"])
     p.add_argument("--cache", dest="cache_dir", default=None)
     p.add_argument("--voices", nargs="+", default=None, help="glob patterns of the voices the U2S learns to speak")
@@ -584,7 +747,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = U2STrainConfig.load(a.config, corpus=a.corpus, tokenizer=a.tokenizer, out_dir=a.out_dir,
                               export_dir=a.export_dir, max_minutes=a.max_minutes, vocoder_minutes=a.vocoder_minutes,
                               export_vocoder=a.export_vocoder, cache_dir=a.cache_dir, voices=a.voices,
-                              init_from=a.init_from)
+                              init_from=a.init_from, gta_minutes=a.gta_minutes)
     if a.finetune_minutes is not None:
         if not cfg.finetune:
             raise SystemExit("--finetune-minutes: this config has no `finetune` section")

@@ -58,9 +58,11 @@ def load_tokenizer(spec: str):
     return SpeechTokenizer.from_pretrained(spec)
 
 
-def plan_groups(corpus: str | Path, splits: tuple[str, ...], max_groups: int | None) -> list[list[dict]]:
-    """Groups that have a neutral rendering, neutral first."""
-    rows = read_manifest(corpus, splits)
+def plan_groups(corpus: str | Path, splits: tuple[str, ...], max_groups: int | None,
+                voices: list[str] | tuple[str, ...] | None = None) -> list[list[dict]]:
+    """Groups that have a neutral rendering, neutral first; only renderings of `voices` (glob patterns on
+    the voice key; None: all) are kept."""
+    rows = [r for r in read_manifest(corpus, splits) if voice_matches(r["voice"], voices)]
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(r["group"], []).append(r)
@@ -159,19 +161,22 @@ def _make_shard(args: tuple[list[list[dict]], str, str, dict]) -> str:
 
 def prepare_cache(corpus: str, cache_dir: str, tokenizer: str, vcfg: VocoderConfig, splits: tuple[str, ...],
                   max_groups: int | None = None, shard_groups: int = 200, workers: int = 2,
-                  progress: bool = True) -> Path:
+                  progress: bool = True, voices: list[str] | tuple[str, ...] | None = None) -> Path:
     """Encode, align and featurise the corpus once; resumable shard by shard."""
     out = Path(cache_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = {"corpus": str(corpus), "tokenizer": tokenizer, "splits": list(splits), "max_groups": max_groups,
             "vocoder": vcfg.to_dict(), "shard_groups": shard_groups}
+    if voices is not None:
+        info["voices"] = list(voices)
     info_path = out / "info.json"
     if info_path.exists() and json.loads(info_path.read_text()) != info:
         raise ValueError(f"{out} holds a cache made with other settings; delete it or pick another cache_dir")
     info_path.write_text(json.dumps(info, indent=1))
-    groups = plan_groups(corpus, splits, max_groups)
+    groups = plan_groups(corpus, splits, max_groups, voices)
     if not groups:
-        raise ValueError(f"corpus {corpus} has no groups with a neutral rendering in splits {splits}")
+        raise ValueError(f"corpus {corpus} has no groups with a neutral rendering in splits {splits}"
+                         + (f" of voices {list(voices)}" if voices is not None else ""))
     shards = [groups[i : i + shard_groups] for i in range(0, len(groups), shard_groups)]
     todo = [(s, str(corpus), str(out / f"shard-{k:05d}.npz"), vcfg.to_dict()) for k, s in enumerate(shards)
             if not (out / f"shard-{k:05d}.npz").exists()]
@@ -223,6 +228,7 @@ class U2SData:
             for name in ("mel", "lf0", "vuv", "units", "durs", "meta"):
                 setattr(self, name, [getattr(self, name)[i] for i in keep])
         self.labels = [style_label_ids(m["style"]) for m in self.meta]
+        self.exact = [m["style"] == str(Style(gender=Style.parse(m["style"]).gender)) for m in self.meta]
         self.by_style: dict[str, list[int]] = {}
         for i, m in enumerate(self.meta):
             self.by_style.setdefault(m["style"], []).append(i)
@@ -289,9 +295,12 @@ class U2SData:
             ref_lens.append(len(r))
         ref = torch.nn.utils.rnn.pad_sequence(refs, batch_first=True)
         labels = {k: torch.tensor([self.labels[i][k] for i in idx]) for k in self.labels[idx[0]]}
+        # the neutral rendering is timed exactly (its own units); the others by DTW against it
+        exact = torch.tensor([self.exact[i] for i in idx])
         stats = torch.tensor([self.stats[i] for i in idx], dtype=torch.float32)
         return {"units": units, "n_units": n_units, "durs": durs, "mel": mel, "lf0": lf0, "vuv": vuv,
-                "f0_shape": z, "ref": ref, "ref_lens": torch.tensor(ref_lens), "labels": labels, "stats": stats}
+                "f0_shape": z, "ref": ref, "ref_lens": torch.tensor(ref_lens), "labels": labels, "stats": stats,
+                "exact": exact}
 
 
 def mean_frames_per_unit(data: U2SData) -> float:

@@ -101,3 +101,31 @@ def test_prosody_calibration_scales_level_and_speed():
     expect = (torch.exp(raw + float(head[2]) + 0.5) - 1).clamp(min=0)
     ok = base["durations"] > 0  # clamped units have no raw value to compare
     assert torch.allclose(slow["durations"][ok], expect[ok], atol=1e-3)
+
+
+def test_frame_positions_place_each_frame_inside_its_unit():
+    from emova.speech.u2s import frame_positions
+
+    d = torch.tensor([[2.0, 3.0, 0.0]])
+    n = torch.tensor([2])
+    idx, nf = regulate_indices(d, n)
+    pos = frame_positions(d, n, idx)[0]
+    assert nf.tolist() == [5] and pos.shape == (5, 4)
+    assert pos[:, 0].tolist() == pytest.approx([0.25, 0.75, 1 / 6, 0.5, 5 / 6])  # fraction at the frame centre
+    assert (pos[:, 1] * 8).tolist() == pytest.approx([0, 1, 0, 1, 2])  # frames since the start
+    assert (pos[:, 2] * 8).tolist() == pytest.approx([1, 0, 2, 1, 0])  # frames to the end
+    assert (pos[:, 3] * 8).tolist() == pytest.approx([2, 2, 3, 3, 3])  # unit length
+
+
+def test_frame_position_starts_as_the_identity_and_then_acts():
+    torch.manual_seed(0)
+    base = U2SModel(U2SConfig.from_dict(SMALL)).eval()
+    torch.manual_seed(0)
+    pos = U2SModel(U2SConfig.from_dict({**SMALL, "frame_position": True})).eval()
+    pos.load_state_dict(base.state_dict(), strict=False)
+    units, style = torch.tensor([[5, 9, 2, 7]]), torch.randn(1, 16)
+    a, b = base.infer(units, style), pos.infer(units, style)
+    assert torch.equal(a["mel"], b["mel"])  # zero-initialised: same output as without it
+    torch.nn.init.normal_(pos.frame_pos.weight, 0, 1.0)
+    c = pos.infer(units, style)
+    assert torch.equal(c["durations"], a["durations"]) and not torch.allclose(c["mel"], a["mel"])

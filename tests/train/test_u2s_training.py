@@ -204,3 +204,99 @@ def test_rendered_calibration_recovers_the_duration_map(setup):
     after = length_error()
     assert before > 0.2 and after < 0.1 and after < before / 4  # the fitted map reproduces the lengths
     assert "level_gain" not in res or 1.0 <= res["level_gain"] <= 3.0
+
+
+def test_prepare_voices_caches_only_those_voices(setup, tmp_path):
+    root, cfg = setup
+    train_u2s(cfg, stages=("prepare",), progress=False)
+    keep = sorted({m["voice"] for m in U2SData(cfg.cache_dir).meta})[0]
+    only = U2STrainConfig(**{**cfg.__dict__, "cache_dir": str(tmp_path / "cache"), "prepare_voices": [keep]})
+    train_u2s(only, stages=("prepare",), progress=False)
+    assert {m["voice"] for m in U2SData(only.cache_dir).meta} == {keep}
+    none = U2STrainConfig(**{**cfg.__dict__, "cache_dir": str(tmp_path / "c2"), "prepare_voices": ["nobody:*"]})
+    with pytest.raises(ValueError, match="of voices"):
+        train_u2s(none, stages=("prepare",), progress=False)
+    with pytest.raises(ValueError, match="prepare_voices"):
+        U2STrainConfig(**{**cfg.__dict__, "prepare_voices": "flite:*"})
+
+
+def test_mel_loss_weighs_dtw_timed_renderings(setup):
+    """The neutral rendering is flagged as exactly timed; `w_mel_styled: 0` leaves only its frames in the
+    mel loss."""
+    import random
+
+    from emova.speech.style_encoder import StyleEncoderConfig
+    from emova.train.u2s import U2SBundle, u2s_losses
+
+    root, cfg = setup
+    train_u2s(cfg, stages=("prepare",), progress=False)
+    data = U2SData(cfg.cache_dir)
+    neutral = [i for i in range(len(data)) if data.exact[i]]
+    assert neutral and all(data.meta[i]["style"] == str(Style(gender=Style.parse(data.meta[i]["style"]).gender))
+                           for i in neutral)
+    group = data.meta[neutral[0]]["group"]
+    ids = [i for i in range(len(data)) if data.meta[i]["group"] == group]
+    assert len(ids) > 1
+    torch.manual_seed(0)
+    bundle = U2SBundle(cfg.u2s_config(), StyleEncoderConfig.from_dict(cfg.style_encoder)).eval()
+    zero = U2STrainConfig(**{**cfg.__dict__, "w_mel_styled": 0.0})
+    with torch.no_grad():
+        both = u2s_losses(bundle, data.collate(ids, random.Random(0), 0.0), zero)["mel"]
+        alone = u2s_losses(bundle, data.collate([neutral[0]], random.Random(0), 0.0), zero)["mel"]
+        full = u2s_losses(bundle, data.collate(ids, random.Random(0), 0.0), cfg)["mel"]
+    assert float(both) == pytest.approx(float(alone), rel=1e-4)
+    assert float(full) != pytest.approx(float(alone), rel=1e-4)
+
+
+def test_init_from_may_add_identity_blocks_but_nothing_else(setup, capsys):
+    """`init_from` into a config with extra decoder blocks and frame positions: the new model computes
+    exactly what the source did until it trains; any other architecture change is refused."""
+    import random
+
+    from emova.speech.style_encoder import StyleEncoderConfig
+    from emova.train.u2s import U2SBundle, _init_from_detokenizer, u2s_losses
+
+    root, cfg = setup
+    train_u2s(cfg, stages=("prepare", "u2s", "vocoder", "export"), progress=False)
+    src = SpeechDetokenizer.from_pretrained(root / "detok")
+    grown = U2STrainConfig(**{**cfg.__dict__, "model": {**cfg.model, "dec_layers": 3, "frame_position": True}})
+    bundle = U2SBundle(grown.u2s_config(), StyleEncoderConfig.from_dict(grown.style_encoder))
+    _init_from_detokenizer(bundle, str(root / "detok"))
+    assert "new tensors, identity-initialised" in capsys.readouterr().out
+    ref = U2SBundle(src.u2s.cfg, src.style_encoder.cfg)
+    ref.u2s, ref.style_encoder = src.u2s.float(), src.style_encoder.float()
+    data = U2SData(cfg.cache_dir)
+    batch = data.collate(list(range(4)), random.Random(0), 0.0)
+    with torch.no_grad():
+        a, b = u2s_losses(bundle.eval(), batch, grown), u2s_losses(ref.eval(), batch, cfg)
+    assert all(float(a[k]) == pytest.approx(float(b[k]), rel=1e-5, abs=1e-6) for k in a)
+    wider = U2STrainConfig(**{**cfg.__dict__, "model": {**cfg.model, "dim": 48}})
+    with pytest.raises(ValueError, match="does not match"):
+        _init_from_detokenizer(U2SBundle(wider.u2s_config(), StyleEncoderConfig.from_dict(wider.style_encoder)),
+                               str(root / "detok"))
+    deeper_enc = U2STrainConfig(**{**cfg.__dict__, "model": {**cfg.model, "enc_layers": 2}})
+    with pytest.raises(ValueError, match="change its output"):
+        _init_from_detokenizer(U2SBundle(deeper_enc.u2s_config(),
+                                         StyleEncoderConfig.from_dict(deeper_enc.style_encoder)), str(root / "detok"))
+
+
+def test_vocoder_gta_stage_trains_resumes_and_exports(setup, capsys):
+    import json
+
+    root, cfg = setup
+    gta = U2STrainConfig(**{**cfg.__dict__, "out_dir": str(root / "run_gta"), "export_dir": str(root / "detok_gta"),
+                            "gta_steps": 2, "vocoder_segment": 2560, "vocoder_batch": 4})
+    train_u2s(gta, stages=("prepare", "u2s"), progress=False)
+    with pytest.raises(ValueError, match="no vocoder checkpoint"):
+        train_u2s(gta, stages=("vocoder_gta",), progress=False)
+    train_u2s(gta, stages=("vocoder", "vocoder_gta"), progress=False)
+    assert "vocoder_gta starts from" in capsys.readouterr().out
+    train_u2s(U2STrainConfig(**{**gta.__dict__, "gta_steps": 3}), stages=("vocoder_gta", "export"), progress=False)
+    assert "resuming vocoder_gta" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(root / "run_gta" / "vocoder_gta" / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3] and all(np.isfinite(float(r["total"])) for r in rows)
+    info = json.loads((root / "detok_gta" / "config.json").read_text())["info"]
+    assert "vocoder_gta" in info["vocoder_checkpoint"]
+    assert SpeechDetokenizer.from_pretrained(root / "detok_gta").decode([3, 7, 11, 7] * 4, Style()).duration > 0
+    with pytest.raises(ValueError, match="gta_fraction"):
+        U2STrainConfig(**{**cfg.__dict__, "gta_fraction": 1.5})
