@@ -2,7 +2,9 @@
 
 A detokenizer directory (`emova/assets/emova-tiny/speech_detokenizer/`) holds
     config.json         format "emova-u2s-v1", the U2S / style encoder / vocoder configs, stream settings
-    model.safetensors   u2s.*, style_encoder.*, vocoder.* (fp16) and `prototypes` (126, 256) fp32
+    model.safetensors   u2s.*, style_encoder.*, vocoder.* (fp16), `prototypes` (126, 256) fp32 and, when
+                        calibrated, `prototype_prosody` (126, 4) fp32: per-condition F0 level, duration,
+                        F0 excursion and loudness corrections (`ProsodyOffsets`)
 An official EMOVA speech-tokenizer directory (UVITS decoder + `style_embedding`) is accepted too and is
 run through `emova.convert.speech_tokenizer.load_official_speech_tokenizer`.
 
@@ -13,6 +15,7 @@ Units are always reduced first (consecutive duplicates removed), so raw 25 Hz un
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -23,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from emova.assets import read_config, resolve_model_dir
 from emova.audio import Audio, as_audio
-from emova.speech.style_encoder import StyleEncoder, StyleEncoderConfig, StylePrototypes
+from emova.speech.style_encoder import ProsodyOffsets, StyleEncoder, StyleEncoderConfig, StylePrototypes
 from emova.speech.u2s import U2SConfig, U2SModel
 from emova.speech.vocoder import VocoderConfig, build_vocoder, mel_frames
 from emova.styles import Style
@@ -123,7 +126,9 @@ class SpeechDetokenizer:
                                  f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
         if "prototypes" not in state:
             raise ValueError(f"{weights}: no style prototype table")
-        protos = StylePrototypes(state["prototypes"].float(), meta.get("info", {}).get("prototype_counts"))
+        pros = state.get("prototype_prosody")
+        protos = StylePrototypes(state["prototypes"].float(), meta.get("info", {}).get("prototype_counts"),
+                                 None if pros is None else pros.float())
         return cls(u2s, enc, voc, protos, StreamConfig.from_dict(meta.get("stream", {})))
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype = torch.float16, info: dict | None = None) -> Path:
@@ -139,6 +144,8 @@ class SpeechDetokenizer:
             for k, v in module.state_dict().items():
                 sd[prefix + k] = (v.to(dtype) if v.is_floating_point() else v).contiguous()
         sd["prototypes"] = self.prototypes.table.float().contiguous()
+        if self.prototypes.prosody.abs().sum() > 0:
+            sd["prototype_prosody"] = self.prototypes.prosody.float().contiguous()
         save_file(sd, str(d / "model.safetensors"))
         return d
 
@@ -154,17 +161,26 @@ class SpeechDetokenizer:
             style = Style()
         return self.prototypes.vector(style)[None]
 
+    def _offsets(self, style: Style | str | None, reference: Audio | str | Path | None) -> ProsodyOffsets:
+        """The condition's stored prosody corrections; none when a reference clip sets the style."""
+        return ProsodyOffsets() if reference is not None else self.prototypes.offsets(style or Style())
+
     # ------------------------------------------------------------------ decoding
     @torch.no_grad()
-    def _mel(self, units: list[int], g: torch.Tensor, length_scale: float = 1.0) -> dict[str, torch.Tensor]:
-        return self.u2s.infer(torch.tensor([units]), g, length_scale=length_scale)
+    def _mel(self, units: list[int], g: torch.Tensor, length_scale: float = 1.0,
+             offsets: ProsodyOffsets = ProsodyOffsets()) -> dict[str, torch.Tensor]:
+        return self.u2s.infer(torch.tensor([units]), g, length_scale=length_scale, level_offset=offsets.level,
+                              rate_offset=offsets.rate, spread_scale=math.exp(offsets.log_spread))
 
     @torch.no_grad()
-    def vocode(self, mel: torch.Tensor) -> np.ndarray:
-        """(F, n_mels) log-mel → float32 waveform of (F - 1) * hop samples."""
+    def vocode(self, mel: torch.Tensor, gain_db: float = 0.0) -> np.ndarray:
+        """(F, n_mels) log-mel → float32 waveform of (F - 1) * hop samples (times the gain, clipped to ±1)."""
         if mel.shape[0] < 2:
             mel = torch.cat([mel, mel], 0)
-        return self.vocoder(mel[None].float())[0].clamp(-1.0, 1.0).numpy().astype(np.float32)
+        wave = self.vocoder(mel[None].float())[0]
+        if gain_db:
+            wave = wave * 10 ** (gain_db / 20)
+        return wave.clamp(-1.0, 1.0).numpy().astype(np.float32)
 
     def decode(self, units: Iterable[int] | str, style: Style | str | None = None,
                reference: Audio | str | Path | None = None, length_scale: float = 1.0) -> Audio:
@@ -174,8 +190,9 @@ class SpeechDetokenizer:
         if not 0.2 <= length_scale <= 5.0:
             raise ValueError(f"length_scale must be in [0.2, 5], got {length_scale}")
         g = self.style_vector(style, reference)
-        out = self._mel(u, g, length_scale)
-        return Audio(self.vocode(out["mel"]), self.sample_rate)
+        off = self._offsets(style, reference)
+        out = self._mel(u, g, length_scale, off)
+        return Audio(self.vocode(out["mel"], off.gain_db), self.sample_rate)
 
     def decode_stream(self, units: Iterable[int] | str, style: Style | str | None = None,
                       reference: Audio | str | Path | None = None) -> Iterator[Audio]:
@@ -184,6 +201,7 @@ class SpeechDetokenizer:
         crossfaded over `crossfade_samples`."""
         sc = self.stream_config
         g = self.style_vector(style, reference)
+        offsets = self._offsets(style, reference)
         it = iter(units) if not isinstance(units, str) else iter(parse_units(units, self.config.n_units))
         buf: list[int] = []  # reduced units received so far
         done = False
@@ -213,7 +231,7 @@ class SpeechDetokenizer:
                     break
                 continue
             last = done and end == len(buf)
-            wav = self._chunk(buf, emitted, end, g, last)
+            wav = self._chunk(buf, emitted, end, g, last, offsets)
             if tail is not None and len(tail) and len(wav) >= len(tail):
                 n = len(tail)
                 fade = np.linspace(0.0, 1.0, n, dtype=np.float32)
@@ -229,20 +247,21 @@ class SpeechDetokenizer:
         if not any_unit:
             raise ValueError("cannot decode an empty unit list; give at least one speech unit")
 
-    def _chunk(self, buf: list[int], s: int, e: int, g: torch.Tensor, last: bool) -> np.ndarray:
+    def _chunk(self, buf: list[int], s: int, e: int, g: torch.Tensor, last: bool,
+               offsets: ProsodyOffsets = ProsodyOffsets()) -> np.ndarray:
         """Audio of units [s, e) decoded in the window [s - left, e + lookahead) (plus crossfade tail)."""
         sc = self.stream_config
         hop = self.vocoder_config.hop
         w0 = max(0, s - sc.left_context_units)
         w1 = len(buf) if last else min(len(buf), e + sc.lookahead_units)
-        out = self._mel(buf[w0:w1], g)
+        out = self._mel(buf[w0:w1], g, offsets=offsets)
         mel, uidx = out["mel"], out["unit_index"] + w0
         n_frames = mel.shape[0]
         f_s = int((uidx < s).sum())
         f_e = n_frames if last else int((uidx < e).sum())
         m = sc.vocoder_margin_frames
         v0, v1 = max(0, f_s - m), min(n_frames, f_e + m + 1)
-        wave = self.vocode(mel[v0:v1])
+        wave = self.vocode(mel[v0:v1], offsets.gain_db)
         a = (f_s - v0) * hop
         b = len(wave) if last else min(len(wave), (f_e - v0) * hop + sc.crossfade_samples)
         return wave[a:b].copy()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -91,17 +92,34 @@ def style_label_ids(style: Style | str) -> dict[str, int]:
     return {k: LABELS[k].index(getattr(s, k)) for k in LABELS}
 
 
+class ProsodyOffsets(NamedTuple):
+    """Corrections of how a condition is rendered (one row of `StylePrototypes.prosody`)."""
+
+    level: float = 0.0  # added to the normalised log-F0 level
+    rate: float = 0.0  # added to every unit's log(1 + frames)
+    log_spread: float = 0.0  # the F0 excursion is multiplied by exp(log_spread)
+    gain_db: float = 0.0  # loudness of the waveform
+
+
 class StylePrototypes:
     """The table condition string → style vector (126 rows, official `u2s_style2idx` order)."""
 
-    def __init__(self, table: torch.Tensor, counts: list[int] | None = None) -> None:
+    def __init__(self, table: torch.Tensor, counts: list[int] | None = None, prosody: torch.Tensor | None = None) -> None:
         styles = all_styles()
-        if table.shape[0] != len(styles):
-            raise ValueError(f"prototype table must have {len(styles)} rows, got {table.shape[0]}")
+        if table.dim() != 2 or table.shape[0] != len(styles):
+            raise ValueError(f"prototype table must have {len(styles)} rows, got shape {tuple(table.shape)}")
         self.table = F.normalize(table.float(), dim=-1)
         self.keys = [str(s) for s in styles]
         self.index = {k: i for i, k in enumerate(self.keys)}
         self.counts = counts or [0] * len(styles)
+        # Per-condition prosody corrections (126, 4), measured on how the detokenizer renders each
+        # condition's training items (`ProsodyOffsets` fields; zeros: none).
+        if prosody is None:
+            prosody = torch.zeros(len(styles), len(ProsodyOffsets._fields))
+        if tuple(prosody.shape) != (len(styles), len(ProsodyOffsets._fields)) or not torch.isfinite(prosody).all():
+            raise ValueError(f"prototype prosody table must be finite with shape ({len(styles)}, "
+                             f"{len(ProsodyOffsets._fields)}), got {tuple(prosody.shape)}")
+        self.prosody = prosody.float()
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -110,6 +128,10 @@ class StylePrototypes:
         """(style_dim,) vector for a Style or condition string; ValueError for unknown/malformed styles."""
         key = str(Style.parse(style))
         return self.table[self.index[key]]
+
+    def offsets(self, style: Style | str) -> ProsodyOffsets:
+        """The prosody corrections stored for a condition."""
+        return ProsodyOffsets(*self.prosody[self.index[str(Style.parse(style))]].tolist())
 
     @classmethod
     def build(cls, encode: Callable[[list[int]], torch.Tensor], rows: Iterable[tuple[int, str]],

@@ -282,19 +282,24 @@ class U2SModel(nn.Module):
 
     # --------------------------------------------------------------- inference
     @torch.no_grad()
-    def infer(self, units: torch.Tensor, style: torch.Tensor, length_scale: float = 1.0) -> dict[str, torch.Tensor]:
-        """units (1, N), style (1, S) → mel (F, n_mels), durations (N,) in frames, lf0, voiced (F,)."""
+    def infer(self, units: torch.Tensor, style: torch.Tensor, length_scale: float = 1.0, level_offset: float = 0.0,
+              rate_offset: float = 0.0, spread_scale: float = 1.0) -> dict[str, torch.Tensor]:
+        """units (1, N), style (1, S) → mel (F, n_mels), durations (N,) in frames, lf0, voiced (F,).
+        `level_offset` (normalised log-F0), `rate_offset` (log(1 + frames) per unit) and `spread_scale`
+        (F0 excursion) correct what the style asks for: the per-condition corrections a prototype table
+        stores (`StylePrototypes.prosody`)."""
         n = torch.tensor([units.shape[1]], device=units.device)
         h, umask = self.encode(units, n)
         pros = self.prosody(style)  # (1, 3): log-F0 level, spread, mean log(1 + frames)
         c = self.cfg
-        log_dur = self.predict_log_durations(h, style, umask) + c.rate_gain * (pros[:, 2:3] - c.rate_center) + c.rate_bias
+        log_dur = (self.predict_log_durations(h, style, umask) + c.rate_gain * (pros[:, 2:3] - c.rate_center)
+                   + c.rate_bias + rate_offset)
         dur = (torch.exp(log_dur) - 1).clamp(min=0) * length_scale
         idx, _ = regulate_indices(dur, n)
         hf, fmask = self.regulate(h, dur, n)
         pitch = self.pitch(hf, style, fmask)
         voiced = (pitch[..., 1] > 0).float()
-        level = c.level_bias + c.level_gain * pros[:, :1]
-        lf0 = level + pros[:, 1:2].clamp(min=0.0) * c.shape_gain * pitch[..., 0]
+        level = c.level_bias + c.level_gain * pros[:, :1] + level_offset
+        lf0 = level + pros[:, 1:2].clamp(min=0.0) * (c.shape_gain * spread_scale) * pitch[..., 0]
         mel = self.decode_mel(hf, lf0, voiced, style, fmask)
         return {"mel": mel[0], "durations": dur[0], "lf0": lf0[0], "voiced": voiced[0], "unit_index": idx[0]}

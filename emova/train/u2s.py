@@ -32,16 +32,18 @@ from tqdm import tqdm
 
 from emova.audio import Audio
 from emova.data.speech.corpus import read_manifest
+from emova.data.speech.voices import PITCH_FACTOR
 from emova.speech.style_encoder import StyleEncoder, StyleEncoderConfig, StylePrototypes
 from emova.speech.u2s import U2SConfig, U2SModel
 from emova.speech.vocoder import VocoderConfig, build_vocoder, mel_frames, mel_l1, multi_resolution_stft_loss
+from emova.styles import Style
 from emova.train.accel import fresh_accelerator
 from emova.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from emova.train.plots import plot_log
 from emova.train.u2s_data import U2SData, prepare_cache
 
 STAGES = ("prepare", "u2s", "finetune", "vocoder", "vocoder_gta", "export")
-FINETUNE_KEYS = {"voices", "max_minutes", "max_steps", "lr", "warmup_steps"}
+FINETUNE_KEYS = {"voices", "max_minutes", "max_steps", "lr", "warmup_steps", "model"}
 
 
 @dataclass
@@ -62,7 +64,8 @@ class U2STrainConfig:
     voices: list[str] | None = None
     init_from: str | None = None  # a detokenizer (dir or bundled name) whose U2S + style encoder start the run
     # second phase (stage `finetune`), e.g. {voices: ["flite:*"], max_minutes: 60, lr: 5e-4, warmup_steps: 50}:
-    # starts from the u2s stage's last checkpoint; export then takes its weights and its voices' prototypes
+    # starts from the u2s stage's last checkpoint; export then takes its weights and its voices' prototypes.
+    # `model:` overrides there may grow the U2S (more decoder blocks, frame_position), identity-initialised.
     finetune: dict | None = None
     model: dict = field(default_factory=dict)  # U2SConfig overrides
     style_encoder: dict = field(default_factory=dict)
@@ -102,6 +105,11 @@ class U2STrainConfig:
     save_every: int = 500
     log_every: int = 20
     prototypes_per_style: int = 40
+    # export: store per-condition F0 / duration corrections with the prototypes (calibrate_condition_prosody)
+    condition_prosody: bool = True
+    # the F0 ratio of each pitch label to normal that the corpus was rendered with (emova.data.speech.voices);
+    # the condition table keeps the labels this far apart. None: follow the renderings as they came out.
+    pitch_factors: dict[str, float] | None = field(default_factory=lambda: dict(PITCH_FACTOR))
 
     def __post_init__(self) -> None:
         for k in ("max_steps", "batch_frames", "vocoder_steps", "vocoder_batch", "vocoder_segment", "threads"):
@@ -119,6 +127,11 @@ class U2STrainConfig:
                 raise ValueError(f"U2STrainConfig.finetune must be a mapping with keys among {sorted(FINETUNE_KEYS)}, "
                                  f"got {self.finetune!r}")
             self.finetune_config()
+        if self.pitch_factors is not None and (
+                not isinstance(self.pitch_factors, dict) or set(self.pitch_factors) != {"low", "normal", "high"}
+                or not all(isinstance(v, (int, float)) and v > 0 for v in self.pitch_factors.values())):
+            raise ValueError("U2STrainConfig.pitch_factors must map low, normal and high to positive numbers, "
+                             f"got {self.pitch_factors!r}")
         if not 0.0 <= self.gta_fraction <= 1.0:
             raise ValueError(f"U2STrainConfig.gta_fraction must be in [0, 1], got {self.gta_fraction!r}")
         if self.export_vocoder not in ("vocos", "griffin_lim", "hifigan"):
@@ -142,7 +155,10 @@ class U2STrainConfig:
         """The config the finetune stage trains with (this one, with the finetune overrides)."""
         from dataclasses import replace
 
-        return replace(self, **{**(self.finetune or {}), "finetune": None, "init_from": None})
+        ft = dict(self.finetune or {})
+        if "model" in ft:  # the finetune may grow the architecture (identity-initialised blocks, `_grow_into`)
+            ft["model"] = {**self.model, **ft["model"]}
+        return replace(self, **{**ft, "finetune": None, "init_from": None})
 
     def speaking_voices(self) -> list[str] | None:
         """The voices the exported detokenizer speaks (prototypes, calibration)."""
@@ -150,6 +166,10 @@ class U2STrainConfig:
 
     def u2s_config(self) -> U2SConfig:
         return U2SConfig.from_dict(self.model)
+
+    def exported_u2s_config(self) -> U2SConfig:
+        """The architecture of the U2S that export (and vocoder_gta) load: the finetune's when there is one."""
+        return self.finetune_config().u2s_config() if self.finetune else self.u2s_config()
 
     def vocoder_config(self, kind: str | None = None) -> VocoderConfig:
         u = self.u2s_config()
@@ -215,36 +235,50 @@ def _keep_last(run: Path, keep: int = 2) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _init_from_detokenizer(bundle: U2SBundle, spec: str) -> None:
-    """Start from a saved detokenizer's U2S and style encoder.
-
-    The architecture must match, or extend it without changing what it computes: extra decoder blocks
-    (appended; their output projection is zeroed so each starts as the identity) and the zero-initialised
-    frame-position input. Every weight of the source must exist here with the same shape."""
-    from emova.speech.detokenizer import SpeechDetokenizer
-
-    src = SpeechDetokenizer.from_pretrained(spec)
+def _grow_into(bundle: U2SBundle, u2s_state: dict, style_state: dict, source: str) -> list[str]:
+    """Load weights into `bundle` whose architecture matches the source's or extends it without changing
+    what it computes: extra decoder blocks (appended; their output projection is zeroed so each starts as
+    the identity) and the zero-initialised frame-position input. Every source weight must exist here with
+    the same shape. Returns the names of the new tensors."""
     added: list[str] = []
-    for name, mine, theirs in (("u2s", bundle.u2s, src.u2s), ("style encoder", bundle.style_encoder, src.style_encoder)):
-        a, b = mine.state_dict(), theirs.state_dict()
-        missing = [k for k in b if k not in a or a[k].shape != b[k].shape]
+    for name, mine, theirs in (("u2s", bundle.u2s, u2s_state), ("style encoder", bundle.style_encoder, style_state)):
+        a = mine.state_dict()
+        missing = [k for k in theirs if k not in a or a[k].shape != theirs[k].shape]
         if missing:
-            raise ValueError(f"init_from {spec}: its {name} does not match this config's architecture "
+            raise ValueError(f"{source}: its {name} does not match this config's architecture "
                              f"({len(missing)} weights differ, e.g. {missing[0]})")
-        new = [k for k in a if k not in b]
-        n_src_blocks = len(theirs.decoder) if name == "u2s" else 0
+        new = [k for k in a if k not in theirs]
+        n_src_blocks = len({k.split(".")[1] for k in theirs if k.startswith("decoder.")}) if name == "u2s" else 0
         bad = [k for k in new if name != "u2s" or not (
             k.startswith("frame_pos.") or (k.startswith("decoder.") and int(k.split(".")[1]) >= n_src_blocks))]
         if bad:
-            raise ValueError(f"init_from {spec}: this config's {name} has weights the source lacks that would "
-                             f"change its output ({bad[0]}, ...); only extra decoder blocks and frame_position may be added")
-        mine.load_state_dict({k: v.float() for k, v in b.items()}, strict=False)
+            raise ValueError(f"{source}: this config's {name} has weights the source lacks that would change its "
+                             f"output ({bad[0]}, ...); only extra decoder blocks and frame_position may be added")
+        mine.load_state_dict({k: v.float() for k, v in theirs.items()}, strict=False)
         if name == "u2s":
             for blk in list(mine.decoder)[n_src_blocks:]:
                 nn.init.zeros_(blk.pw2.weight)
                 nn.init.zeros_(blk.pw2.bias)
         added += [f"{name}.{k}" for k in new]
+    return added
+
+
+def _init_from_detokenizer(bundle: U2SBundle, spec: str) -> None:
+    """Start from a saved detokenizer's U2S and style encoder (same or grown architecture, `_grow_into`)."""
+    from emova.speech.detokenizer import SpeechDetokenizer
+
+    src = SpeechDetokenizer.from_pretrained(spec)
+    added = _grow_into(bundle, src.u2s.state_dict(), src.style_encoder.state_dict(), f"init_from {spec}")
     print(f"u2s starts from {spec}" + (f" (+{len(added)} new tensors, identity-initialised)" if added else ""))
+
+
+def _init_from_checkpoint(bundle: U2SBundle, ck: Path, run_name: str) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(ck) / "model.safetensors"))
+    parts = {p: {k[len(p):]: v for k, v in state.items() if k.startswith(p)} for p in ("u2s.", "style_encoder.")}
+    added = _grow_into(bundle, parts["u2s."], parts["style_encoder."], f"checkpoint {ck}")
+    print(f"{run_name} starts from {ck}" + (f" (+{len(added)} new tensors, identity-initialised)" if added else ""))
 
 
 def train_u2s_model(cfg: U2STrainConfig, progress: bool = True, run_name: str = "u2s",
@@ -261,8 +295,7 @@ def train_u2s_model(cfg: U2STrainConfig, progress: bool = True, run_name: str = 
         step, epoch, bi0, elapsed0 = meta["step"], meta["epoch"], meta["batch_in_epoch"], meta.get("elapsed", 0.0)
         print(f"resuming u2s from {ck} (step {step})")
     elif init_checkpoint is not None:
-        load_checkpoint(init_checkpoint, bundle)
-        print(f"{run_name} starts from {init_checkpoint}")
+        _init_from_checkpoint(bundle, init_checkpoint, run_name)
     elif cfg.init_from:
         _init_from_detokenizer(bundle, cfg.init_from)
     acc = fresh_accelerator(cfg.bf16)
@@ -429,7 +462,7 @@ def train_vocoder_gta(cfg: U2STrainConfig, progress: bool = True) -> Path:
         raise ValueError("vocoder_gta trains a neural vocoder; griffin_lim has no weights")
     run = Path(cfg.out_dir) / "vocoder_gta"
     run.mkdir(parents=True, exist_ok=True)
-    bundle = U2SBundle(cfg.u2s_config(), StyleEncoderConfig.from_dict(cfg.style_encoder))
+    bundle = U2SBundle(cfg.exported_u2s_config(), StyleEncoderConfig.from_dict(cfg.style_encoder))
     load_checkpoint(_u2s_stage_checkpoint(cfg), bundle)
     bundle.eval().requires_grad_(False)
     model = build_vocoder(vcfg)
@@ -654,6 +687,122 @@ def calibrate_rendered_prosody(detok, data: U2SData, per_style: int = 4, min_ite
     return res
 
 
+def _solve_rate_offset(log_durs: list[np.ndarray], target_log_len: float, lo: float = -1.0, hi: float = 1.0) -> float:
+    """The shift b of every unit's log(1 + frames) whose mean log utterance length matches the target."""
+    def mean_log_len(b: float) -> float:
+        return float(np.mean([math.log(max(1.0, float(np.clip(np.exp(ld + b) - 1, 0, None).sum()))) for ld in log_durs]))
+
+    if mean_log_len(lo) >= target_log_len:
+        return lo
+    if mean_log_len(hi) <= target_log_len:
+        return hi
+    for _ in range(30):  # the length grows monotonically with b
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if mean_log_len(mid) < target_log_len else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def _active_db(mel: np.ndarray, top_db: float = 35.0) -> float:
+    """Mean loudness (dB of the frame's mel power) of the frames within `top_db` of the loudest."""
+    db = 10 * np.log10(np.exp(mel.astype(np.float64)).sum(-1) + 1e-10)
+    return float(db[db > db.max() - top_db].mean())
+
+
+def _rendered_prosody(audio: Audio, vcfg: VocoderConfig) -> tuple[float, float, float] | None:
+    """(median normalised log-F0, its robust spread, active dB) of rendered audio; None without voicing."""
+    from emova.audio import f0_contour
+    from emova.speech.u2s import F0_REF, F0_SCALE
+
+    f0 = f0_contour(audio) if audio.duration >= 0.25 else np.zeros(1)  # Praat needs a few periods
+    if (f0 > 0).sum() < 5:
+        return None
+    lf = (np.log(f0[f0 > 0]) - F0_REF) / F0_SCALE
+    med = float(np.median(lf))
+    return med, max(0.02, 1.4826 * float(np.median(np.abs(lf - med)))), _active_db(mel_frames(audio.samples, vcfg).numpy())
+
+
+def condition_targets(data: U2SData, picks: dict[str, list[int]],
+                      pitch_factors: dict[str, float] | None) -> dict[str, tuple[float, float, float]]:
+    """Per condition: the renderings' mean median log-F0 (normalised), F0 spread and active dB. With
+    `pitch_factors`, the level of a pitch label is its normal-pitch sibling's times the label's factor."""
+    from emova.speech.u2s import F0_SCALE
+
+    lvl = {k: float(np.mean([data.stats[i][0] for i in p])) for k, p in picks.items()}
+    out = {}
+    for key, pick in picks.items():
+        st = Style.parse(key)
+        want = lvl[key]
+        sibling = str(Style(gender=st.gender, emotion=st.emotion, speed=st.speed, pitch="normal"))
+        if pitch_factors and sibling in lvl:
+            want = lvl[sibling] + math.log(pitch_factors[st.pitch] / pitch_factors["normal"]) / F0_SCALE
+        out[key] = (want, float(np.mean([data.stats[i][1] for i in pick])),
+                    float(np.mean([_active_db(data.mel[i]) for i in pick])))
+    return out
+
+
+@torch.no_grad()
+def calibrate_condition_prosody(detok, data: U2SData, per_style: int = 8, min_items: int = 4, iters: int = 3,
+                                pitch_factors: dict[str, float] | None = None,
+                                max_track_error: float = 0.35) -> torch.Tensor:
+    """Per-condition corrections of what the detokenizer renders, stored next to the prototypes
+    (`StylePrototypes.prosody`, one `ProsodyOffsets` row per condition string).
+
+    The global maps (`calibrate_prosody`, `calibrate_rendered_prosody`) fit one line across all
+    conditions; the decoder's rendering error is not uniform (a male voice asked for a high pitch comes
+    out lower than the renderings, a female one does not; a sad style comes out too loud). For every
+    condition with at least `min_items` training renderings, decode up to `per_style` of their units with
+    the condition's prototype (global maps applied) and compare with the renderings themselves:
+      * duration: the log(1 + frames) offset per unit whose utterance lengths match the renderings'
+        (solved on the predicted durations);
+      * F0 level, F0 excursion and loudness: `iters` rounds of correcting each by what the audio shows
+        (Praat median and robust spread of log-F0, mean dB of active frames; median over the items whose
+        rendered F0 is within `max_track_error` (normalised log-F0) of what the U2S asked for).
+    Pitch labels: with `pitch_factors` ({"low": 0.8, "normal": 1.0, "high": 1.25}), the target F0 level of
+    a condition is its normal-pitch sibling's (same gender, emotion, speed) times the label's factor,
+    so the labels keep the spacing the corpus was rendered to have even where a TTS engine realised
+    less of it. Training renderings only; held-out data never enters. Conditions without data keep 0."""
+
+    u2s, cfg = detok.u2s, detok.u2s.cfg
+    vcfg = detok.vocoder_config
+    protos = detok.prototypes
+    table = torch.zeros(len(protos), 4)
+    rng = random.Random(2)
+    picks = {k: rng.sample(ids, min(per_style, len(ids))) for k, ids in sorted(data.by_style.items())
+             if k in protos.index and len(ids) >= min_items}
+    targets = condition_targets(data, picks, pitch_factors)
+    for key, pick in tqdm(picks.items(), desc="condition prosody", unit="style", leave=False):
+        want_lvl, want_sp, want_db = targets[key]
+        style = protos.vector(key)[None].float()
+        head = u2s.prosody(style)[0]
+        units = [torch.from_numpy(data.units[i].astype(np.int64))[None] for i in pick]
+        log_durs = []
+        for u in units:
+            h, m = u2s.encode(u, torch.tensor([u.shape[1]]))
+            ld = u2s.predict_log_durations(h, style, m)[0] + cfg.rate_gain * (head[2] - cfg.rate_center) + cfg.rate_bias
+            log_durs.append(ld.numpy())
+        rate = _solve_rate_offset(log_durs, float(np.mean([math.log(len(data.mel[i])) for i in pick])), -0.5, 0.5)
+        level, log_spread, gain = 0.0, 0.0, 0.0
+        for _ in range(iters):
+            got = []
+            for u in units:
+                out = u2s.infer(u, style, level_offset=level, rate_offset=rate, spread_scale=math.exp(log_spread))
+                r = _rendered_prosody(Audio(detok.vocode(out["mel"], gain), detok.sample_rate), vcfg)
+                voiced = out["voiced"] > 0
+                asked = float(out["lf0"][voiced].median()) if voiced.any() else math.nan
+                # a render whose median F0 is far (> ~20 %) from what was asked is a tracking error (octave
+                # jumps, creak below ~80 Hz), not a level to correct
+                if r is not None and abs(r[0] - asked) <= max_track_error:
+                    got.append(r)
+            if not got:
+                break
+            g = np.median(np.array(got), axis=0)
+            level = float(np.clip(level + want_lvl - g[0], -0.4, 0.4))
+            log_spread = float(np.clip(log_spread + math.log(want_sp / g[1]), -0.7, 0.7))
+            gain = float(np.clip(gain + want_db - g[2], -12.0, 12.0))
+        table[protos.index[key]] = torch.tensor([level, rate, log_spread, gain])
+    return table
+
+
 @torch.no_grad()
 def build_prototypes(encoder: StyleEncoder, data: U2SData, per_style: int) -> StylePrototypes:
     encoder.eval()
@@ -672,7 +821,7 @@ def export_detokenizer(cfg: U2STrainConfig, out: str | Path | None = None, vocod
     out = out or cfg.export_dir
     if out is None:
         raise ValueError("no export directory given")
-    bundle = U2SBundle(cfg.u2s_config(), StyleEncoderConfig.from_dict(cfg.style_encoder))
+    bundle = U2SBundle(cfg.exported_u2s_config(), StyleEncoderConfig.from_dict(cfg.style_encoder))
     ck = _u2s_stage_checkpoint(cfg)
     load_checkpoint(ck, bundle)
     bundle.eval()
@@ -690,6 +839,8 @@ def export_detokenizer(cfg: U2STrainConfig, out: str | Path | None = None, vocod
     detok = SpeechDetokenizer(bundle.u2s, bundle.style_encoder, voc, protos)
     for k, v in calibrate_rendered_prosody(detok, data).items():
         setattr(bundle.u2s.cfg, k, v)
+    if cfg.condition_prosody:
+        protos.prosody = calibrate_condition_prosody(detok, data, pitch_factors=cfg.pitch_factors)
     info = {"u2s_checkpoint": str(ck), "vocoder_checkpoint": vocoder_from, "trained_on": cfg.corpus,
             "tokenizer": cfg.tokenizer, "speaking_voices": cfg.speaking_voices()}
     return detok, detok.save_pretrained(out, info=info)

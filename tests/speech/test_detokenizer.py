@@ -154,3 +154,42 @@ def test_griffin_lim_detokenizer_streams_too():
     d = make_detok("griffin_lim")
     chunks = list(d.decode_stream(iter(UNITS[:30]), Style(gender="male")))
     assert len(chunks) >= 2 and all(np.isfinite(c.samples).all() for c in chunks)
+
+
+def test_condition_prosody_offsets_shift_that_condition_only(tmp_path):
+    from emova.speech.style_encoder import ProsodyOffsets
+
+    detok = make_detok()
+    sad = Style(gender="male", emotion="sad")
+    base_sad, base_neutral = detok.decode(UNITS[:30], sad), detok.decode(UNITS[:30], Style())
+    g = detok.style_vector(sad)
+    plain = detok._mel(UNITS[:30], g)
+    shifted = detok._mel(UNITS[:30], g, offsets=ProsodyOffsets(level=0.3))
+    assert torch.allclose(shifted["lf0"], plain["lf0"] + 0.3, atol=1e-5)  # the level moves by the offset
+    wide = detok._mel(UNITS[:30], g, offsets=ProsodyOffsets(log_spread=float(np.log(2.0))))
+    dev, dev2 = plain["lf0"] - plain["lf0"].mean(), wide["lf0"] - wide["lf0"].mean()
+    assert torch.allclose(dev2, 2 * dev, atol=1e-4)  # the excursion doubles around the level
+    table = torch.zeros(126, 4)
+    table[detok.prototypes.index[str(sad)]] = torch.tensor([0.3, 0.4, 0.0, -6.0])
+    detok.prototypes.prosody = table
+    assert detok.prototypes.offsets(sad) == pytest.approx((0.3, 0.4, 0.0, -6.0))
+    longer = detok.decode(UNITS[:30], sad)
+    assert longer.duration > 1.2 * base_sad.duration  # log(1 + frames) + 0.4 per unit
+    no_gain = detok.vocode(detok._mel(UNITS[:30], g, offsets=ProsodyOffsets(0.3, 0.4, 0.0, 0.0))["mel"])
+    assert np.abs(longer.samples).max() == pytest.approx(np.abs(no_gain).max() * 10 ** (-6 / 20), rel=1e-3)
+    assert np.array_equal(detok.decode(UNITS[:30], Style()).samples, base_neutral.samples)  # other rows untouched
+    streamed = np.concatenate([c.samples for c in detok.decode_stream(iter(UNITS[:30]), sad)])
+    assert abs(len(streamed) / len(longer.samples) - 1) < 0.1  # streaming applies the same offsets
+    assert abs(np.abs(streamed).max() / np.abs(longer.samples).max() - 1) < 0.2
+    ref = Audio(np.sin(np.arange(16000) * 0.05).astype(np.float32) * 0.3, 16000)
+    with_ref = detok.decode(UNITS[:30], sad, reference=ref)
+    detok.prototypes.prosody = torch.zeros(126, 4)
+    assert np.array_equal(detok.decode(UNITS[:30], sad, reference=ref).samples, with_ref.samples)  # a clip: no table
+    detok.prototypes.prosody = table
+    back = SpeechDetokenizer.from_pretrained(detok.save_pretrained(tmp_path / "d", dtype=torch.float32))
+    assert torch.equal(back.prototypes.prosody, table)
+    assert np.allclose(back.decode(UNITS[:30], sad).samples, longer.samples, atol=1e-5)
+    with pytest.raises(ValueError, match="prosody table"):
+        StylePrototypes(torch.randn(126, 256), prosody=torch.zeros(126, 2))
+    with pytest.raises(ValueError, match="prosody table"):
+        StylePrototypes(torch.randn(126, 256), prosody=torch.full((126, 4), float("nan")))

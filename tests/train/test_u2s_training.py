@@ -134,6 +134,17 @@ def test_finetune_stage_continues_on_chosen_voices(setup, capsys):
         train_u2s(ft, stages=("finetune",), progress=False)
     train_u2s(ft, stages=("u2s", "finetune", "vocoder", "export"), progress=False)
     assert "u2s_finetune starts from" in capsys.readouterr().out
+    # the finetune may grow the architecture: it starts as the identity of the u2s stage's model
+    grown = U2STrainConfig(**{**ft.__dict__, "out_dir": str(root / "run_grow"), "export_dir": str(root / "detok_grow"),
+                              "finetune": {**ft.finetune, "model": {"dec_layers": 2, "frame_position": True}}})
+    import shutil
+
+    for sub in ("u2s", "vocoder"):
+        shutil.copytree(root / "run_ft" / sub, root / "run_grow" / sub)
+    train_u2s(grown, stages=("finetune", "export"), progress=False)
+    assert "new tensors, identity-initialised" in capsys.readouterr().out
+    g = SpeechDetokenizer.from_pretrained(root / "detok_grow")
+    assert g.u2s.cfg.dec_layers == 2 and g.u2s.cfg.frame_position and len(g.u2s.decoder) == 2
     rows = list(csv.DictReader(open(root / "run_ft" / "u2s_finetune" / "log.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2]
     detok = SpeechDetokenizer.from_pretrained(root / "detok_ft")
@@ -300,3 +311,61 @@ def test_vocoder_gta_stage_trains_resumes_and_exports(setup, capsys):
     assert SpeechDetokenizer.from_pretrained(root / "detok_gta").decode([3, 7, 11, 7] * 4, Style()).duration > 0
     with pytest.raises(ValueError, match="gta_fraction"):
         U2STrainConfig(**{**cfg.__dict__, "gta_fraction": 1.5})
+
+
+def test_solve_rate_offset_matches_the_target_length():
+    import math
+
+    from emova.train.u2s import _solve_rate_offset
+
+    lds = [np.log1p(np.full(10, 2.0)), np.log1p(np.full(20, 2.0))]  # 20 and 40 frames
+    target = float(np.mean([math.log(30.0), math.log(60.0)]))  # 1.5x longer
+    b = _solve_rate_offset(lds, target, -1.0, 1.0)
+    lens = [float((np.exp(ld + b) - 1).sum()) for ld in lds]
+    assert lens == pytest.approx([30.0, 60.0], rel=1e-3)
+    assert _solve_rate_offset(lds, math.log(1e6), -0.5, 0.5) == 0.5  # clipped at the bound
+
+
+def test_condition_prosody_table_is_measured_per_condition(setup, monkeypatch):
+    import emova.train.u2s as train_mod
+    from emova.speech.u2s import F0_SCALE
+    from emova.train.u2s import calibrate_condition_prosody
+
+    root, cfg = setup
+    train_u2s(cfg, stages=("prepare", "u2s", "vocoder", "export"), progress=False)
+    detok = SpeechDetokenizer.from_pretrained(root / "detok")
+    data = U2SData(cfg.cache_dir)
+    table = calibrate_condition_prosody(detok, data, per_style=2, min_items=1, iters=1, pitch_factors=None)
+    assert table.shape == (126, 4) and torch.isfinite(table).all()
+    assert table[:, 0].abs().max() <= 0.4 and table[:, 1].abs().max() <= 0.5 and table[:, 3].abs().max() <= 12
+    have = {detok.prototypes.index[k] for k in data.by_style}
+    assert all(table[i].abs().sum() == 0 for i in range(126) if i not in have)  # no data: no correction
+    assert any(table[i, 1] != 0 for i in have)
+    # with pitch factors, a pitch label aims its normal sibling's level times the factor
+    from emova.train.u2s import condition_targets
+
+    picks = {k: ids[:2] for k, ids in data.by_style.items()}
+    plain = condition_targets(data, picks, None)
+    spaced = condition_targets(data, picks, {"low": 0.8, "normal": 1.0, "high": 1.25})
+    checked = 0
+    for k in picks:
+        st = Style.parse(k)
+        sib = str(Style(gender=st.gender, emotion=st.emotion, speed=st.speed, pitch="normal"))
+        assert spaced[k][1:] == plain[k][1:]  # spread and loudness follow the condition's own renderings
+        if st.pitch != "normal" and sib in picks:
+            factor = 1.25 if st.pitch == "high" else 0.8
+            assert spaced[k][0] == pytest.approx(plain[sib][0] + np.log(factor) / F0_SCALE)
+            checked += 1
+        elif sib not in picks or st.pitch == "normal":
+            assert spaced[k][0] == plain[k][0]
+    assert plain != spaced or checked == 0
+    # export stores what the calibration measures (condition_prosody: true), and skips it when off
+    monkeypatch.setattr(train_mod, "calibrate_condition_prosody", lambda detok, data, pitch_factors: table.clone())
+    train_u2s(U2STrainConfig(**{**cfg.__dict__, "export_dir": str(root / "detok_cal")}), stages=("export",),
+              progress=False)
+    assert torch.equal(SpeechDetokenizer.from_pretrained(root / "detok_cal").prototypes.prosody, table)
+    off = U2STrainConfig(**{**cfg.__dict__, "export_dir": str(root / "detok_nocal"), "condition_prosody": False})
+    train_u2s(off, stages=("export",), progress=False)
+    assert SpeechDetokenizer.from_pretrained(root / "detok_nocal").prototypes.prosody.abs().sum() == 0
+    with pytest.raises(ValueError, match="pitch_factors"):
+        U2STrainConfig(**{**cfg.__dict__, "pitch_factors": {"low": 0.8}})
