@@ -93,8 +93,9 @@ class U2STrainConfig:
     vocoder_segment: int = 12_800  # samples
     vocoder_lr: float = 1e-3
     vocoder_items: int = 6000
-    # vocoder_gta stage: steps / minutes, learning rate, share of each batch cut from U2S (teacher-forced) mels
-    gta_steps: int = 3000
+    # vocoder_gta stage (runs when gta_steps > 0): steps / minutes, learning rate, share of each batch cut from
+    # U2S (teacher-forced) mels
+    gta_steps: int = 0
     gta_minutes: float | None = None
     gta_lr: float = 2e-4
     gta_fraction: float = 0.5
@@ -105,8 +106,9 @@ class U2STrainConfig:
     save_every: int = 500
     log_every: int = 20
     prototypes_per_style: int = 40
-    # export: store per-condition F0 / duration corrections with the prototypes (calibrate_condition_prosody)
-    condition_prosody: bool = True
+    # export: store per-condition F0 level / duration / F0 excursion / loudness corrections with the prototypes
+    # (calibrate_condition_prosody). Off: on the bundled U2S it did not help reliably (docs/u2s.md).
+    condition_prosody: bool = False
     # the F0 ratio of each pitch label to normal that the corpus was rendered with (emova.data.speech.voices);
     # the condition table keeps the labels this far apart. None: follow the renderings as they came out.
     pitch_factors: dict[str, float] | None = field(default_factory=lambda: dict(PITCH_FACTOR))
@@ -132,6 +134,9 @@ class U2STrainConfig:
                 or not all(isinstance(v, (int, float)) and v > 0 for v in self.pitch_factors.values())):
             raise ValueError("U2STrainConfig.pitch_factors must map low, normal and high to positive numbers, "
                              f"got {self.pitch_factors!r}")
+        if not isinstance(self.gta_steps, int) or self.gta_steps < 0:
+            raise ValueError(f"U2STrainConfig.gta_steps must be an integer >= 0 (0: no vocoder_gta stage), "
+                             f"got {self.gta_steps!r}")
         if not 0.0 <= self.gta_fraction <= 1.0:
             raise ValueError(f"U2STrainConfig.gta_fraction must be in [0, 1], got {self.gta_fraction!r}")
         if self.export_vocoder not in ("vocos", "griffin_lim", "hifigan"):
@@ -867,7 +872,7 @@ def train_u2s(cfg: U2STrainConfig, stages: tuple[str, ...] = STAGES, progress: b
         train_u2s_model(cfg.finetune_config(), progress, "u2s_finetune", base)
     if "vocoder" in stages:
         train_vocoder(cfg, progress)
-    if "vocoder_gta" in stages:
+    if "vocoder_gta" in stages and cfg.gta_steps > 0:
         train_vocoder_gta(cfg, progress)
     if "export" in stages:
         _, d = export_detokenizer(cfg)

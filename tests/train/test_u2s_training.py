@@ -359,10 +359,10 @@ def test_condition_prosody_table_is_measured_per_condition(setup, monkeypatch):
         elif sib not in picks or st.pitch == "normal":
             assert spaced[k][0] == plain[k][0]
     assert plain != spaced or checked == 0
-    # export stores what the calibration measures (condition_prosody: true), and skips it when off
+    # export stores what the calibration measures with condition_prosody: true, and skips it when off
     monkeypatch.setattr(train_mod, "calibrate_condition_prosody", lambda detok, data, pitch_factors: table.clone())
-    train_u2s(U2STrainConfig(**{**cfg.__dict__, "export_dir": str(root / "detok_cal")}), stages=("export",),
-              progress=False)
+    train_u2s(U2STrainConfig(**{**cfg.__dict__, "export_dir": str(root / "detok_cal"), "condition_prosody": True}),
+              stages=("export",), progress=False)
     assert torch.equal(SpeechDetokenizer.from_pretrained(root / "detok_cal").prototypes.prosody, table)
     off = U2STrainConfig(**{**cfg.__dict__, "export_dir": str(root / "detok_nocal"), "condition_prosody": False})
     train_u2s(off, stages=("export",), progress=False)
