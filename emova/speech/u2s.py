@@ -68,6 +68,13 @@ class U2SConfig:
     rate_gain: float = 0.0
     rate_center: float = 0.0
     rate_bias: float = 0.0
+    # Global-variance post-filter (fitted at export, `calibrate_mel_gv`): a mel decoder trained with an L1
+    # loss draws each bin with less spread than real speech; inference maps every bin as
+    #   mel' = gv_mean + gv_scale * (mel - gv_mean)
+    # with per-bin constants (not per-utterance statistics, so a streamed chunk is filtered exactly like
+    # the full decode). None: off.
+    gv_mean: list[float] | None = None
+    gv_scale: list[float] | None = None
 
     def __post_init__(self) -> None:
         for k in ("n_units", "sample_rate", "n_fft", "hop", "win", "n_mels", "dim", "enc_layers", "enc_heads",
@@ -85,6 +92,17 @@ class U2SConfig:
             raise ValueError(f"U2SConfig.dropout must be in [0, 1), got {self.dropout}")
         if self.win > self.n_fft:
             raise ValueError("U2SConfig.win must be <= n_fft")
+        if (self.gv_mean is None) != (self.gv_scale is None):
+            raise ValueError("U2SConfig.gv_mean and gv_scale must be given together")
+        for k in ("gv_mean", "gv_scale"):
+            v = getattr(self, k)
+            if v is not None:
+                if (not isinstance(v, (list, tuple)) or len(v) != self.n_mels
+                        or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)):
+                    raise ValueError(f"U2SConfig.{k} must be {self.n_mels} finite numbers")
+                setattr(self, k, [float(x) for x in v])
+        if self.gv_scale is not None and not all(0.5 <= x <= 2.0 for x in self.gv_scale):
+            raise ValueError("U2SConfig.gv_scale values must lie in [0.5, 2]")
 
     @classmethod
     def from_dict(cls, d: dict) -> U2SConfig:
@@ -301,5 +319,8 @@ class U2SModel(nn.Module):
         voiced = (pitch[..., 1] > 0).float()
         level = c.level_bias + c.level_gain * pros[:, :1] + level_offset
         lf0 = level + pros[:, 1:2].clamp(min=0.0) * (c.shape_gain * spread_scale) * pitch[..., 0]
-        mel = self.decode_mel(hf, lf0, voiced, style, fmask)
-        return {"mel": mel[0], "durations": dur[0], "lf0": lf0[0], "voiced": voiced[0], "unit_index": idx[0]}
+        mel = self.decode_mel(hf, lf0, voiced, style, fmask)[0]
+        if c.gv_scale is not None:
+            mean = torch.tensor(c.gv_mean, device=mel.device)
+            mel = (mean + torch.tensor(c.gv_scale, device=mel.device) * (mel - mean)).clamp(min=math.log(1e-6))
+        return {"mel": mel, "durations": dur[0], "lf0": lf0[0], "voiced": voiced[0], "unit_index": idx[0]}

@@ -109,6 +109,8 @@ class U2STrainConfig:
     # export: store per-condition F0 level / duration / F0 excursion / loudness corrections with the prototypes
     # (calibrate_condition_prosody). Off: on the bundled U2S it did not help reliably (docs/u2s.md).
     condition_prosody: bool = False
+    # export: fit the global-variance mel post-filter (calibrate_mel_gv)
+    mel_gv: bool = False
     # the F0 ratio of each pitch label to normal that the corpus was rendered with (emova.data.speech.voices);
     # the condition table keeps the labels this far apart. None: follow the renderings as they came out.
     pitch_factors: dict[str, float] | None = field(default_factory=lambda: dict(PITCH_FACTOR))
@@ -809,6 +811,31 @@ def calibrate_condition_prosody(detok, data: U2SData, per_style: int = 8, min_it
 
 
 @torch.no_grad()
+def calibrate_mel_gv(u2s: U2SModel, data: U2SData, protos: StylePrototypes, n: int = 200) -> dict[str, list[float]]:
+    """Global-variance post-filter constants: per mel bin, the spread of real training mels against the
+    spread of what the U2S draws for the same items (its own durations and F0, the item's condition
+    prototype), both around the real mels' per-bin mean. Exactly timed (neutral) items; scale clipped to
+    [1, 1.5]. Training renderings only."""
+    rng = random.Random(3)
+    ids = [i for i in range(len(data)) if data.exact[i]] or list(range(len(data)))
+    ids = rng.sample(ids, min(n, len(ids)))
+    real = np.concatenate([data.mel[i].astype(np.float32) for i in ids])
+    mean = real.mean(0)
+    drawn = []
+    saved = (u2s.cfg.gv_mean, u2s.cfg.gv_scale)
+    u2s.cfg.gv_mean = u2s.cfg.gv_scale = None
+    try:
+        for i in ids:
+            u = torch.from_numpy(data.units[i].astype(np.int64))[None]
+            drawn.append(u2s.infer(u, protos.vector(data.meta[i]["style"])[None].float())["mel"].float().numpy())
+    finally:
+        u2s.cfg.gv_mean, u2s.cfg.gv_scale = saved
+    drawn_all = np.concatenate(drawn)
+    scale = np.sqrt(((real - mean) ** 2).mean(0) / np.maximum(((drawn_all - mean) ** 2).mean(0), 1e-6))
+    return {"gv_mean": [float(x) for x in mean], "gv_scale": [float(x) for x in np.clip(scale, 1.0, 1.5)]}
+
+
+@torch.no_grad()
 def build_prototypes(encoder: StyleEncoder, data: U2SData, per_style: int) -> StylePrototypes:
     encoder.eval()
 
@@ -841,6 +868,9 @@ def export_detokenizer(cfg: U2STrainConfig, out: str | Path | None = None, vocod
     vocoder_from = None
     if kind != "griffin_lim":  # the GTA-finetuned vocoder when that stage ran
         vocoder_from = _load_vocoder_weights(cfg, voc, ("vocoder_gta", "vocoder"))
+    if cfg.mel_gv:  # before the closed loop, which should measure the renderer as it will run
+        for k, v in calibrate_mel_gv(bundle.u2s, data, protos).items():
+            setattr(bundle.u2s.cfg, k, v)
     detok = SpeechDetokenizer(bundle.u2s, bundle.style_encoder, voc, protos)
     for k, v in calibrate_rendered_prosody(detok, data).items():
         setattr(bundle.u2s.cfg, k, v)

@@ -129,3 +129,25 @@ def test_frame_position_starts_as_the_identity_and_then_acts():
     torch.nn.init.normal_(pos.frame_pos.weight, 0, 1.0)
     c = pos.infer(units, style)
     assert torch.equal(c["durations"], a["durations"]) and not torch.allclose(c["mel"], a["mel"])
+
+
+def test_gv_postfilter_scales_each_bin_around_its_mean():
+    import math
+
+    m = _model()
+    units, style = torch.tensor([[5, 9, 2, 7, 11]]), torch.randn(1, 16)
+    plain = m.infer(units, style)["mel"]
+    mean = [float(x) for x in torch.linspace(-8, -2, 80)]
+    m.cfg.gv_mean, m.cfg.gv_scale = mean, [1.0] * 80
+    assert torch.allclose(m.infer(units, style)["mel"], plain.clamp(min=math.log(1e-6)), atol=1e-5)
+    m.cfg.gv_scale = [1.5] * 80
+    filtered = m.infer(units, style)["mel"]
+    mu = torch.tensor(mean)
+    assert torch.allclose(filtered, (mu + 1.5 * (plain - mu)).clamp(min=math.log(1e-6)), atol=1e-5)
+    m.cfg.gv_mean = m.cfg.gv_scale = None
+    with pytest.raises(ValueError, match="together"):
+        U2SConfig(gv_mean=[0.0] * 80)
+    with pytest.raises(ValueError, match="80 finite"):
+        U2SConfig(gv_mean=[0.0] * 79, gv_scale=[1.0] * 79)
+    with pytest.raises(ValueError, match=r"\[0.5, 2\]"):
+        U2SConfig(gv_mean=[0.0] * 80, gv_scale=[3.0] * 80)

@@ -369,3 +369,22 @@ def test_condition_prosody_table_is_measured_per_condition(setup, monkeypatch):
     assert SpeechDetokenizer.from_pretrained(root / "detok_nocal").prototypes.prosody.abs().sum() == 0
     with pytest.raises(ValueError, match="pitch_factors"):
         U2STrainConfig(**{**cfg.__dict__, "pitch_factors": {"low": 0.8}})
+
+
+def test_mel_gv_is_fitted_at_export_and_travels_with_the_detokenizer(setup):
+    from emova.train.u2s import calibrate_mel_gv
+
+    root, cfg = setup
+    train_u2s(cfg, stages=("prepare", "u2s", "vocoder"), progress=False)
+    gv = U2STrainConfig(**{**cfg.__dict__, "export_dir": str(root / "detok_gv"), "mel_gv": True})
+    train_u2s(gv, stages=("export",), progress=False)
+    detok = SpeechDetokenizer.from_pretrained(root / "detok_gv")
+    c = detok.u2s.cfg
+    assert len(c.gv_mean) == len(c.gv_scale) == 80 and all(1.0 <= x <= 1.5 for x in c.gv_scale)
+    data = U2SData(cfg.cache_dir)
+    again = calibrate_mel_gv(detok.u2s, data, detok.prototypes)
+    assert again["gv_mean"] == pytest.approx(c.gv_mean, abs=1e-4)  # the real mels' per-bin mean
+    assert c.gv_scale == detok.u2s.cfg.gv_scale  # fitting leaves the model's own filter in place
+    assert detok.decode([3, 7, 11, 7, 3] * 4, Style()).duration > 0
+    train_u2s(cfg, stages=("export",), progress=False)
+    assert SpeechDetokenizer.from_pretrained(root / "detok").u2s.cfg.gv_scale is None  # off by default
