@@ -149,7 +149,7 @@ def _make_shard(args: tuple[list[list[dict]], str, str, dict]) -> str:
             vuvs.append(vuv)
             units.append(red.astype(np.int16))
             durs.append(d)
-            meta.append({"id": r["id"], "style": r["style"], "voice": r["voice"], "group": r["group"]})
+            meta.append({"id": r["id"], "style": r["style"], "voice": r["voice"], "group": r["group"], "exact": k == 0})
     tmp = out_path + ".tmp.npz"
     np.savez(tmp, mel=np.concatenate(mels), lf0=np.concatenate(lf0s), vuv=np.concatenate(vuvs),
              mel_off=np.cumsum([0] + [len(m) for m in mels]), units=np.concatenate(units),
@@ -228,7 +228,10 @@ class U2SData:
             for name in ("mel", "lf0", "vuv", "units", "durs", "meta"):
                 setattr(self, name, [getattr(self, name)[i] for i in keep])
         self.labels = [style_label_ids(m["style"]) for m in self.meta]
-        self.exact = [m["style"] == str(Style(gender=Style.parse(m["style"]).gender)) for m in self.meta]
+        # timed by its own units (the group's neutral rendering) rather than by DTW; caches written before
+        # the flag existed: the neutral style, of which each group has exactly one
+        self.exact = [bool(m.get("exact", m["style"] == str(Style(gender=Style.parse(m["style"]).gender))))
+                      for m in self.meta]
         self.by_style: dict[str, list[int]] = {}
         for i, m in enumerate(self.meta):
             self.by_style.setdefault(m["style"], []).append(i)
