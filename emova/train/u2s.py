@@ -364,19 +364,24 @@ def _vocoder_waves(cfg: U2STrainConfig) -> list[np.ndarray]:
     return [Audio.load(Path(cfg.corpus) / r["path"], sr).samples for r in rows[: cfg.vocoder_items]]
 
 
+def _resume_vocoder(run: Path, model: nn.Module, lr: float, name: str) -> tuple[torch.optim.Optimizer, int, float]:
+    """The vocoder optimiser, and the step / elapsed seconds of the run's latest checkpoint (loaded) or 0."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.8, 0.99))
+    ck = latest_checkpoint(run)
+    if ck is None:
+        return opt, 0, 0.0
+    meta = load_checkpoint(ck, model, opt)
+    print(f"resuming {name} from {ck} (step {meta['step']})")
+    return opt, meta["step"], meta.get("elapsed", 0.0)
+
+
 def train_vocoder(cfg: U2STrainConfig, progress: bool = True) -> Path:
     torch.manual_seed(cfg.seed + 1)
     vcfg = cfg.vocoder_config()
     run = Path(cfg.out_dir) / "vocoder"
     run.mkdir(parents=True, exist_ok=True)
     model = build_vocoder(vcfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.vocoder_lr, weight_decay=0.01, betas=(0.8, 0.99))
-    step, elapsed0 = 0, 0.0
-    ck = latest_checkpoint(run)
-    if ck is not None:
-        meta = load_checkpoint(ck, model, opt)
-        step, elapsed0 = meta["step"], meta.get("elapsed", 0.0)
-        print(f"resuming vocoder from {ck} (step {step})")
+    opt, step, elapsed0 = _resume_vocoder(run, model, cfg.vocoder_lr, "vocoder")
     acc = fresh_accelerator(cfg.bf16)
     model, opt = acc.prepare(model, opt)
     waves = [w for w in _vocoder_waves(cfg) if len(w) > cfg.vocoder_segment]
@@ -397,28 +402,38 @@ def train_vocoder(cfg: U2STrainConfig, progress: bool = True) -> Path:
         x = torch.stack(segs)  # (B, seg)
         mel = mel_frames(x, vcfg)  # (B, seg / hop + 1, n_mels)
         lr = _lr(step, time.time() - t0, cfg.vocoder_lr, 200, cfg.vocoder_steps, cfg.vocoder_minutes)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        with acc.autocast():
-            y = model(mel)
-        y = y.float()[:, :seg]
-        stft = multi_resolution_stft_loss(y, x[:, : y.shape[1]])
-        ml = mel_l1(y, x[:, : y.shape[1]], vcfg)
-        loss = stft + ml
-        opt.zero_grad(set_to_none=True)
-        acc.backward(loss)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
         step += 1
-        bar.update()
-        if step % cfg.log_every == 0:
-            writer.writerow([step, f"{lr:.3e}", f"{loss.item():.4f}", f"{stft.item():.4f}", f"{ml.item():.4f}",
-                             f"{time.time() - t0:.1f}"])
-            logf.flush()
-            bar.set_postfix(stft=f"{stft.item():.3f}", mel=f"{ml.item():.3f}")
-        if step % cfg.save_every == 0:
-            save_checkpoint(run / f"step-{step}", acc.unwrap_model(model), opt, {"step": step, "elapsed": time.time() - t0})
-            _keep_last(run)
+        _vocoder_step(cfg, acc, model, opt, mel, x, seg, vcfg, lr, step, run, writer, logf, bar, t0)
+    return _finish_vocoder_run(acc, model, opt, step, run, logf, bar, t0)
+
+
+def _vocoder_step(cfg: U2STrainConfig, acc, model: nn.Module, opt, mel: torch.Tensor, x: torch.Tensor, seg: int,
+                  vcfg: VocoderConfig, lr: float, step: int, run: Path, writer, logf, bar, t0: float) -> None:
+    """One vocoder update (multi-resolution STFT + mel L1 against the waveform `x`), then log / checkpoint."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    with acc.autocast():
+        y = model(mel)
+    y = y.float()[:, :seg]
+    stft = multi_resolution_stft_loss(y, x[:, : y.shape[1]])
+    ml = mel_l1(y, x[:, : y.shape[1]], vcfg)
+    loss = stft + ml
+    opt.zero_grad(set_to_none=True)
+    acc.backward(loss)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    bar.update()
+    if step % cfg.log_every == 0:
+        writer.writerow([step, f"{lr:.3e}", f"{loss.item():.4f}", f"{stft.item():.4f}", f"{ml.item():.4f}",
+                         f"{time.time() - t0:.1f}"])
+        logf.flush()
+        bar.set_postfix(stft=f"{stft.item():.3f}", mel=f"{ml.item():.3f}")
+    if step % cfg.save_every == 0:
+        save_checkpoint(run / f"step-{step}", acc.unwrap_model(model), opt, {"step": step, "elapsed": time.time() - t0})
+        _keep_last(run)
+
+
+def _finish_vocoder_run(acc, model: nn.Module, opt, step: int, run: Path, logf, bar, t0: float) -> Path:
     bar.close()
     logf.close()
     save_checkpoint(run / f"step-{step}", acc.unwrap_model(model), opt, {"step": step, "elapsed": time.time() - t0})
@@ -473,14 +488,8 @@ def train_vocoder_gta(cfg: U2STrainConfig, progress: bool = True) -> Path:
     load_checkpoint(_u2s_stage_checkpoint(cfg), bundle)
     bundle.eval().requires_grad_(False)
     model = build_vocoder(vcfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.gta_lr, weight_decay=0.01, betas=(0.8, 0.99))
-    step, elapsed0 = 0, 0.0
-    ck = latest_checkpoint(run)
-    if ck is not None:
-        meta = load_checkpoint(ck, model, opt)
-        step, elapsed0 = meta["step"], meta.get("elapsed", 0.0)
-        print(f"resuming vocoder_gta from {ck} (step {step})")
-    else:
+    opt, step, elapsed0 = _resume_vocoder(run, model, cfg.gta_lr, "vocoder_gta")
+    if step == 0:
         print("vocoder_gta starts from", _load_vocoder_weights(cfg, model, ("vocoder",)))
     data = U2SData(cfg.cache_dir, cfg.speaking_voices())
     seg_frames = cfg.vocoder_segment // vcfg.hop
@@ -530,34 +539,9 @@ def train_vocoder_gta(cfg: U2STrainConfig, progress: bool = True) -> Path:
             mels.append(gta[i][o : o + seg_frames + 1] if k < n_gta else mel_frames(x, vcfg))
         x, mel = torch.stack(segs), torch.stack(mels)
         lr = _lr(step, time.time() - t0, cfg.gta_lr, 50, cfg.gta_steps, cfg.gta_minutes)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        with acc.autocast():
-            y = model(mel)
-        y = y.float()[:, :seg]
-        stft = multi_resolution_stft_loss(y, x[:, : y.shape[1]])
-        ml = mel_l1(y, x[:, : y.shape[1]], vcfg)
-        loss = stft + ml
-        opt.zero_grad(set_to_none=True)
-        acc.backward(loss)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
         step += 1
-        bar.update()
-        if step % cfg.log_every == 0:
-            writer.writerow([step, f"{lr:.3e}", f"{loss.item():.4f}", f"{stft.item():.4f}", f"{ml.item():.4f}",
-                             f"{time.time() - t0:.1f}"])
-            logf.flush()
-            bar.set_postfix(stft=f"{stft.item():.3f}", mel=f"{ml.item():.3f}")
-        if step % cfg.save_every == 0:
-            save_checkpoint(run / f"step-{step}", acc.unwrap_model(model), opt, {"step": step, "elapsed": time.time() - t0})
-            _keep_last(run)
-    bar.close()
-    logf.close()
-    save_checkpoint(run / f"step-{step}", acc.unwrap_model(model), opt, {"step": step, "elapsed": time.time() - t0})
-    _keep_last(run)
-    plot_log(run / "log.csv", ("stft", "mel"))
-    return run
+        _vocoder_step(cfg, acc, model, opt, mel, x, seg, vcfg, lr, step, run, writer, logf, bar, t0)
+    return _finish_vocoder_run(acc, model, opt, step, run, logf, bar, t0)
 
 
 @torch.no_grad()
