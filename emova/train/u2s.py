@@ -139,6 +139,8 @@ class U2STrainConfig:
         if not isinstance(self.gta_steps, int) or self.gta_steps < 0:
             raise ValueError(f"U2STrainConfig.gta_steps must be an integer >= 0 (0: no vocoder_gta stage), "
                              f"got {self.gta_steps!r}")
+        if not isinstance(self.w_mel_styled, (int, float)) or not 0.0 <= self.w_mel_styled <= 10.0:
+            raise ValueError(f"U2STrainConfig.w_mel_styled must be a number in [0, 10], got {self.w_mel_styled!r}")
         if not 0.0 <= self.gta_fraction <= 1.0:
             raise ValueError(f"U2STrainConfig.gta_fraction must be in [0, 1], got {self.gta_fraction!r}")
         if self.export_vocoder not in ("vocos", "griffin_lim", "hifigan"):

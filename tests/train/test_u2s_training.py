@@ -257,6 +257,8 @@ def test_mel_loss_weighs_dtw_timed_renderings(setup):
         full = u2s_losses(bundle, data.collate(ids, random.Random(0), 0.0), cfg)["mel"]
     assert float(both) == pytest.approx(float(alone), rel=1e-4)
     assert float(full) != pytest.approx(float(alone), rel=1e-4)
+    with pytest.raises(ValueError, match="w_mel_styled"):
+        U2STrainConfig(**{**cfg.__dict__, "w_mel_styled": -1.0})
 
 
 def test_init_from_may_add_identity_blocks_but_nothing_else(setup, capsys):
