@@ -207,19 +207,24 @@ def regulate_indices(durations: torch.Tensor, n_units: torch.Tensor) -> tuple[to
 
     Unit i covers frames [round(c_{i-1}), round(c_i)) where c is the cumulative sum, so rounding errors
     never accumulate and the total is round(sum(d))."""
-    B, N = durations.shape
-    ends = _unit_ends(durations, n_units)
+    return _indices_from_ends(_unit_ends(durations, n_units))
+
+
+def _indices_from_ends(ends: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    B, N = ends.shape
     n_frames = ends[:, -1].clamp(min=1)
     Fmax = int(n_frames.max())
-    frames = torch.arange(Fmax, device=durations.device)[None, :].expand(B, Fmax)
+    frames = torch.arange(Fmax, device=ends.device)[None, :].expand(B, Fmax)
     idx = torch.searchsorted(ends, frames.contiguous(), right=True).clamp(max=N - 1)  # (B, F)
     return idx, n_frames
 
 
-def frame_positions(durations: torch.Tensor, n_units: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def frame_positions(durations: torch.Tensor, n_units: torch.Tensor, idx: torch.Tensor,
+                    ends: torch.Tensor | None = None) -> torch.Tensor:
     """Per frame (B, F, 4): fraction of its unit elapsed (at the frame centre), frames since the unit's
-    start and to its end, and the unit's length (the last three / 8). `idx` from `regulate_indices`."""
-    ends = _unit_ends(durations, n_units).float()
+    start and to its end, and the unit's length (the last three / 8). `idx` from `regulate_indices`;
+    `ends` (the rounded cumulative durations) when the caller already has them."""
+    ends = (_unit_ends(durations, n_units) if ends is None else ends).float()
     starts = F.pad(ends, (1, 0))[:, :-1]
     s = torch.gather(starts, 1, idx)
     e = torch.gather(ends, 1, idx)
@@ -259,17 +264,18 @@ class U2SModel(nn.Module):
         return self.duration(h, style, mask)[..., 0]  # (B, N): log(1 + frames)
 
     def regulate(self, h: torch.Tensor, durations: torch.Tensor, n_units: torch.Tensor,
-                 n_frames_out: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unit states (B, N, D) → frame states (B, F, D) and the frame mask (B, F, 1); F = n_frames_out
-        (teacher forcing: the target's length) or the longest regulated length."""
-        idx, n_frames = regulate_indices(durations.float(), n_units)
+                 n_frames_out: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Unit states (B, N, D) → frame states (B, F, D), the frame mask (B, F, 1) and each frame's unit
+        (B, F); F = n_frames_out (teacher forcing: the target's length) or the longest regulated length."""
+        ends = _unit_ends(durations.float(), n_units)
+        idx, n_frames = _indices_from_ends(ends)
         Fr = idx.shape[1] if n_frames_out is None else n_frames_out
         idx = F.pad(idx, (0, max(0, Fr - idx.shape[1])), value=0)[:, :Fr]
         fmask = (torch.arange(Fr, device=h.device)[None] < n_frames[:, None]).float()[..., None]
         hf = torch.gather(h, 1, idx[..., None].expand(-1, -1, h.shape[-1]))
         if self.cfg.frame_position:
-            hf = hf + self.frame_pos(frame_positions(durations.float(), n_units, idx))
-        return hf * fmask, fmask
+            hf = hf + self.frame_pos(frame_positions(durations.float(), n_units, idx, ends))
+        return hf * fmask, fmask, idx
 
     def f0_embedding(self, lf0: torch.Tensor, voiced: torch.Tensor) -> torch.Tensor:
         """lf0 (B, F) normalised log-F0, voiced (B, F) in {0, 1} → (B, F, D)."""
@@ -292,7 +298,7 @@ class U2SModel(nn.Module):
         with F = max(sum(durations)). Returns predictions for every loss term."""
         h, umask = self.encode(units, n_units)
         log_dur = self.predict_log_durations(h, style, umask)
-        hf, fmask = self.regulate(h, durations, n_units, lf0.shape[1])
+        hf, fmask, _ = self.regulate(h, durations, n_units, lf0.shape[1])
         pitch = self.pitch(hf, style, fmask)  # (B, F, 2)
         mel = self.decode_mel(hf, lf0, voiced, style, fmask)
         return {"log_dur": log_dur, "f0_shape": pitch[..., 0], "vuv_logit": pitch[..., 1], "mel": mel,
@@ -313,8 +319,7 @@ class U2SModel(nn.Module):
         log_dur = (self.predict_log_durations(h, style, umask) + c.rate_gain * (pros[:, 2:3] - c.rate_center)
                    + c.rate_bias + rate_offset)
         dur = (torch.exp(log_dur) - 1).clamp(min=0) * length_scale
-        idx, _ = regulate_indices(dur, n)
-        hf, fmask = self.regulate(h, dur, n)
+        hf, fmask, idx = self.regulate(h, dur, n)
         pitch = self.pitch(hf, style, fmask)
         voiced = (pitch[..., 1] > 0).float()
         level = c.level_bias + c.level_gain * pros[:, :1] + level_offset

@@ -178,7 +178,7 @@ def test_rendered_calibration_recovers_the_duration_map(setup):
     calibration finds that map again (and keeps the pitch gain in its range)."""
     import math
 
-    from emova.train.u2s import calibrate_rendered_prosody
+    from emova.train.u2s_calibrate import calibrate_rendered_prosody
 
     root, cfg = setup
     train_u2s(cfg, stages=("prepare", "u2s", "vocoder", "export"), progress=False)
@@ -318,7 +318,7 @@ def test_vocoder_gta_stage_trains_resumes_and_exports(setup, capsys):
 def test_solve_rate_offset_matches_the_target_length():
     import math
 
-    from emova.train.u2s import _solve_rate_offset
+    from emova.train.u2s_calibrate import _solve_rate_offset
 
     lds = [np.log1p(np.full(10, 2.0)), np.log1p(np.full(20, 2.0))]  # 20 and 40 frames
     target = float(np.mean([math.log(30.0), math.log(60.0)]))  # 1.5x longer
@@ -331,7 +331,7 @@ def test_solve_rate_offset_matches_the_target_length():
 def test_condition_prosody_table_is_measured_per_condition(setup, monkeypatch):
     import emova.train.u2s as train_mod
     from emova.speech.u2s import F0_SCALE
-    from emova.train.u2s import calibrate_condition_prosody
+    from emova.train.u2s_calibrate import calibrate_condition_prosody
 
     root, cfg = setup
     train_u2s(cfg, stages=("prepare", "u2s", "vocoder", "export"), progress=False)
@@ -344,7 +344,7 @@ def test_condition_prosody_table_is_measured_per_condition(setup, monkeypatch):
     assert all(table[i].abs().sum() == 0 for i in range(126) if i not in have)  # no data: no correction
     assert any(table[i, 1] != 0 for i in have)
     # with pitch factors, a pitch label aims its normal sibling's level times the factor
-    from emova.train.u2s import condition_targets
+    from emova.train.u2s_calibrate import condition_targets
 
     picks = {k: ids[:2] for k, ids in data.by_style.items()}
     plain = condition_targets(data, picks, None)
@@ -374,7 +374,7 @@ def test_condition_prosody_table_is_measured_per_condition(setup, monkeypatch):
 
 
 def test_mel_gv_is_fitted_at_export_and_travels_with_the_detokenizer(setup):
-    from emova.train.u2s import calibrate_mel_gv
+    from emova.train.u2s_calibrate import calibrate_mel_gv
 
     root, cfg = setup
     train_u2s(cfg, stages=("prepare", "u2s", "vocoder"), progress=False)
