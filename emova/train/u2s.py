@@ -3,7 +3,9 @@
 Stages (each resumable; the vocoder stages live in `emova.train.u2s_vocoder`, the export calibrations in
 `emova.train.u2s_calibrate`; `stages` picks which run, so U2S and vocoder can train in two processes):
     prepare   units of every group's neutral rendering (given SpeechTokenizer), mels, F0, DTW timing
+    judge     (when `w_content > 0`) a CTC phone recogniser on ground-truth mels (`emova.train.u2s_content`)
     u2s       U2S + style encoder: mel L1 + duration + F0 shape / voicing + prosody head + style labels
+              (+ the judge's CTC loss on the predicted mels, `w_content`)
     finetune  (when `finetune` is configured) the u2s result, trained on the renderings of chosen voices
               only: every voice teaches the content, the clearest ones are what it learns to speak
     vocoder   Vocos vocoder on ground-truth mels: multi-resolution STFT + mel L1
@@ -47,8 +49,8 @@ from emova.train.u2s_calibrate import (
 )
 from emova.train.u2s_data import U2SData, prepare_cache
 
-STAGES = ("prepare", "u2s", "finetune", "vocoder", "vocoder_gta", "export")
-FINETUNE_KEYS = {"voices", "max_minutes", "max_steps", "lr", "warmup_steps", "model"}
+STAGES = ("prepare", "judge", "u2s", "finetune", "vocoder", "vocoder_gta", "export")
+FINETUNE_KEYS = {"voices", "max_minutes", "max_steps", "lr", "warmup_steps", "model", "w_content"}
 
 
 @dataclass
@@ -91,6 +93,13 @@ class U2STrainConfig:
     # weight of the mel loss on renderings timed by DTW against the neutral one (other styles); the neutral
     # rendering's own timing is exact. Below 1, misaligned frames teach the decoder less blur.
     w_mel_styled: float = 1.0
+    # content loss: CTC of a frozen phone recogniser (the judge, `emova.train.u2s_content`) on the U2S's
+    # teacher-forced mels against the phone transcript; 0 = off (and no judge stage)
+    w_content: float = 0.0
+    judge: dict = field(default_factory=dict)  # PhoneJudgeConfig overrides
+    judge_steps: int = 20_000
+    judge_minutes: float | None = None
+    judge_lr: float = 1e-3
     # vocoder optimisation
     vocoder_steps: int = 6000
     vocoder_minutes: float | None = None
@@ -144,6 +153,13 @@ class U2STrainConfig:
         if not isinstance(self.gta_steps, int) or self.gta_steps < 0:
             raise ValueError(f"U2STrainConfig.gta_steps must be an integer >= 0 (0: no vocoder_gta stage), "
                              f"got {self.gta_steps!r}")
+        if not isinstance(self.w_content, (int, float)) or not 0.0 <= self.w_content <= 100.0:
+            raise ValueError(f"U2STrainConfig.w_content must be a number in [0, 100], got {self.w_content!r}")
+        if not isinstance(self.judge_steps, int) or self.judge_steps < 1:
+            raise ValueError(f"U2STrainConfig.judge_steps must be an integer >= 1, got {self.judge_steps!r}")
+        from emova.train.u2s_content import PhoneJudgeConfig
+
+        PhoneJudgeConfig.from_dict(self.judge)
         if not isinstance(self.w_mel_styled, (int, float)) or not 0.0 <= self.w_mel_styled <= 10.0:
             raise ValueError(f"U2STrainConfig.w_mel_styled must be a number in [0, 10], got {self.w_mel_styled!r}")
         if not 0.0 <= self.gta_fraction <= 1.0:
@@ -173,6 +189,10 @@ class U2STrainConfig:
         if "model" in ft:  # the finetune may grow the architecture (identity-initialised blocks, `_grow_into`)
             ft["model"] = {**self.model, **ft["model"]}
         return replace(self, **{**ft, "finetune": None, "init_from": None})
+
+    def uses_judge(self) -> bool:
+        """Whether the u2s or the finetune stage trains with the content loss (so the judge stage runs)."""
+        return self.w_content > 0 or bool(self.finetune and self.finetune_config().w_content > 0)
 
     def speaking_voices(self) -> list[str] | None:
         """The voices the exported detokenizer speaks (prototypes, calibration)."""
@@ -212,7 +232,8 @@ def _lr(step: int, elapsed: float, peak: float, warmup: int, max_steps: int, min
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
 
 
-def u2s_losses(bundle: U2SBundle, batch: dict, cfg: U2STrainConfig) -> dict[str, torch.Tensor]:
+def u2s_losses(bundle: U2SBundle, batch: dict, cfg: U2STrainConfig,
+               judge: nn.Module | None = None) -> dict[str, torch.Tensor]:
     style = bundle.style_encoder(batch["ref"], batch["ref_lens"])
     Fr = batch["mel"].shape[1]
     o = bundle.u2s(batch["units"], batch["n_units"], style, batch["durs"], batch["lf0"], batch["vuv"])
@@ -231,6 +252,12 @@ def u2s_losses(bundle: U2SBundle, batch: dict, cfg: U2STrainConfig) -> dict[str,
     losses["labels"] = bundle.style_encoder.label_loss(style.float(), batch["labels"])
     losses["total"] = (losses["mel"] + cfg.w_dur * losses["dur"] + cfg.w_f0 * losses["f0"] + cfg.w_vuv * losses["vuv"]
                        + cfg.w_prosody * losses["prosody"] + cfg.w_labels * losses["labels"])
+    if judge is not None and cfg.w_content > 0:
+        from emova.train.u2s_content import ctc_phone_loss
+
+        fmask = o["frame_mask"].bool()
+        losses["content"] = ctc_phone_loss(judge(o["mel"], fmask), fmask, batch["phones"], batch["phone_lens"])
+        losses["total"] = losses["total"] + cfg.w_content * losses["content"]
     assert o["mel"].shape[1] == Fr
     return losses
 
@@ -315,8 +342,13 @@ def train_u2s_model(cfg: U2STrainConfig, progress: bool = True, run_name: str = 
     acc = fresh_accelerator(cfg.bf16)
     bundle, opt = acc.prepare(bundle, opt)
     data = U2SData(cfg.cache_dir, cfg.voices)
-    logf, writer = _open_log(run / "log.csv", ["step", "epoch", "lr", "total", "mel", "dur", "f0", "vuv", "prosody",
-                                               "labels", "elapsed_s"], step == 0)
+    judge, phones = None, None
+    if cfg.w_content > 0:
+        from emova.train.u2s_content import item_phones, load_judge, phone_batch
+
+        judge, phones = load_judge(cfg), item_phones(data, cfg.corpus)
+    cols = ("total", "mel", "dur", "f0", "vuv", "prosody", "labels") + (("content",) if judge is not None else ())
+    logf, writer = _open_log(run / "log.csv", ["step", "epoch", "lr", *cols, "elapsed_s"], step == 0)
     bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {run_name}", unit="step", disable=not progress)
     t0 = time.time() - elapsed0
     bundle.train()
@@ -330,11 +362,13 @@ def train_u2s_model(cfg: U2STrainConfig, progress: bool = True, run_name: str = 
             if step >= cfg.max_steps or out_of_time():
                 break
             batch = data.collate(batches[bi], random.Random(cfg.seed * 7919 + step), cfg.other_ref_p)
+            if judge is not None:
+                batch["phones"], batch["phone_lens"] = phone_batch(phones, batches[bi])
             lr = _lr(step, time.time() - t0, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.max_minutes)
             for g in opt.param_groups:
                 g["lr"] = lr
             with acc.autocast():
-                losses = u2s_losses(acc.unwrap_model(bundle), batch, cfg)
+                losses = u2s_losses(acc.unwrap_model(bundle), batch, cfg, judge)
             opt.zero_grad(set_to_none=True)
             acc.backward(losses["total"])
             torch.nn.utils.clip_grad_norm_(bundle.parameters(), 1.0)
@@ -342,8 +376,8 @@ def train_u2s_model(cfg: U2STrainConfig, progress: bool = True, run_name: str = 
             step += 1
             bar.update()
             if step % cfg.log_every == 0:
-                writer.writerow([step, epoch, f"{lr:.3e}"] + [f"{losses[k].item():.4f}" for k in
-                                 ("total", "mel", "dur", "f0", "vuv", "prosody", "labels")] + [f"{time.time() - t0:.1f}"])
+                writer.writerow([step, epoch, f"{lr:.3e}"] + [f"{losses[k].item():.4f}" for k in cols]
+                                + [f"{time.time() - t0:.1f}"])
                 logf.flush()
                 bar.set_postfix(mel=f"{losses['mel'].item():.3f}", dur=f"{losses['dur'].item():.3f}")
             if step % cfg.save_every == 0:
@@ -359,7 +393,7 @@ def train_u2s_model(cfg: U2STrainConfig, progress: bool = True, run_name: str = 
     save_checkpoint(run / f"step-{step}", acc.unwrap_model(bundle), opt,
                     {"step": step, "epoch": epoch, "batch_in_epoch": 0, "elapsed": time.time() - t0})
     _keep_last(run)
-    plot_log(run / "log.csv", ("mel", "dur", "f0", "vuv", "prosody", "labels"))
+    plot_log(run / "log.csv", cols[1:])
     return run
 
 
@@ -420,6 +454,10 @@ def train_u2s(cfg: U2STrainConfig, stages: tuple[str, ...] = STAGES, progress: b
     if "prepare" in stages:
         prepare_cache(cfg.corpus, cfg.cache_dir, cfg.tokenizer, cfg.vocoder_config(), tuple(cfg.splits),
                       cfg.max_groups, workers=cfg.workers, progress=progress, voices=cfg.prepare_voices)
+    if "judge" in stages and cfg.uses_judge():
+        from emova.train.u2s_content import train_phone_judge
+
+        train_phone_judge(cfg, progress)
     if "u2s" in stages:
         train_u2s_model(cfg, progress)
     if "finetune" in stages and cfg.finetune:

@@ -390,3 +390,42 @@ def test_mel_gv_is_fitted_at_export_and_travels_with_the_detokenizer(setup):
     assert detok.decode([3, 7, 11, 7, 3] * 4, Style()).duration > 0
     train_u2s(cfg, stages=("export",), progress=False)
     assert SpeechDetokenizer.from_pretrained(root / "detok").u2s.cfg.gv_scale is None  # off by default
+
+
+def test_content_loss_trains_a_judge_then_grades_the_u2s(setup, capsys):
+    from emova.train.u2s_content import PhoneJudge, PhoneJudgeConfig, ctc_phone_loss, load_judge
+
+    root, cfg = setup
+    c = U2STrainConfig(**{**cfg.__dict__, "out_dir": str(root / "run_content"), "w_content": 0.5,
+                          "judge": {"dim": 32, "layers": 1, "heads": 2}, "judge_steps": 4})
+    train_u2s(c, stages=("prepare",), progress=False)
+    with pytest.raises(ValueError, match="phone judge"):
+        train_u2s(c, stages=("u2s",), progress=False)
+    train_u2s(c, stages=("judge", "u2s"), progress=False)
+    out = capsys.readouterr().out
+    assert "phone judge: held-out PER" in out
+    jrows = list(csv.DictReader(open(root / "run_content" / "judge" / "log.csv")))
+    assert [r["val_per"] for r in jrows if r["val_per"]] and all(np.isfinite(float(r["ctc"])) for r in jrows if r["ctc"])
+    rows = list(csv.DictReader(open(root / "run_content" / "u2s" / "log.csv")))
+    assert len(rows) == 4 and all(np.isfinite(float(r["content"])) and float(r["content"]) > 0 for r in rows)
+    # the judge is frozen while the U2S learns from it, and its gradient reaches the predicted mel
+    judge = load_judge(c)
+    assert not any(p.requires_grad for p in judge.parameters()) and not judge.training
+    mel = torch.randn(2, 40, 80, requires_grad=True)
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[1, 30:] = False
+    loss = ctc_phone_loss(judge(mel, mask), mask, torch.tensor([[5, 6, 7], [8, 9, 0]]), torch.tensor([3, 2]))
+    loss.backward()
+    assert torch.isfinite(loss) and mel.grad.abs().sum() > 0 and mel.grad[1, 30:].abs().sum() == 0
+    # padding does not change what the judge hears
+    short = judge(mel[1:, :30].detach(), torch.ones(1, 30, dtype=torch.bool))
+    assert torch.allclose(judge(mel.detach(), mask)[1, :30], short[0], atol=1e-4)
+    with pytest.raises(ValueError, match="w_content"):
+        U2STrainConfig(**{**cfg.__dict__, "w_content": -1.0})
+    # the judge stage runs when either training stage uses the content loss
+    assert not cfg.uses_judge() and c.uses_judge()
+    assert U2STrainConfig(**{**cfg.__dict__, "finetune": {"voices": ["flite:*"], "w_content": 0.3}}).uses_judge()
+    with pytest.raises(ValueError, match="unknown phone judge"):
+        U2STrainConfig(**{**cfg.__dict__, "judge": {"size": 3}})
+    with pytest.raises(ValueError, match="expects mel"):
+        PhoneJudge(PhoneJudgeConfig(dim=32, layers=1, heads=2))(torch.zeros(1, 10, 64), torch.ones(1, 10, dtype=torch.bool))
