@@ -187,7 +187,7 @@ def judge_per(judge: PhoneJudge, mels: list[np.ndarray], phones: list[list[int]]
 
 def train_phone_judge(cfg: U2STrainConfig, progress: bool = True) -> Path:
     """Stage `judge`: the CTC phone recogniser on ground-truth mels of the speaking voices (resumable)."""
-    from emova.train.u2s import _keep_last, _open_log
+    from emova.train.u2s import _keep_last, _lr, _open_log
     from emova.train.u2s_data import U2SData
 
     torch.manual_seed(cfg.seed + 2)
@@ -231,9 +231,7 @@ def train_phone_judge(cfg: U2STrainConfig, progress: bool = True) -> Path:
                 mel[k, : len(data.mel[i])] = torch.from_numpy(data.mel[i].astype(np.float32))
                 mask[k, : len(data.mel[i])] = True
             ph, ph_lens = phone_batch(phones, b)
-            p = min(1.0, step / max(1, cfg.judge_steps), (time.time() - t0) / (60 * cfg.judge_minutes)
-                    if cfg.judge_minutes else 1.0)
-            lr = cfg.judge_lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * p)))
+            lr = _lr(step, time.time() - t0, cfg.judge_lr, 200, cfg.judge_steps, cfg.judge_minutes)
             for g in opt.param_groups:
                 g["lr"] = lr
             model.train()
