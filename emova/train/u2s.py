@@ -50,7 +50,7 @@ from emova.train.u2s_calibrate import (
 from emova.train.u2s_data import U2SData, prepare_cache
 
 STAGES = ("prepare", "judge", "u2s", "finetune", "vocoder", "vocoder_gta", "export")
-FINETUNE_KEYS = {"voices", "max_minutes", "max_steps", "lr", "warmup_steps", "model", "w_content"}
+FINETUNE_KEYS = {"voices", "max_minutes", "max_steps", "lr", "warmup_steps", "model", "w_content", "unit_noise"}
 
 
 @dataclass
@@ -100,6 +100,10 @@ class U2STrainConfig:
     judge_steps: int = 20_000
     judge_minutes: float | None = None
     judge_lr: float = 1e-3
+    # unit noise: the share of input units moved to a neighbouring FSQ code (one digit ±1) during training, as a
+    # new speaker's units differ from the seen voices' (`unit_noise_levels`: the tokenizer's FSQ levels)
+    unit_noise: float = 0.0
+    unit_noise_levels: list[int] = field(default_factory=lambda: [8, 8, 8, 8])
     # vocoder optimisation
     vocoder_steps: int = 6000
     vocoder_minutes: float | None = None
@@ -160,6 +164,13 @@ class U2STrainConfig:
         from emova.train.u2s_content import PhoneJudgeConfig
 
         PhoneJudgeConfig.from_dict(self.judge)
+        if not isinstance(self.unit_noise, (int, float)) or not 0.0 <= self.unit_noise <= 1.0:
+            raise ValueError(f"U2STrainConfig.unit_noise must be a number in [0, 1], got {self.unit_noise!r}")
+        if (not isinstance(self.unit_noise_levels, list) or not self.unit_noise_levels
+                or not all(isinstance(v, int) and v >= 2 for v in self.unit_noise_levels)
+                or math.prod(self.unit_noise_levels) != self.u2s_config().n_units):
+            raise ValueError(f"U2STrainConfig.unit_noise_levels must be integers >= 2 whose product is the U2S's "
+                             f"n_units, got {self.unit_noise_levels!r}")
         if not isinstance(self.w_mel_styled, (int, float)) or not 0.0 <= self.w_mel_styled <= 10.0:
             raise ValueError(f"U2STrainConfig.w_mel_styled must be a number in [0, 10], got {self.w_mel_styled!r}")
         if not 0.0 <= self.gta_fraction <= 1.0:
@@ -230,6 +241,24 @@ def _lr(step: int, elapsed: float, peak: float, warmup: int, max_steps: int, min
     if minutes:
         p = max(p, elapsed / (60 * minutes))
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+def perturb_units(units: torch.Tensor, n_units: torch.Tensor, p: float, levels: list[int],
+                  gen: torch.Generator) -> torch.Tensor:
+    """Move a share `p` of the real units to a neighbouring FSQ code: one digit (of `levels`) one step up or
+    down, reflected at the edges. Padding is left alone."""
+    if p <= 0:
+        return units
+    lv = torch.tensor(levels)
+    basis = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.long), lv[:-1]]), 0)
+    real = torch.arange(units.shape[1])[None] < n_units[:, None]
+    hit = (torch.rand(units.shape, generator=gen) < p) & real
+    digit = torch.randint(0, len(levels), units.shape, generator=gen)
+    step = torch.randint(0, 2, units.shape, generator=gen) * 2 - 1
+    cur = (units // basis[digit]) % lv[digit]
+    new = cur + step
+    new = torch.where((new < 0) | (new >= lv[digit]), cur - step, new)
+    return torch.where(hit, units + (new - cur) * basis[digit], units)
 
 
 def u2s_losses(bundle: U2SBundle, batch: dict, cfg: U2STrainConfig,
@@ -364,6 +393,8 @@ def train_u2s_model(cfg: U2STrainConfig, progress: bool = True, run_name: str = 
             batch = data.collate(batches[bi], random.Random(cfg.seed * 7919 + step), cfg.other_ref_p)
             if judge is not None:
                 batch["phones"], batch["phone_lens"] = phone_batch(phones, batches[bi])
+            batch["units"] = perturb_units(batch["units"], batch["n_units"], cfg.unit_noise, cfg.unit_noise_levels,
+                                           torch.Generator().manual_seed(cfg.seed * 7919 + step))
             lr = _lr(step, time.time() - t0, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.max_minutes)
             for g in opt.param_groups:
                 g["lr"] = lr

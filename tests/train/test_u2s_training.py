@@ -429,3 +429,25 @@ def test_content_loss_trains_a_judge_then_grades_the_u2s(setup, capsys):
         U2STrainConfig(**{**cfg.__dict__, "judge": {"size": 3}})
     with pytest.raises(ValueError, match="expects mel"):
         PhoneJudge(PhoneJudgeConfig(dim=32, layers=1, heads=2))(torch.zeros(1, 10, 64), torch.ones(1, 10, dtype=torch.bool))
+
+
+def test_unit_noise_moves_units_to_neighbouring_codes():
+    from emova.speech.fsq import FSQ
+    from emova.train.u2s import perturb_units
+
+    levels = [8, 8, 8, 8]
+    fsq = FSQ(levels)
+    units = torch.randint(0, 4096, (4, 50))
+    n = torch.tensor([50, 30, 10, 1])
+    out = perturb_units(units, n, 0.3, levels, torch.Generator().manual_seed(0))
+    real = torch.arange(50)[None] < n[:, None]
+    assert torch.equal(out[~real], units[~real])  # padding untouched
+    moved = (out != units) & real
+    assert 0.2 < moved.sum() / real.sum() < 0.4
+    d = (fsq.indices_to_codes(out) - fsq.indices_to_codes(units)).abs()  # digit distance
+    assert ((d.sum(-1) == 1) == moved).all() and out.min() >= 0 and out.max() < 4096
+    assert torch.equal(perturb_units(units, n, 0.0, levels, torch.Generator()), units)
+    with pytest.raises(ValueError, match="unit_noise"):
+        U2STrainConfig(unit_noise=1.5)
+    with pytest.raises(ValueError, match="unit_noise_levels"):
+        U2STrainConfig(unit_noise_levels=[8, 8, 8])
