@@ -38,7 +38,12 @@ UNIT_PATTERN = "<|speech_N|>"
 @dataclass
 class StreamConfig:
     first_chunk_units: int = 10  # units that must have arrived before the first chunk is made
-    chunk_units: int = 24  # units per later chunk
+    chunk_units: int = 24  # units per later chunk (the largest chunk when chunks grow)
+    # later chunks double from the first one's size up to chunk_units, so audio made so far covers the time
+    # the next, larger chunk takes to arrive — for an LLM that makes units not much faster than real time.
+    # Off by default: emova-tiny makes units ~5x faster than real time, and on its U2S the smaller chunks cost
+    # fidelity (log-mel L1 stream vs decode 1.885 vs 1.700, 10 held-out sentences; docs/u2s.md)
+    grow_chunks: bool = False
     lookahead_units: int = 4  # right context a chunk waits for (not emitted with it)
     left_context_units: int = 32
     crossfade_samples: int = 256
@@ -47,6 +52,8 @@ class StreamConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.lookahead_units < self.first_chunk_units <= 10:
             raise ValueError("stream config needs 0 <= lookahead_units < first_chunk_units <= 10")
+        if not isinstance(self.grow_chunks, bool):
+            raise ValueError(f"stream config: grow_chunks must be true or false, got {self.grow_chunks!r}")
         if self.chunk_units < 1 or self.left_context_units < 0 or self.crossfade_samples < 0:
             raise ValueError("stream config: chunk_units >= 1, left_context_units >= 0, crossfade_samples >= 0")
 
@@ -197,8 +204,8 @@ class SpeechDetokenizer:
     def decode_stream(self, units: Iterable[int] | str, style: Style | str | None = None,
                       reference: Audio | str | Path | None = None) -> Iterator[Audio]:
         """Yield audio chunks as units arrive. The first chunk is made once `first_chunk_units` (≤ 10) units
-        have arrived; each chunk is decoded with left context and a few units of lookahead, and seams are
-        crossfaded over `crossfade_samples`."""
+        have arrived; later chunks have `chunk_units` (or double up to it: `grow_chunks`); each chunk is decoded
+        with left context and a few units of lookahead, and seams are crossfaded over `crossfade_samples`."""
         sc = self.stream_config
         g = self.style_vector(style, reference)
         offsets = self._offsets(style, reference)
@@ -238,12 +245,13 @@ class SpeechDetokenizer:
                 wav[:n] = tail * (1 - fade) + wav[:n] * fade
             xf = 0 if last else min(sc.crossfade_samples, len(wav) // 2)
             out, tail = (wav[: len(wav) - xf], wav[len(wav) - xf:]) if xf else (wav, None)
+            size = end - emitted
             emitted = end
             if len(out):
                 yield Audio(out, self.sample_rate)
             if last:
                 break
-            target = emitted + sc.chunk_units
+            target = emitted + (min(sc.chunk_units, 2 * size) if sc.grow_chunks else sc.chunk_units)
         if not any_unit:
             raise ValueError("cannot decode an empty unit list; give at least one speech unit")
 

@@ -107,6 +107,41 @@ def test_first_chunk_needs_at_most_10_units(detok):
     assert len(pulled) == len(UNITS) and len(rest) >= 2
 
 
+def test_later_chunks_double_up_to_chunk_units(detok):
+    from dataclasses import replace
+
+    def pulled_at_each_chunk(d, units):
+        pulled, marks = [], []
+
+        def source():
+            for u in units:
+                pulled.append(u)
+                yield u
+
+        for _ in d.decode_stream(source(), Style()):
+            marks.append(len(pulled))
+        return marks
+
+    units = [u for i in range(120) for u in [(37 * i) % 4096]]  # 120 distinct units: no reduction
+    sc = replace(detok.stream_config, grow_chunks=True)
+    growing = SpeechDetokenizer(detok.u2s, detok.style_encoder, detok.vocoder, detok.prototypes, stream=sc)
+    marks = pulled_at_each_chunk(growing, units)
+    # units arrived when each chunk came out: first_chunk, then emitted + next size + lookahead
+    first = sc.first_chunk_units - sc.lookahead_units
+    want, emitted, size = [sc.first_chunk_units], first, first
+    while emitted + min(sc.chunk_units, 2 * size) + sc.lookahead_units < len(units):
+        size = min(sc.chunk_units, 2 * size)
+        emitted += size
+        want.append(emitted + sc.lookahead_units)
+    assert marks[: len(want)] == want and marks[-1] == len(units)
+    fixed = SpeechDetokenizer(detok.u2s, detok.style_encoder, detok.vocoder, detok.prototypes,
+                              stream=replace(sc, grow_chunks=False))
+    assert pulled_at_each_chunk(fixed, units)[:3] == [sc.first_chunk_units, first + sc.chunk_units + sc.lookahead_units,
+                                                       first + 2 * sc.chunk_units + sc.lookahead_units]
+    with pytest.raises(ValueError, match="grow_chunks"):
+        StreamConfig(grow_chunks="yes")
+
+
 def test_stream_matches_decode(detok):
     full = detok.decode(UNITS, Style())
     chunks = list(detok.decode_stream(iter(UNITS), Style()))
