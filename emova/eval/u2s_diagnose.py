@@ -11,6 +11,9 @@ On held-out sentences of the held-out flite `awb` voice (the `emova eval u2s` se
     default_<gender>     U2S with the prototype of `Style(gender=…)` (what `emova eval u2s` scores)
 
 Reads only the corpus (`data_cache/speech`); writes JSON (`--out`) and prints one line per row.
+`--u2s-checkpoint runs/…/step-N` scores a training checkpoint's U2S inside the given detokenizer (its
+prototypes, calibration and vocoder) without exporting it; with `-n 50` its `default_*` rows are the
+intelligibility lines of `emova eval u2s`.
 """
 
 from __future__ import annotations
@@ -60,19 +63,40 @@ def voice_prototype(detok: SpeechDetokenizer, corpus: Path, train_rows: list[dic
     return torch.nn.functional.normalize(vs.mean(0, keepdim=True), dim=-1)
 
 
+def swap_u2s_weights(detok: SpeechDetokenizer, checkpoint: str | Path) -> None:
+    """Put the U2S weights of a training checkpoint (`runs/u2s/<stage>/step-N`) into `detok`, keeping its
+    prototypes, calibration and vocoder: a quick look at a run before exporting it."""
+    from safetensors.torch import load_file
+
+    f = Path(checkpoint) / "model.safetensors"
+    if not f.is_file():
+        raise ValueError(f"{checkpoint}: not a U2S training checkpoint (no model.safetensors)")
+    state = {k[len("u2s."):]: v for k, v in load_file(str(f)).items() if k.startswith("u2s.")}
+    mine = detok.u2s.state_dict()
+    bad = [k for k in mine if k not in state or state[k].shape != mine[k].shape]
+    if bad or set(state) - set(mine):
+        raise ValueError(f"{checkpoint}: its U2S does not match the detokenizer's architecture "
+                         f"(e.g. {(bad or sorted(set(state) - set(mine)))[0]})")
+    detok.u2s.load_state_dict({k: v.to(mine[k].dtype) for k, v in state.items()})
+
+
 def diagnose(model: str = "emova-tiny", tokenizer: str = "emova-tiny", corpus: str | Path = "data_cache/speech",
-             n: int = 20, out: str | Path | None = "reports/u2s_diagnose.json") -> dict:
+             n: int = 20, out: str | Path | None = "reports/u2s_diagnose.json",
+             u2s_checkpoint: str | Path | None = None) -> dict:
     corpus = Path(corpus)
     rows = [r for r in read_manifest(corpus, ("heldout_per",)) if r["voice"] == "flite:awb"][:n]
     if len(rows) < n:
         raise ValueError(f"corpus {corpus} has {len(rows)} held-out awb sentences; need {n}")
     judge, tok = Judge(), load_tokenizer(tokenizer)
     detok = SpeechDetokenizer.from_pretrained(model)
+    if u2s_checkpoint:
+        swap_u2s_weights(detok, u2s_checkpoint)
     clips = [Audio.load(corpus / r["path"]) for r in rows]
     refs = [r["text"] for r in rows]
     raws = [np.asarray(u) for u in tok.encode_batch(clips)]
     units = [tok.reduce(u.tolist()) for u in raws]
-    res: dict = {"model": str(model), "n_sentences": n, "wer": {}, "examples": {}}
+    res: dict = {"model": str(model), "u2s_checkpoint": str(u2s_checkpoint) if u2s_checkpoint else None,
+                 "n_sentences": n, "wer": {}, "examples": {}}
 
     def score(name: str, audios: list[Audio]) -> None:
         hyps = [judge.transcribe(a) for a in audios]
@@ -108,10 +132,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("-n", type=int, default=20)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="reports/u2s_diagnose.json")
+    p.add_argument("--u2s-checkpoint", default=None,
+                   help="a training checkpoint (runs/…/step-N) whose U2S weights replace the model's")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    diagnose(a.model, a.tokenizer, a.corpus, a.n, a.out)
+    diagnose(a.model, a.tokenizer, a.corpus, a.n, a.out, a.u2s_checkpoint)
 
 
 if __name__ == "__main__":  # pragma: no cover

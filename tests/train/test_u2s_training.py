@@ -173,6 +173,31 @@ def test_diagnose_runs_every_row(setup, tmp_path):
         diagnose(str(root / "detok"), str(root / "tok"), root / "corpus", n=50, out=None)
 
 
+def test_diagnose_can_score_a_training_checkpoint(setup, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from emova.eval.u2s_diagnose import diagnose, swap_u2s_weights
+    from emova.train.checkpoint import latest_checkpoint
+
+    root, cfg = setup
+    train_u2s(cfg, stages=("prepare", "u2s", "vocoder", "export"), progress=False)
+    ck = latest_checkpoint(root / "run" / "u2s")
+    detok = SpeechDetokenizer.from_pretrained(root / "detok")
+    with torch.no_grad():
+        for p in detok.u2s.parameters():
+            p.zero_()
+    swap_u2s_weights(detok, ck)
+    state = load_file(str(ck / "model.safetensors"))
+    assert all(torch.equal(v.float(), state["u2s." + k].float()) for k, v in detok.u2s.state_dict().items())
+    with pytest.raises(ValueError, match="not a U2S training checkpoint"):
+        swap_u2s_weights(detok, tmp_path)
+    save_file({"u2s.to_mel.weight": torch.zeros(3, 3)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match="does not match"):
+        swap_u2s_weights(detok, tmp_path)
+    res = diagnose(str(root / "detok"), str(root / "tok"), root / "corpus", n=1, out=None, u2s_checkpoint=ck)
+    assert res["u2s_checkpoint"] == str(ck) and "default_male" in res["wer"]
+
+
 def test_rendered_calibration_recovers_the_duration_map(setup):
     """When the renderings are exactly as long as the U2S predicts with a known rate map, the closed-loop
     calibration finds that map again (and keeps the pitch gain in its range)."""
