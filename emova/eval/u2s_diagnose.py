@@ -66,12 +66,9 @@ def voice_prototype(detok: SpeechDetokenizer, corpus: Path, train_rows: list[dic
 def swap_u2s_weights(detok: SpeechDetokenizer, checkpoint: str | Path) -> None:
     """Put the U2S weights of a training checkpoint (`runs/u2s/<stage>/step-N`) into `detok`, keeping its
     prototypes, calibration and vocoder: a quick look at a run before exporting it."""
-    from safetensors.torch import load_file
+    from emova.train.checkpoint import load_model_tensors
 
-    f = Path(checkpoint) / "model.safetensors"
-    if not f.is_file():
-        raise ValueError(f"{checkpoint}: not a U2S training checkpoint (no model.safetensors)")
-    state = {k[len("u2s."):]: v for k, v in load_file(str(f)).items() if k.startswith("u2s.")}
+    state = load_model_tensors(checkpoint, "u2s.", what="U2S training checkpoint")
     mine = detok.u2s.state_dict()
     bad = [k for k in mine if k not in state or state[k].shape != mine[k].shape]
     if bad or set(state) - set(mine):

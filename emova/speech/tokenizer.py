@@ -115,13 +115,11 @@ class SpeechTokenizer:
     @torch.inference_mode()
     def recognize_phones(self, audio: str | Path | Audio) -> list[str]:
         """Greedy CTC phone recognition (the training head): for evaluating what the units carry."""
-        from emova.data.speech.phones import ids_to_phones
+        from emova.data.speech.phones import ctc_collapse, ids_to_phones
 
         r = self._encode_waves([self._prepare(audio).samples])[0]
         logits = self.model.ctc_logits(r["q"][None], torch.zeros(1, len(r["q"]), dtype=torch.bool))[0]
-        best = logits.argmax(-1).tolist()
-        collapsed = [b for k, b in enumerate(best) if b != 0 and (k == 0 or b != best[k - 1])]
-        return ids_to_phones(collapsed)
+        return ids_to_phones(ctc_collapse(logits.argmax(-1).tolist()))
 
     # ------------------------------------------------------------ unit strings
     @staticmethod

@@ -65,6 +65,14 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     return meta
 
 
+def load_model_tensors(path: str | Path, prefix: str = "", what: str = "training checkpoint") -> dict[str, torch.Tensor]:
+    """The model tensors of a checkpoint whose names start with `prefix`, the prefix stripped."""
+    f = Path(path) / "model.safetensors"
+    if not f.is_file():
+        raise ValueError(f"{path}: not a {what} (no model.safetensors)")
+    return {k[len(prefix):]: v for k, v in load_file(str(f)).items() if k.startswith(prefix)}
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     run_dir = Path(run_dir)
     cks = sorted(run_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1)

@@ -33,11 +33,12 @@ from torch import nn
 from tqdm import tqdm
 
 from emova.data.speech.voices import PITCH_FACTOR
+from emova.speech.fsq import FSQ
 from emova.speech.style_encoder import StyleEncoder, StyleEncoderConfig
 from emova.speech.u2s import U2SConfig, U2SModel
 from emova.speech.vocoder import VocoderConfig, build_vocoder
 from emova.train.accel import fresh_accelerator
-from emova.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from emova.train.checkpoint import latest_checkpoint, load_checkpoint, load_model_tensors, save_checkpoint
 from emova.train.plots import plot_log
 from emova.train.u2s_calibrate import (
     build_prototypes,
@@ -47,6 +48,7 @@ from emova.train.u2s_calibrate import (
     calibrate_rendered_prosody,
     calibrate_shape_gain,
 )
+from emova.train.u2s_content import PhoneJudgeConfig, ctc_phone_loss, item_phones, load_judge, phone_batch
 from emova.train.u2s_data import U2SData, prepare_cache
 
 STAGES = ("prepare", "judge", "u2s", "finetune", "vocoder", "vocoder_gta", "export")
@@ -161,8 +163,6 @@ class U2STrainConfig:
             raise ValueError(f"U2STrainConfig.w_content must be a number in [0, 100], got {self.w_content!r}")
         if not isinstance(self.judge_steps, int) or self.judge_steps < 1:
             raise ValueError(f"U2STrainConfig.judge_steps must be an integer >= 1, got {self.judge_steps!r}")
-        from emova.train.u2s_content import PhoneJudgeConfig
-
         PhoneJudgeConfig.from_dict(self.judge)
         if not isinstance(self.unit_noise, (int, float)) or not 0.0 <= self.unit_noise <= 1.0:
             raise ValueError(f"U2STrainConfig.unit_noise must be a number in [0, 1], got {self.unit_noise!r}")
@@ -249,16 +249,16 @@ def perturb_units(units: torch.Tensor, n_units: torch.Tensor, p: float, levels: 
     down, reflected at the edges. Padding is left alone."""
     if p <= 0:
         return units
-    lv = torch.tensor(levels)
-    basis = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.long), lv[:-1]]), 0)
+    fsq = FSQ(levels)
     real = torch.arange(units.shape[1])[None] < n_units[:, None]
     hit = (torch.rand(units.shape, generator=gen) < p) & real
     digit = torch.randint(0, len(levels), units.shape, generator=gen)
-    step = torch.randint(0, 2, units.shape, generator=gen) * 2 - 1
-    cur = (units // basis[digit]) % lv[digit]
-    new = cur + step
-    new = torch.where((new < 0) | (new >= lv[digit]), cur - step, new)
-    return torch.where(hit, units + (new - cur) * basis[digit], units)
+    step = (torch.randint(0, 2, units.shape, generator=gen) * 2 - 1)[..., None] * F.one_hot(digit, len(levels))
+    codes = fsq.indices_to_codes(units)  # digits centred on 0: [-L//2, L - 1 - L//2]
+    lo, hi = -(fsq.levels // 2), fsq.levels - 1 - fsq.levels // 2
+    moved = codes + step
+    moved = torch.where((moved < lo) | (moved > hi), codes - step, moved)
+    return torch.where(hit, fsq.codes_to_indices(moved), units)
 
 
 def u2s_losses(bundle: U2SBundle, batch: dict, cfg: U2STrainConfig,
@@ -282,8 +282,6 @@ def u2s_losses(bundle: U2SBundle, batch: dict, cfg: U2STrainConfig,
     losses["total"] = (losses["mel"] + cfg.w_dur * losses["dur"] + cfg.w_f0 * losses["f0"] + cfg.w_vuv * losses["vuv"]
                        + cfg.w_prosody * losses["prosody"] + cfg.w_labels * losses["labels"])
     if judge is not None and cfg.w_content > 0:
-        from emova.train.u2s_content import ctc_phone_loss
-
         fmask = o["frame_mask"].bool()
         losses["content"] = ctc_phone_loss(judge(o["mel"], fmask), fmask, batch["phones"], batch["phone_lens"])
         losses["total"] = losses["total"] + cfg.w_content * losses["content"]
@@ -343,11 +341,8 @@ def _init_from_detokenizer(bundle: U2SBundle, spec: str) -> None:
 
 
 def _init_from_checkpoint(bundle: U2SBundle, ck: Path, run_name: str) -> None:
-    from safetensors.torch import load_file
-
-    state = load_file(str(Path(ck) / "model.safetensors"))
-    parts = {p: {k[len(p):]: v for k, v in state.items() if k.startswith(p)} for p in ("u2s.", "style_encoder.")}
-    added = _grow_into(bundle, parts["u2s."], parts["style_encoder."], f"checkpoint {ck}")
+    added = _grow_into(bundle, load_model_tensors(ck, "u2s."), load_model_tensors(ck, "style_encoder."),
+                       f"checkpoint {ck}")
     print(f"{run_name} starts from {ck}" + (f" (+{len(added)} new tensors, identity-initialised)" if added else ""))
 
 
@@ -373,8 +368,6 @@ def train_u2s_model(cfg: U2STrainConfig, progress: bool = True, run_name: str = 
     data = U2SData(cfg.cache_dir, cfg.voices)
     judge, phones = None, None
     if cfg.w_content > 0:
-        from emova.train.u2s_content import item_phones, load_judge, phone_batch
-
         judge, phones = load_judge(cfg), item_phones(data, cfg.corpus)
     cols = ("total", "mel", "dur", "f0", "vuv", "prosody", "labels") + (("content",) if judge is not None else ())
     logf, writer = _open_log(run / "log.csv", ["step", "epoch", "lr", *cols, "elapsed_s"], step == 0)
@@ -393,8 +386,9 @@ def train_u2s_model(cfg: U2STrainConfig, progress: bool = True, run_name: str = 
             batch = data.collate(batches[bi], random.Random(cfg.seed * 7919 + step), cfg.other_ref_p)
             if judge is not None:
                 batch["phones"], batch["phone_lens"] = phone_batch(phones, batches[bi])
-            batch["units"] = perturb_units(batch["units"], batch["n_units"], cfg.unit_noise, cfg.unit_noise_levels,
-                                           torch.Generator().manual_seed(cfg.seed * 7919 + step))
+            if cfg.unit_noise > 0:
+                batch["units"] = perturb_units(batch["units"], batch["n_units"], cfg.unit_noise, cfg.unit_noise_levels,
+                                               torch.Generator().manual_seed(cfg.seed * 7919 + step))
             lr = _lr(step, time.time() - t0, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.max_minutes)
             for g in opt.param_groups:
                 g["lr"] = lr

@@ -27,7 +27,9 @@ from torch import nn
 from tqdm import tqdm
 
 from emova.data.speech.corpus import read_manifest
-from emova.data.speech.phones import PHONE_TO_ID, VOCAB_SIZE
+from emova.data.speech.phones import PHONE_TO_ID, VOCAB_SIZE, ctc_collapse
+from emova.eval.metrics import error_rate
+from emova.speech.features import normalise_per_feature
 from emova.train.accel import fresh_accelerator
 from emova.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
@@ -62,15 +64,6 @@ class PhoneJudgeConfig:
         return cls(**d)
 
 
-def _normalise(mel: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Each mel bin to zero mean / unit variance over the utterance's real frames (level-independent)."""
-    m = mask[..., None].to(mel.dtype)
-    n = m.sum(1, keepdim=True).clamp(min=1)
-    mean = (mel * m).sum(1, keepdim=True) / n
-    var = (((mel - mean) * m) ** 2).sum(1, keepdim=True) / n
-    return (mel - mean) / torch.sqrt(var + 1e-4) * m
-
-
 class PhoneJudge(nn.Module):
     """mel (B, F, n_mels) + frame mask (B, F) → phone logits (B, F, n_phones) at the mel frame rate."""
 
@@ -91,7 +84,7 @@ class PhoneJudge(nn.Module):
         if mel.dim() != 3 or mel.shape[-1] != self.cfg.n_mels:
             raise ValueError(f"phone judge expects mel (B, F, {self.cfg.n_mels}), got {tuple(mel.shape)}")
         m = mask[:, None].to(mel.dtype)  # padding stays zero between the convolutions
-        x = _normalise(mel, mask).transpose(1, 2)
+        x = normalise_per_feature(mel.transpose(1, 2), mask.sum(1))  # mask: real frames first
         for conv in self.conv:
             x = F.gelu(conv(x)) * m
         x = (x + F.gelu(self.pos(x)) * m).transpose(1, 2)
@@ -104,25 +97,6 @@ def ctc_phone_loss(logits: torch.Tensor, mask: torch.Tensor, phones: torch.Tenso
     """Mean CTC loss per target phone (items whose transcript cannot fit their frames contribute 0)."""
     logp = logits.float().log_softmax(-1).transpose(0, 1)  # (F, B, V)
     return F.ctc_loss(logp, phones, mask.sum(1), phone_lens, blank=0, reduction="mean", zero_infinity=True)
-
-
-def greedy_phones(logits: torch.Tensor, n: int) -> list[int]:
-    ids = logits[:n].argmax(-1).tolist()
-    out, prev = [], 0
-    for i in ids:
-        if i != prev and i != 0:
-            out.append(i)
-        prev = i
-    return out
-
-
-def edit_distance(a: list[int], b: list[int]) -> int:
-    d = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        prev, d[0] = d[0], i
-        for j, y in enumerate(b, 1):
-            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (x != y))
-    return d[-1]
 
 
 def item_phones(data: U2SData, corpus: str | Path) -> list[list[int]]:
@@ -175,14 +149,12 @@ def _split(data: U2SData, held_out_groups: float = 0.03) -> tuple[list[int], lis
 def judge_per(judge: PhoneJudge, mels: list[np.ndarray], phones: list[list[int]]) -> float:
     """Phone error rate of greedy CTC decoding on ground-truth mels."""
     judge.eval()
-    errs = tot = 0
+    hyps = []
     with torch.no_grad():
-        for m, ph in zip(mels, phones):
+        for m in mels:
             x = torch.from_numpy(np.asarray(m, dtype=np.float32))[None]
-            logits = judge(x, torch.ones(1, x.shape[1], dtype=torch.bool))[0]
-            errs += edit_distance(greedy_phones(logits, x.shape[1]), ph)
-            tot += len(ph)
-    return errs / max(1, tot)
+            hyps.append(ctc_collapse(judge(x, torch.ones(1, x.shape[1], dtype=torch.bool))[0].argmax(-1).tolist()))
+    return error_rate(phones, hyps)
 
 
 def train_phone_judge(cfg: U2STrainConfig, progress: bool = True) -> Path:

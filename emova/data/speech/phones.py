@@ -63,5 +63,10 @@ def phones_to_ids(phones: tuple[str, ...] | list[str]) -> list[int]:
     return [PHONE_TO_ID[p] for p in phones]
 
 
+def ctc_collapse(best: list[int]) -> list[int]:
+    """Greedy CTC decoding of per-frame argmax ids: merge repeats, drop blanks."""
+    return [b for k, b in enumerate(best) if b != BLANK and (k == 0 or b != best[k - 1])]
+
+
 def ids_to_phones(ids: list[int]) -> list[str]:
     return [PHONES[i - 1] for i in ids if i != BLANK]
