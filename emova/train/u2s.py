@@ -5,7 +5,8 @@ Stages (each resumable; the vocoder stages live in `emova.train.u2s_vocoder`, th
     prepare   units of every group's neutral rendering (given SpeechTokenizer), mels, F0, DTW timing
     judge     (when `w_content > 0`) a CTC phone recogniser on ground-truth mels (`emova.train.u2s_content`)
     u2s       U2S + style encoder: mel L1 + duration + F0 shape / voicing + prosody head + style labels
-              (+ the judge's CTC loss on the predicted mels, `w_content`)
+              (+ the judge's CTC loss on the predicted mels, `w_content`; + an adversarial mel loss against
+              a patch discriminator, `w_adv` / `w_fm`, `emova.train.u2s_adversarial`)
     finetune  (when `finetune` is configured) the u2s result, trained on the renderings of chosen voices
               only: every voice teaches the content, the clearest ones are what it learns to speak
     vocoder   Vocos vocoder on ground-truth mels: multi-resolution STFT + mel L1
@@ -40,6 +41,13 @@ from emova.speech.vocoder import VocoderConfig, build_vocoder
 from emova.train.accel import fresh_accelerator
 from emova.train.checkpoint import latest_checkpoint, load_checkpoint, load_model_tensors, save_checkpoint
 from emova.train.plots import plot_log
+from emova.train.u2s_adversarial import (
+    MelDiscriminator,
+    MelDiscriminatorConfig,
+    crop_windows,
+    discriminator_loss,
+    generator_losses,
+)
 from emova.train.u2s_calibrate import (
     build_prototypes,
     calibrate_condition_prosody,
@@ -52,7 +60,8 @@ from emova.train.u2s_content import PhoneJudgeConfig, ctc_phone_loss, item_phone
 from emova.train.u2s_data import U2SData, prepare_cache
 
 STAGES = ("prepare", "judge", "u2s", "finetune", "vocoder", "vocoder_gta", "export")
-FINETUNE_KEYS = {"voices", "max_minutes", "max_steps", "lr", "warmup_steps", "model", "w_content", "unit_noise"}
+FINETUNE_KEYS = {"voices", "max_minutes", "max_steps", "lr", "warmup_steps", "model", "w_content", "unit_noise",
+                 "w_adv", "w_fm", "disc", "disc_lr", "adv_warmup"}
 
 
 @dataclass
@@ -106,6 +115,14 @@ class U2STrainConfig:
     # new speaker's units differ from the seen voices' (`unit_noise_levels`: the tokenizer's FSQ levels)
     unit_noise: float = 0.0
     unit_noise_levels: list[int] = field(default_factory=lambda: [8, 8, 8, 8])
+    # adversarial mel loss (`emova.train.u2s_adversarial`): a patch discriminator on windows of the teacher-
+    # forced mel trains beside the U2S when w_adv or w_fm > 0; `w_adv` weighs the least-squares GAN term,
+    # `w_fm` the feature matching; for the first `adv_warmup` steps of a run only the discriminator learns
+    w_adv: float = 0.0
+    w_fm: float = 0.0
+    disc: dict = field(default_factory=dict)  # MelDiscriminatorConfig overrides
+    disc_lr: float = 2e-4
+    adv_warmup: int = 100
     # vocoder optimisation
     vocoder_steps: int = 6000
     vocoder_minutes: float | None = None
@@ -166,6 +183,15 @@ class U2STrainConfig:
         PhoneJudgeConfig.from_dict(self.judge)
         if not isinstance(self.unit_noise, (int, float)) or not 0.0 <= self.unit_noise <= 1.0:
             raise ValueError(f"U2STrainConfig.unit_noise must be a number in [0, 1], got {self.unit_noise!r}")
+        for k in ("w_adv", "w_fm"):
+            v = getattr(self, k)
+            if not isinstance(v, (int, float)) or not 0.0 <= v <= 100.0:
+                raise ValueError(f"U2STrainConfig.{k} must be a number in [0, 100], got {v!r}")
+        if not isinstance(self.disc_lr, (int, float)) or not 0.0 < self.disc_lr <= 1.0:
+            raise ValueError(f"U2STrainConfig.disc_lr must be a number in (0, 1], got {self.disc_lr!r}")
+        if not isinstance(self.adv_warmup, int) or self.adv_warmup < 0:
+            raise ValueError(f"U2STrainConfig.adv_warmup must be an integer >= 0, got {self.adv_warmup!r}")
+        MelDiscriminatorConfig.from_dict({"n_mels": self.u2s_config().n_mels, **self.disc})
         if (not isinstance(self.unit_noise_levels, list) or not self.unit_noise_levels
                 or not all(isinstance(v, int) and v >= 2 for v in self.unit_noise_levels)
                 or math.prod(self.unit_noise_levels) != self.u2s_config().n_units):
@@ -204,6 +230,13 @@ class U2STrainConfig:
     def uses_judge(self) -> bool:
         """Whether the u2s or the finetune stage trains with the content loss (so the judge stage runs)."""
         return self.w_content > 0 or bool(self.finetune and self.finetune_config().w_content > 0)
+
+    def uses_disc(self) -> bool:
+        """Whether this stage trains against a mel discriminator."""
+        return self.w_adv > 0 or self.w_fm > 0
+
+    def disc_config(self) -> MelDiscriminatorConfig:
+        return MelDiscriminatorConfig.from_dict({"n_mels": self.u2s_config().n_mels, **self.disc})
 
     def speaking_voices(self) -> list[str] | None:
         """The voices the exported detokenizer speaks (prototypes, calibration)."""
@@ -261,8 +294,12 @@ def perturb_units(units: torch.Tensor, n_units: torch.Tensor, p: float, levels: 
     return torch.where(hit, fsq.codes_to_indices(moved), units)
 
 
-def u2s_losses(bundle: U2SBundle, batch: dict, cfg: U2STrainConfig,
-               judge: nn.Module | None = None) -> dict[str, torch.Tensor]:
+def u2s_losses(bundle: U2SBundle, batch: dict, cfg: U2STrainConfig, judge: nn.Module | None = None,
+               disc: MelDiscriminator | None = None, gen: torch.Generator | None = None,
+               adversarial: bool = True) -> dict[str, torch.Tensor]:
+    """The U2S's losses on one batch (`total` is what is optimised). With a discriminator, windows of the
+    predicted and real mel are cut (`gen`) and returned under `windows` (predicted detached) for its own
+    step; `adversarial=False` (its warm-up) leaves the GAN terms out of `total`."""
     style = bundle.style_encoder(batch["ref"], batch["ref_lens"])
     Fr = batch["mel"].shape[1]
     o = bundle.u2s(batch["units"], batch["n_units"], style, batch["durs"], batch["lf0"], batch["vuv"])
@@ -285,6 +322,19 @@ def u2s_losses(bundle: U2SBundle, batch: dict, cfg: U2STrainConfig,
         fmask = o["frame_mask"].bool()
         losses["content"] = ctc_phone_loss(judge(o["mel"], fmask), fmask, batch["phones"], batch["phone_lens"])
         losses["total"] = losses["total"] + cfg.w_content * losses["content"]
+    if disc is not None:
+        cut = crop_windows(o["mel"], batch["mel"], o["frame_mask"].sum(1), disc.cfg.window,
+                           disc.cfg.windows_per_item, gen if gen is not None else torch.Generator().manual_seed(0))
+        zero = losses["mel"].new_zeros(())
+        losses["adv"], losses["fm"] = zero, zero
+        if cut is not None:
+            fake, real, item = cut
+            losses["windows"] = (fake.detach(), real)
+            if adversarial:
+                w = torch.where(batch["exact"][item], 1.0, cfg.w_mel_styled)
+                g = generator_losses(disc, fake, real, w)
+                losses["adv"], losses["fm"] = g["adv"], g["fm"]
+                losses["total"] = losses["total"] + cfg.w_adv * g["adv"] + cfg.w_fm * g["fm"]
     assert o["mel"].shape[1] == Fr
     return losses
 
@@ -346,6 +396,19 @@ def _init_from_checkpoint(bundle: U2SBundle, ck: Path, run_name: str) -> None:
     print(f"{run_name} starts from {ck}" + (f" (+{len(added)} new tensors, identity-initialised)" if added else ""))
 
 
+def _save_u2s(path: Path, bundle: U2SBundle, opt, disc: MelDiscriminator | None, d_opt, state: dict) -> None:
+    """The U2S checkpoint; with a discriminator, the discriminator's own checkpoint inside it (`disc/`).
+    A kill between the two leaves a U2S checkpoint without `disc/`: it resumes with a fresh discriminator."""
+    if disc is None:
+        save_checkpoint(path, bundle, opt, state)
+        return
+    tmp = path.with_name(f".{path.name}.disc.tmp")  # not `step-*`: _keep_last / latest_checkpoint skip it
+    save_checkpoint(tmp, disc, d_opt, {"step": state["step"]})
+    save_checkpoint(path, bundle, opt, state)
+    shutil.rmtree(path / "disc", ignore_errors=True)
+    tmp.rename(path / "disc")
+
+
 def train_u2s_model(cfg: U2STrainConfig, progress: bool = True, run_name: str = "u2s",
                     init_checkpoint: Path | None = None) -> Path:
     torch.manual_seed(cfg.seed)
@@ -363,13 +426,21 @@ def train_u2s_model(cfg: U2STrainConfig, progress: bool = True, run_name: str = 
         _init_from_checkpoint(bundle, init_checkpoint, run_name)
     elif cfg.init_from:
         _init_from_detokenizer(bundle, cfg.init_from)
+    disc, d_opt = None, None
+    if cfg.uses_disc():  # its own checkpoint beside the U2S's (`step-N/disc`); a fresh one otherwise
+        disc = MelDiscriminator(cfg.disc_config())
+        d_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.disc_lr, betas=(0.8, 0.99), weight_decay=0.01)
+        if ck is not None and (ck / "disc" / "state.json").exists():
+            load_checkpoint(ck / "disc", disc, d_opt)
+            print(f"resuming the mel discriminator from {ck / 'disc'}")
     acc = fresh_accelerator(cfg.bf16)
     bundle, opt = acc.prepare(bundle, opt)
     data = U2SData(cfg.cache_dir, cfg.voices)
     judge, phones = None, None
     if cfg.w_content > 0:
         judge, phones = load_judge(cfg), item_phones(data, cfg.corpus)
-    cols = ("total", "mel", "dur", "f0", "vuv", "prosody", "labels") + (("content",) if judge is not None else ())
+    cols = (("total", "mel", "dur", "f0", "vuv", "prosody", "labels") + (("content",) if judge is not None else ())
+            + (("adv", "fm", "disc") if disc is not None else ()))
     logf, writer = _open_log(run / "log.csv", ["step", "epoch", "lr", *cols, "elapsed_s"], step == 0)
     bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {run_name}", unit="step", disable=not progress)
     t0 = time.time() - elapsed0
@@ -393,11 +464,22 @@ def train_u2s_model(cfg: U2STrainConfig, progress: bool = True, run_name: str = 
             for g in opt.param_groups:
                 g["lr"] = lr
             with acc.autocast():
-                losses = u2s_losses(acc.unwrap_model(bundle), batch, cfg, judge)
+                losses = u2s_losses(acc.unwrap_model(bundle), batch, cfg, judge, disc,
+                                    torch.Generator().manual_seed(cfg.seed * 7919 + step + 1),
+                                    adversarial=step >= cfg.adv_warmup)
             opt.zero_grad(set_to_none=True)
             acc.backward(losses["total"])
             torch.nn.utils.clip_grad_norm_(bundle.parameters(), 1.0)
             opt.step()
+            if disc is not None:
+                losses["disc"] = losses["mel"].new_zeros(())
+                if "windows" in losses:
+                    d_opt.zero_grad(set_to_none=True)  # also drops what the U2S's backward left here
+                    with acc.autocast():
+                        losses["disc"] = discriminator_loss(disc, *losses["windows"])
+                    losses["disc"].backward()
+                    torch.nn.utils.clip_grad_norm_(disc.parameters(), 1.0)
+                    d_opt.step()
             step += 1
             bar.update()
             if step % cfg.log_every == 0:
@@ -406,8 +488,8 @@ def train_u2s_model(cfg: U2STrainConfig, progress: bool = True, run_name: str = 
                 logf.flush()
                 bar.set_postfix(mel=f"{losses['mel'].item():.3f}", dur=f"{losses['dur'].item():.3f}")
             if step % cfg.save_every == 0:
-                save_checkpoint(run / f"step-{step}", acc.unwrap_model(bundle), opt,
-                                {"step": step, "epoch": epoch, "batch_in_epoch": bi + 1, "elapsed": time.time() - t0})
+                _save_u2s(run / f"step-{step}", acc.unwrap_model(bundle), opt, disc, d_opt,
+                          {"step": step, "epoch": epoch, "batch_in_epoch": bi + 1, "elapsed": time.time() - t0})
                 _keep_last(run)
         else:
             epoch, bi0 = epoch + 1, 0
@@ -415,8 +497,8 @@ def train_u2s_model(cfg: U2STrainConfig, progress: bool = True, run_name: str = 
         break
     bar.close()
     logf.close()
-    save_checkpoint(run / f"step-{step}", acc.unwrap_model(bundle), opt,
-                    {"step": step, "epoch": epoch, "batch_in_epoch": 0, "elapsed": time.time() - t0})
+    _save_u2s(run / f"step-{step}", acc.unwrap_model(bundle), opt, disc, d_opt,
+              {"step": step, "epoch": epoch, "batch_in_epoch": 0, "elapsed": time.time() - t0})
     _keep_last(run)
     plot_log(run / "log.csv", cols[1:])
     return run

@@ -476,3 +476,80 @@ def test_unit_noise_moves_units_to_neighbouring_codes():
         U2STrainConfig(unit_noise=1.5)
     with pytest.raises(ValueError, match="unit_noise_levels"):
         U2STrainConfig(unit_noise_levels=[8, 8, 8])
+
+
+def test_adversarial_loss_trains_a_discriminator_beside_the_u2s(setup, capsys):
+    root, cfg = setup
+    c = U2STrainConfig(**{**cfg.__dict__, "out_dir": str(root / "run_adv"), "w_adv": 0.5, "w_fm": 1.0,
+                          "adv_warmup": 2, "disc": {"channels": [8, 8], "time_dilations": [1, 2], "window": 16}})
+    assert c.uses_disc() and not cfg.uses_disc()
+    train_u2s(c, stages=("prepare", "u2s"), progress=False)
+    rows = list(csv.DictReader(open(root / "run_adv" / "u2s" / "log.csv")))
+    assert len(rows) == 4 and all(float(r["disc"]) > 0 for r in rows)
+    # the discriminator learns from the first step; the U2S hears it only after the warm-up
+    assert [float(r["adv"]) > 0 and float(r["fm"]) > 0 for r in rows] == [False, False, True, True]
+    assert (root / "run_adv" / "u2s" / "step-4" / "disc" / "model.safetensors").is_file()
+    assert not list((root / "run_adv" / "u2s").glob(".*tmp"))
+    # resumes with its discriminator; the exported U2S is the plain network
+    train_u2s(U2STrainConfig(**{**c.__dict__, "max_steps": 6, "export_vocoder": "griffin_lim"}), stages=("u2s", "export"),
+              progress=False)
+    assert "resuming the mel discriminator" in capsys.readouterr().out
+    assert len(list(csv.DictReader(open(root / "run_adv" / "u2s" / "log.csv")))) == 6
+    detok = SpeechDetokenizer.from_pretrained(root / "detok")
+    assert detok.decode([5, 9, 300, 7, 7, 41]).samples.size > 0
+    assert U2STrainConfig(**{**cfg.__dict__, "finetune": {"voices": ["flite:*"], "w_adv": 0.1}}).finetune_config().uses_disc()
+
+
+def test_mel_discriminator_windows_losses_and_validation():
+    from emova.train.u2s_adversarial import (
+        MelDiscriminator,
+        MelDiscriminatorConfig,
+        crop_windows,
+        discriminator_loss,
+        generator_losses,
+    )
+
+    pred = torch.randn(3, 60, 80)
+    real = torch.randn(3, 60, 80)
+    lengths = torch.tensor([60, 20, 40])
+    fake_w, real_w, item = crop_windows(pred, real, lengths, 32, 2, torch.Generator().manual_seed(0))
+    assert fake_w.shape == (4, 32, 80) and item.tolist() == [0, 0, 2, 2]  # the 20-frame item is too short
+    for f, r, b in zip(fake_w, real_w, item.tolist()):  # same frames of both, inside the real ones
+        t0 = next(t for t in range(lengths[b] - 31) if torch.equal(pred[b, t : t + 32], f))
+        assert torch.equal(real[b, t0 : t0 + 32], r)
+    assert crop_windows(pred, real, torch.tensor([10, 20, 5]), 32, 1, torch.Generator()) is None
+
+    torch.manual_seed(0)
+    disc = MelDiscriminator(MelDiscriminatorConfig(channels=[8, 8], time_dilations=[1, 2], window=16))
+    scores, feats = disc(torch.randn(2, 16, 80))
+    assert scores.shape == (2, 16) and len(feats) == 2
+    # feature matching is zero for identical windows; the generator's terms reach the predicted mel
+    x = torch.randn(2, 16, 80, requires_grad=True)
+    g = generator_losses(disc, x, x.detach().clone())
+    assert float(g["fm"]) == 0.0
+    g = generator_losses(disc, x, torch.randn(2, 16, 80), weight=torch.tensor([1.0, 0.0]))
+    (g["adv"] + g["fm"]).backward()
+    assert x.grad.abs().sum() > 0
+    # it learns to tell speech-like mels from smeared ones
+    opt = torch.optim.Adam(disc.parameters(), lr=2e-3)
+    real_b = -7 + 3 * torch.randn(8, 16, 80)
+    fake_b = torch.full((8, 16, 80), -7.0)
+    first = float(discriminator_loss(disc, fake_b, real_b))
+    for _ in range(40):
+        opt.zero_grad()
+        loss = discriminator_loss(disc, fake_b, real_b)
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.5 * first
+    with pytest.raises(ValueError, match="expects"):
+        disc(torch.zeros(1, 16, 64))
+    with pytest.raises(ValueError, match="unknown mel discriminator"):
+        U2STrainConfig(disc={"depth": 3})
+    with pytest.raises(ValueError, match="time_dilations"):
+        U2STrainConfig(disc={"channels": [8, 8], "time_dilations": [1]})
+    with pytest.raises(ValueError, match="w_adv"):
+        U2STrainConfig(w_adv=-0.1)
+    with pytest.raises(ValueError, match="adv_warmup"):
+        U2STrainConfig(adv_warmup=-1)
+    with pytest.raises(ValueError, match="kernel_time"):
+        MelDiscriminatorConfig(kernel_time=4)
