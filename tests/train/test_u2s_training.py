@@ -526,7 +526,7 @@ def test_mel_discriminator_windows_losses_and_validation():
     # feature matching is zero for identical windows; the generator's terms reach the predicted mel
     x = torch.randn(2, 16, 80, requires_grad=True)
     g = generator_losses(disc, x, x.detach().clone())
-    assert float(g["fm"]) == 0.0
+    assert g["fm"].item() == 0.0
     g = generator_losses(disc, x, torch.randn(2, 16, 80), weight=torch.tensor([1.0, 0.0]))
     (g["adv"] + g["fm"]).backward()
     assert x.grad.abs().sum() > 0
