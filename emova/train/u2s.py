@@ -34,7 +34,6 @@ from torch import nn
 from tqdm import tqdm
 
 from emova.data.speech.voices import PITCH_FACTOR
-from emova.speech.fsq import FSQ
 from emova.speech.style_encoder import StyleEncoder, StyleEncoderConfig
 from emova.speech.u2s import U2SConfig, U2SModel
 from emova.speech.vocoder import VocoderConfig, build_vocoder
@@ -45,8 +44,9 @@ from emova.train.u2s_adversarial import (
     MelDiscriminator,
     MelDiscriminatorConfig,
     crop_windows,
-    discriminator_loss,
+    discriminator_step,
     generator_losses,
+    load_or_new_discriminator,
 )
 from emova.train.u2s_calibrate import (
     build_prototypes,
@@ -57,7 +57,7 @@ from emova.train.u2s_calibrate import (
     calibrate_shape_gain,
 )
 from emova.train.u2s_content import PhoneJudgeConfig, ctc_phone_loss, item_phones, load_judge, phone_batch
-from emova.train.u2s_data import U2SData, prepare_cache
+from emova.train.u2s_data import U2SData, perturb_units, prepare_cache
 
 STAGES = ("prepare", "judge", "u2s", "finetune", "vocoder", "vocoder_gta", "export")
 FINETUNE_KEYS = {"voices", "max_minutes", "max_steps", "lr", "warmup_steps", "model", "w_content", "unit_noise",
@@ -176,22 +176,20 @@ class U2STrainConfig:
         if not isinstance(self.gta_steps, int) or self.gta_steps < 0:
             raise ValueError(f"U2STrainConfig.gta_steps must be an integer >= 0 (0: no vocoder_gta stage), "
                              f"got {self.gta_steps!r}")
-        if not isinstance(self.w_content, (int, float)) or not 0.0 <= self.w_content <= 100.0:
-            raise ValueError(f"U2STrainConfig.w_content must be a number in [0, 100], got {self.w_content!r}")
+        for k in ("w_content", "w_adv", "w_fm"):
+            v = getattr(self, k)
+            if not isinstance(v, (int, float)) or not 0.0 <= v <= 100.0:
+                raise ValueError(f"U2STrainConfig.{k} must be a number in [0, 100], got {v!r}")
         if not isinstance(self.judge_steps, int) or self.judge_steps < 1:
             raise ValueError(f"U2STrainConfig.judge_steps must be an integer >= 1, got {self.judge_steps!r}")
         PhoneJudgeConfig.from_dict(self.judge)
         if not isinstance(self.unit_noise, (int, float)) or not 0.0 <= self.unit_noise <= 1.0:
             raise ValueError(f"U2STrainConfig.unit_noise must be a number in [0, 1], got {self.unit_noise!r}")
-        for k in ("w_adv", "w_fm"):
-            v = getattr(self, k)
-            if not isinstance(v, (int, float)) or not 0.0 <= v <= 100.0:
-                raise ValueError(f"U2STrainConfig.{k} must be a number in [0, 100], got {v!r}")
         if not isinstance(self.disc_lr, (int, float)) or not 0.0 < self.disc_lr <= 1.0:
             raise ValueError(f"U2STrainConfig.disc_lr must be a number in (0, 1], got {self.disc_lr!r}")
         if not isinstance(self.adv_warmup, int) or self.adv_warmup < 0:
             raise ValueError(f"U2STrainConfig.adv_warmup must be an integer >= 0, got {self.adv_warmup!r}")
-        MelDiscriminatorConfig.from_dict({"n_mels": self.u2s_config().n_mels, **self.disc})
+        self.disc_config()
         if (not isinstance(self.unit_noise_levels, list) or not self.unit_noise_levels
                 or not all(isinstance(v, int) and v >= 2 for v in self.unit_noise_levels)
                 or math.prod(self.unit_noise_levels) != self.u2s_config().n_units):
@@ -274,24 +272,6 @@ def _lr(step: int, elapsed: float, peak: float, warmup: int, max_steps: int, min
     if minutes:
         p = max(p, elapsed / (60 * minutes))
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
-
-
-def perturb_units(units: torch.Tensor, n_units: torch.Tensor, p: float, levels: list[int],
-                  gen: torch.Generator) -> torch.Tensor:
-    """Move a share `p` of the real units to a neighbouring FSQ code: one digit (of `levels`) one step up or
-    down, reflected at the edges. Padding is left alone."""
-    if p <= 0:
-        return units
-    fsq = FSQ(levels)
-    real = torch.arange(units.shape[1])[None] < n_units[:, None]
-    hit = (torch.rand(units.shape, generator=gen) < p) & real
-    digit = torch.randint(0, len(levels), units.shape, generator=gen)
-    step = (torch.randint(0, 2, units.shape, generator=gen) * 2 - 1)[..., None] * F.one_hot(digit, len(levels))
-    codes = fsq.indices_to_codes(units)  # digits centred on 0: [-L//2, L - 1 - L//2]
-    lo, hi = -(fsq.levels // 2), fsq.levels - 1 - fsq.levels // 2
-    moved = codes + step
-    moved = torch.where((moved < lo) | (moved > hi), codes - step, moved)
-    return torch.where(hit, fsq.codes_to_indices(moved), units)
 
 
 def u2s_losses(bundle: U2SBundle, batch: dict, cfg: U2STrainConfig, judge: nn.Module | None = None,
@@ -399,14 +379,9 @@ def _init_from_checkpoint(bundle: U2SBundle, ck: Path, run_name: str) -> None:
 def _save_u2s(path: Path, bundle: U2SBundle, opt, disc: MelDiscriminator | None, d_opt, state: dict) -> None:
     """The U2S checkpoint; with a discriminator, the discriminator's own checkpoint inside it (`disc/`).
     A kill between the two leaves a U2S checkpoint without `disc/`: it resumes with a fresh discriminator."""
-    if disc is None:
-        save_checkpoint(path, bundle, opt, state)
-        return
-    tmp = path.with_name(f".{path.name}.disc.tmp")  # not `step-*`: _keep_last / latest_checkpoint skip it
-    save_checkpoint(tmp, disc, d_opt, {"step": state["step"]})
     save_checkpoint(path, bundle, opt, state)
-    shutil.rmtree(path / "disc", ignore_errors=True)
-    tmp.rename(path / "disc")
+    if disc is not None:
+        save_checkpoint(path / "disc", disc, d_opt, {"step": state["step"]})
 
 
 def train_u2s_model(cfg: U2STrainConfig, progress: bool = True, run_name: str = "u2s",
@@ -427,12 +402,8 @@ def train_u2s_model(cfg: U2STrainConfig, progress: bool = True, run_name: str = 
     elif cfg.init_from:
         _init_from_detokenizer(bundle, cfg.init_from)
     disc, d_opt = None, None
-    if cfg.uses_disc():  # its own checkpoint beside the U2S's (`step-N/disc`); a fresh one otherwise
-        disc = MelDiscriminator(cfg.disc_config())
-        d_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.disc_lr, betas=(0.8, 0.99), weight_decay=0.01)
-        if ck is not None and (ck / "disc" / "state.json").exists():
-            load_checkpoint(ck / "disc", disc, d_opt)
-            print(f"resuming the mel discriminator from {ck / 'disc'}")
+    if cfg.uses_disc():  # its own checkpoint inside the U2S's (`step-N/disc`); a fresh one otherwise
+        disc, d_opt = load_or_new_discriminator(cfg.disc_config(), cfg.disc_lr, ck / "disc" if ck else None)
     acc = fresh_accelerator(cfg.bf16)
     bundle, opt = acc.prepare(bundle, opt)
     data = U2SData(cfg.cache_dir, cfg.voices)
@@ -472,14 +443,8 @@ def train_u2s_model(cfg: U2STrainConfig, progress: bool = True, run_name: str = 
             torch.nn.utils.clip_grad_norm_(bundle.parameters(), 1.0)
             opt.step()
             if disc is not None:
-                losses["disc"] = losses["mel"].new_zeros(())
-                if "windows" in losses:
-                    d_opt.zero_grad(set_to_none=True)  # also drops what the U2S's backward left here
-                    with acc.autocast():
-                        losses["disc"] = discriminator_loss(disc, *losses["windows"])
-                    losses["disc"].backward()
-                    torch.nn.utils.clip_grad_norm_(disc.parameters(), 1.0)
-                    d_opt.step()
+                losses["disc"] = (discriminator_step(disc, d_opt, losses["windows"], acc.autocast)
+                                  if "windows" in losses else losses["mel"].new_zeros(()))
             step += 1
             bar.update()
             if step % cfg.log_every == 0:

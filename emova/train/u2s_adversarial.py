@@ -13,11 +13,16 @@ one frame. Windows are cut inside each utterance's real frames (`crop_windows`),
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from emova.train.checkpoint import load_checkpoint
 
 
 @dataclass
@@ -129,3 +134,27 @@ def generator_losses(disc: MelDiscriminator, fake: torch.Tensor, real: torch.Ten
     fm = sum((f[:k].float() - f[k:].detach().float()).abs().mean(dim=(1, 2, 3)) for f in feats) / len(feats)
     return {"adv": ((s[:k].float() - 1) ** 2).mean(),
             "fm": (fm * w).sum() / w.sum().clamp(min=1e-6)}
+
+
+def load_or_new_discriminator(cfg: MelDiscriminatorConfig, lr: float, checkpoint: Path | None = None,
+                              ) -> tuple[MelDiscriminator, torch.optim.Optimizer]:
+    """A discriminator and its optimiser, resumed from `checkpoint` when one was saved there."""
+    disc = MelDiscriminator(cfg)
+    opt = torch.optim.AdamW(disc.parameters(), lr=lr, betas=(0.8, 0.99), weight_decay=0.01)
+    if checkpoint is not None and (checkpoint / "state.json").exists():
+        load_checkpoint(checkpoint, disc, opt)
+        print(f"resuming the mel discriminator from {checkpoint}")
+    return disc, opt
+
+
+def discriminator_step(disc: MelDiscriminator, opt: torch.optim.Optimizer,
+                       windows: tuple[torch.Tensor, torch.Tensor],
+                       autocast: Callable[[], AbstractContextManager]) -> torch.Tensor:
+    """One optimiser step of the discriminator on (predicted, real) windows; returns its loss."""
+    opt.zero_grad(set_to_none=True)  # also drops what the U2S's backward left in its gradients
+    with autocast():
+        loss = discriminator_loss(disc, *windows)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(disc.parameters(), 1.0)
+    opt.step()
+    return loss.detach()

@@ -27,11 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.fft import dct
 from tqdm import tqdm
 
 from emova.audio import Audio
 from emova.data.speech.corpus import read_manifest
+from emova.speech.fsq import FSQ
 from emova.speech.style_encoder import style_label_ids
 from emova.speech.u2s import F0_REF, F0_SCALE
 from emova.speech.vocoder import VocoderConfig, mel_frames
@@ -310,3 +312,21 @@ def mean_frames_per_unit(data: U2SData) -> float:
     tot_f = sum(len(m) for m in data.mel)
     tot_u = sum(len(u) for u in data.units)
     return tot_f / max(1, tot_u) if tot_u else math.nan
+
+
+def perturb_units(units: torch.Tensor, n_units: torch.Tensor, p: float, levels: list[int],
+                  gen: torch.Generator) -> torch.Tensor:
+    """Move a share `p` of the real units to a neighbouring FSQ code: one digit (of `levels`) one step up or
+    down, reflected at the edges. Padding is left alone."""
+    if p <= 0:
+        return units
+    fsq = FSQ(levels)
+    real = torch.arange(units.shape[1])[None] < n_units[:, None]
+    hit = (torch.rand(units.shape, generator=gen) < p) & real
+    digit = torch.randint(0, len(levels), units.shape, generator=gen)
+    step = (torch.randint(0, 2, units.shape, generator=gen) * 2 - 1)[..., None] * F.one_hot(digit, len(levels))
+    codes = fsq.indices_to_codes(units)  # digits centred on 0: [-L//2, L - 1 - L//2]
+    lo, hi = -(fsq.levels // 2), fsq.levels - 1 - fsq.levels // 2
+    moved = codes + step
+    moved = torch.where((moved < lo) | (moved > hi), codes - step, moved)
+    return torch.where(hit, fsq.codes_to_indices(moved), units)
