@@ -57,6 +57,7 @@ from emova.train.u2s_calibrate import (
     calibrate_shape_gain,
 )
 from emova.train.u2s_content import PhoneJudgeConfig, ctc_phone_loss, item_phones, load_judge, phone_batch
+from emova.train.u2s_augment import F0Augment, augment_cache
 from emova.train.u2s_data import U2SData, perturb_units, prepare_cache
 
 STAGES = ("prepare", "judge", "u2s", "finetune", "vocoder", "vocoder_gta", "export")
@@ -123,6 +124,10 @@ class U2STrainConfig:
     disc: dict = field(default_factory=dict)  # MelDiscriminatorConfig overrides
     disc_lr: float = 2e-4
     adv_warmup: int = 100
+    # F0 augmentation (`emova.train.u2s_augment.F0Augment`): PSOLA pitch-shifted, relabelled copies of some
+    # training renderings, made by the prepare stage and trained on by every later stage, e.g.
+    # [{gender: male, from_pitch: normal, to_pitch: low, factor: 0.8}]; [] = none
+    f0_augment: list[dict] = field(default_factory=list)
     # vocoder optimisation
     vocoder_steps: int = 6000
     vocoder_minutes: float | None = None
@@ -201,6 +206,9 @@ class U2STrainConfig:
             raise ValueError(f"U2STrainConfig.gta_fraction must be in [0, 1], got {self.gta_fraction!r}")
         if self.export_vocoder not in ("vocos", "griffin_lim", "hifigan"):
             raise ValueError(f"export_vocoder must be vocos, hifigan or griffin_lim, got {self.export_vocoder!r}")
+        if not isinstance(self.f0_augment, list):
+            raise ValueError(f"U2STrainConfig.f0_augment must be a list of mappings, got {self.f0_augment!r}")
+        self.augmentations()
         self.u2s_config()
         self.vocoder_config()
         StyleEncoderConfig.from_dict(self.style_encoder)
@@ -235,6 +243,13 @@ class U2STrainConfig:
 
     def disc_config(self) -> MelDiscriminatorConfig:
         return MelDiscriminatorConfig.from_dict({"n_mels": self.u2s_config().n_mels, **self.disc})
+
+    def augmentations(self) -> list[F0Augment]:
+        return [F0Augment.from_dict(a) for a in self.f0_augment]
+
+    def augment_tags(self) -> list[str]:
+        """The augmented shards every stage after prepare reads with the cache."""
+        return [a.tag for a in self.augmentations()]
 
     def speaking_voices(self) -> list[str] | None:
         """The voices the exported detokenizer speaks (prototypes, calibration)."""
@@ -406,7 +421,7 @@ def train_u2s_model(cfg: U2STrainConfig, progress: bool = True, run_name: str = 
         disc, d_opt = load_or_new_discriminator(cfg.disc_config(), cfg.disc_lr, ck / "disc" if ck else None)
     acc = fresh_accelerator(cfg.bf16)
     bundle, opt = acc.prepare(bundle, opt)
-    data = U2SData(cfg.cache_dir, cfg.voices)
+    data = U2SData(cfg.cache_dir, cfg.voices, cfg.augment_tags())
     judge, phones = None, None
     if cfg.w_content > 0:
         judge, phones = load_judge(cfg), item_phones(data, cfg.corpus)
@@ -488,7 +503,7 @@ def export_detokenizer(cfg: U2STrainConfig, out: str | Path | None = None, vocod
     ck = _u2s_stage_checkpoint(cfg)
     load_checkpoint(ck, bundle)
     bundle.eval()
-    data = U2SData(cfg.cache_dir, cfg.speaking_voices())
+    data = U2SData(cfg.cache_dir, cfg.speaking_voices(), cfg.augment_tags())
     bundle.u2s.cfg.shape_gain = calibrate_shape_gain(bundle, data)
     protos = build_prototypes(bundle.style_encoder, data, cfg.prototypes_per_style)
     for k, v in calibrate_prosody(bundle, data, protos).items():
@@ -526,6 +541,8 @@ def train_u2s(cfg: U2STrainConfig, stages: tuple[str, ...] = STAGES, progress: b
     if "prepare" in stages:
         prepare_cache(cfg.corpus, cfg.cache_dir, cfg.tokenizer, cfg.vocoder_config(), tuple(cfg.splits),
                       cfg.max_groups, workers=cfg.workers, progress=progress, voices=cfg.prepare_voices)
+        for aug in cfg.augmentations():
+            augment_cache(cfg.cache_dir, cfg.corpus, aug, cfg.vocoder_config(), workers=cfg.workers, progress=progress)
     if "judge" in stages and cfg.uses_judge():
         from emova.train.u2s_content import train_phone_judge
 

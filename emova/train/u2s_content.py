@@ -104,7 +104,7 @@ def item_phones(data: U2SData, corpus: str | Path) -> list[list[int]]:
     by_id = {r["id"]: r.get("phones") for r in read_manifest(corpus)}
     out = []
     for m in data.meta:
-        ph = by_id.get(m["id"])
+        ph = by_id.get(m.get("source", m["id"]))  # an augmented copy says what its source was
         if ph is None:
             raise ValueError(f"corpus {corpus} has no phone transcript for cached item {m['id']}; the U2S cache "
                              f"and the corpus do not belong together")
@@ -175,7 +175,7 @@ def train_phone_judge(cfg: U2STrainConfig, progress: bool = True) -> Path:
         meta = load_checkpoint(ck, model, opt)
         step, epoch, elapsed0 = meta["step"], meta["epoch"], meta.get("elapsed", 0.0)
         print(f"resuming judge from {ck} (step {step})")
-    data = U2SData(cfg.cache_dir, cfg.speaking_voices())
+    data = U2SData(cfg.cache_dir, cfg.speaking_voices(), cfg.augment_tags())
     phones = item_phones(data, cfg.corpus)
     train_idx, val_idx = _split(data)
     val_idx = val_idx[:60]

@@ -206,13 +206,19 @@ def voice_matches(voice: str, patterns: list[str] | tuple[str, ...] | None) -> b
 
 class U2SData:
     """Every cached item in memory; length-bucketed batches. `voices` (glob patterns on the voice key)
-    keeps only the renderings of those voices."""
+    keeps only the renderings of those voices; `augment` (tags) adds those augmented shards."""
 
-    def __init__(self, cache_dir: str | Path, voices: list[str] | tuple[str, ...] | None = None) -> None:
+    def __init__(self, cache_dir: str | Path, voices: list[str] | tuple[str, ...] | None = None,
+                 augment: list[str] | tuple[str, ...] = ()) -> None:
         files = sorted(Path(cache_dir).glob("shard-*.npz"))
         files = [f for f in files if ".tmp" not in f.name]
         if not files:
             raise ValueError(f"no U2S cache shards in {cache_dir}; run the prepare stage first")
+        for tag in augment:  # augmented copies (`emova.train.u2s_augment`), written by the prepare stage
+            extra = sorted(f for f in Path(cache_dir).glob(f"aug-{tag}-*.npz") if ".tmp" not in f.name)
+            if not extra:
+                raise ValueError(f"no augmented U2S shards aug-{tag}-*.npz in {cache_dir}; run the prepare stage")
+            files += extra
         self.mel, self.lf0, self.vuv, self.units, self.durs, self.meta = [], [], [], [], [], []
         for f in files:
             with np.load(f) as z:  # read every array once; items are views into them

@@ -150,7 +150,7 @@ def train_vocoder_gta(cfg: U2STrainConfig, progress: bool = True) -> Path:
     opt, step, elapsed0 = _resume_vocoder(run, model, cfg.gta_lr, "vocoder_gta")
     if step == 0:
         print("vocoder_gta starts from", _load_vocoder_weights(cfg, model, ("vocoder",)))
-    data = U2SData(cfg.cache_dir, cfg.speaking_voices())
+    data = U2SData(cfg.cache_dir, cfg.speaking_voices(), cfg.augment_tags())
     seg_frames = cfg.vocoder_segment // vcfg.hop
     seg = seg_frames * vcfg.hop
     ids = [i for i in range(len(data)) if data.exact[i] and len(data.mel[i]) > seg_frames + 2]
@@ -162,7 +162,9 @@ def train_vocoder_gta(cfg: U2STrainConfig, progress: bool = True) -> Path:
 
     def wave(i: int) -> np.ndarray:
         if i not in waves:
-            waves[i] = Audio.load(paths[data.meta[i]["id"]], vcfg.sample_rate).samples
+            m = data.meta[i]  # an augmented copy's waveform lives in the cache
+            src = Path(cfg.cache_dir) / m["wav"] if "wav" in m else paths[m["id"]]
+            waves[i] = Audio.load(src, vcfg.sample_rate).samples
         return waves[i]
 
     def gta_mel(batch_ids: list[int]) -> None:

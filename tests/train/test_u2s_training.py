@@ -553,3 +553,64 @@ def test_mel_discriminator_windows_losses_and_validation():
         U2STrainConfig(adv_warmup=-1)
     with pytest.raises(ValueError, match="kernel_time"):
         MelDiscriminatorConfig(kernel_time=4)
+
+
+def test_f0_augment_adds_pitch_shifted_relabelled_copies(setup, tmp_path, capsys):
+    """`f0_augment` makes the prepare stage write PSOLA-shifted copies of matching renderings (same units and
+    timing, F0 × factor, the pitch label that factor means) that every later stage reads with the cache."""
+    import math
+
+    from emova.audio import Audio, f0_contour
+    from emova.train.u2s_augment import F0Augment, shift_f0
+
+    root, cfg = setup
+    train_u2s(cfg, stages=("prepare",), progress=False)
+    plain = U2SData(cfg.cache_dir)
+    gender = Style.parse(plain.meta[0]["style"]).gender  # the first item is a neutral (pitch-normal) rendering
+    spec = {"gender": gender, "from_pitch": "normal", "to_pitch": "low", "factor": 0.8}
+    aug_cfg = U2STrainConfig(**{**cfg.__dict__, "out_dir": str(tmp_path / "run"), "export_dir": str(tmp_path / "detok"),
+                                "f0_augment": [spec], "gta_steps": 2, "vocoder_segment": 2560, "vocoder_batch": 4})
+    train_u2s(aug_cfg, stages=("prepare",), progress=False)
+    tag = F0Augment(**spec).tag
+    data = U2SData(cfg.cache_dir, augment=[tag])
+    assert len(U2SData(cfg.cache_dir)) == len(plain)  # the plain cache is untouched
+    by_id = {m["id"]: i for i, m in enumerate(plain.meta)}
+    sources = [i for i, m in enumerate(plain.meta) if Style.parse(m["style"]).gender == gender
+               and Style.parse(m["style"]).pitch == "normal"]
+    copies = [i for i, m in enumerate(data.meta) if m.get("augment") == tag]
+    assert len(copies) == len(sources) > 0 and len(data) == len(plain) + len(copies)
+    for i in copies:
+        m, s = data.meta[i], by_id[data.meta[i]["source"]]
+        src_style = Style.parse(plain.meta[s]["style"])
+        assert Style.parse(m["style"]) == Style(gender=gender, emotion=src_style.emotion, speed=src_style.speed,
+                                                pitch="low")
+        assert np.array_equal(data.units[i], plain.units[s]) and np.array_equal(data.durs[i], plain.durs[s])
+        assert len(data.mel[i]) == len(plain.mel[s]) and m["exact"] == plain.meta[s]["exact"]
+        wav = Audio.load(root / "cache" / m["wav"])
+        src_wav = Audio.load(root / "corpus" / "wav" / f"{m['source']}.wav", wav.sample_rate)
+        assert len(wav.samples) == len(src_wav.samples)  # PSOLA keeps the timing
+        drop = (data.stats[i][0] - plain.stats[s][0]) * 0.5  # normalised log-F0 → natural log
+        assert abs(drop - math.log(0.8)) < 0.08, (drop, math.log(0.8))
+    # the shifter itself: same length, F0 scaled
+    x = Audio.load(root / "corpus" / "wav" / f"{plain.meta[sources[0]]['id']}.wav", 16000).samples
+    y = shift_f0(x, 16000, 1.25)
+    fx, fy = f0_contour(Audio(x, 16000)), f0_contour(Audio(y, 16000))
+    assert len(y) == len(x)
+    assert abs(math.log(np.median(fy[fy > 0]) / np.median(fx[fx > 0])) - math.log(1.25)) < 0.06
+    # resumable: a second prepare rewrites nothing
+    shard = sorted((root / "cache").glob(f"aug-{tag}-*.npz"))[0]
+    before = shard.stat().st_mtime_ns
+    train_u2s(aug_cfg, stages=("prepare",), progress=False)
+    assert shard.stat().st_mtime_ns == before
+    # training, the GTA vocoder (reads the copies' waveforms from the cache) and export run on them
+    train_u2s(aug_cfg, stages=("u2s", "vocoder", "vocoder_gta", "export"), progress=False)
+    detok = SpeechDetokenizer.from_pretrained(tmp_path / "detok")
+    assert detok.decode([3, 7, 11, 7] * 4, Style(gender=gender, pitch="low")).duration > 0
+    with pytest.raises(ValueError, match="no augmented U2S shards"):
+        U2SData(cfg.cache_dir, augment=["f0-nobody"])
+    for bad, msg in (({"gender": "x"}, "gender"), ({"factor": 1.0}, "factor"), ({"share": 0}, "share"),
+                     ({"pitch": "low"}, "unknown f0_augment keys"), ({"to_pitch": "lowest"}, "to_pitch")):
+        with pytest.raises(ValueError, match=msg):
+            U2STrainConfig(**{**cfg.__dict__, "f0_augment": [bad]})
+    with pytest.raises(ValueError, match="list of mappings"):
+        U2STrainConfig(**{**cfg.__dict__, "f0_augment": spec})

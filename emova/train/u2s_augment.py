@@ -1,0 +1,170 @@
+"""F0 augmentation of the U2S cache: pitch-shifted copies of training renderings, relabelled.
+
+The pitch labels mean "×0.8 / ×1.25 of normal" (`emova.data.speech.voices.PITCH_FACTOR`), but a TTS engine
+realises less than it is asked: flite's male voices render `pitch-low` only ~1/1.16 below normal, so no male
+training rendering goes much below ~85 Hz. A decoder that never saw such frames cannot draw them: asked for
+72 Hz, the bundled U2S draws harmonics at ~84 Hz whatever vocoder renders its mel (Griffin-Lim included).
+
+This stage adds, for renderings of one gender at one pitch label, a copy whose F0 is multiplied by
+`factor` with Praat's PSOLA (pitch-synchronous overlap-add: the spectral envelope — formants, phones — and
+the timing stay, so the copy keeps its source's units and unit durations exactly) and gives it the pitch
+label that factor means (`normal` × 0.8 → `low`). Each copy gets the source's emotion, speed and voice.
+Shards are written next to the cache's own (`aug-<tag>-00000.npz`, the waveforms under `aug-<tag>/`, for the
+vocoder), atomically, resumable; `U2SData(..., augment=[tag])` reads them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from emova.audio import Audio
+from emova.data.speech.corpus import read_manifest
+from emova.speech.vocoder import VocoderConfig, mel_frames
+from emova.styles import GENDERS, PITCHES, Style
+
+
+@dataclass(frozen=True)
+class F0Augment:
+    gender: str = "male"
+    from_pitch: str = "normal"  # renderings with this pitch label are copied …
+    to_pitch: str = "low"  # … and the copy gets this one
+    factor: float = 0.8  # F0 multiplier (the corpus's low/normal factor)
+    share: float = 1.0  # share of the matching renderings that get a copy
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.gender not in GENDERS:
+            raise ValueError(f"f0_augment.gender must be one of {list(GENDERS)}, got {self.gender!r}")
+        for k in ("from_pitch", "to_pitch"):
+            if getattr(self, k) not in PITCHES:
+                raise ValueError(f"f0_augment.{k} must be one of {list(PITCHES)}, got {getattr(self, k)!r}")
+        if not isinstance(self.factor, (int, float)) or not 0.5 <= self.factor <= 2.0 or self.factor == 1.0:
+            raise ValueError(f"f0_augment.factor must be a number in [0.5, 2] other than 1, got {self.factor!r}")
+        if not isinstance(self.share, (int, float)) or not 0.0 < self.share <= 1.0:
+            raise ValueError(f"f0_augment.share must be in (0, 1], got {self.share!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> F0Augment:
+        if not isinstance(d, dict):
+            raise ValueError(f"f0_augment must be a mapping, got {d!r}")
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown f0_augment keys {sorted(unknown)}; known: {sorted(f.name for f in fields(cls))}")
+        return cls(**d)
+
+    @property
+    def tag(self) -> str:
+        """Names the shards: every setting that changes what they hold."""
+        return (f"f0-{self.gender}-{self.from_pitch}-x{self.factor:.3f}-{self.to_pitch}"
+                f"-s{self.share:.3f}-r{self.seed}")
+
+    def matches(self, style: str) -> bool:
+        st = Style.parse(style)
+        return st.gender == self.gender and st.pitch == self.from_pitch
+
+    def relabel(self, style: str) -> str:
+        st = Style.parse(style)
+        return str(Style(gender=st.gender, emotion=st.emotion, speed=st.speed, pitch=self.to_pitch))
+
+
+def shift_f0(wave: np.ndarray, sr: int, factor: float, floor: float = 60.0, ceiling: float = 600.0) -> np.ndarray:
+    """The waveform with every F0 point multiplied by `factor` (Praat PSOLA); same length, same formants."""
+    import parselmouth
+    from parselmouth.praat import call
+
+    snd = parselmouth.Sound(wave.astype(np.float64), sampling_frequency=sr)
+    manip = call(snd, "To Manipulation", 0.01, floor, ceiling)
+    tier = call(manip, "Extract pitch tier")
+    call(tier, "Multiply frequencies", snd.xmin, snd.xmax, float(factor))
+    call([tier, manip], "Replace pitch tier")
+    out = call(manip, "Get resynthesis (overlap-add)").values[0].astype(np.float32)
+    if len(out) != len(wave):  # Praat keeps the duration; guard the sample count anyway
+        out = np.pad(out, (0, max(0, len(wave) - len(out))))[: len(wave)]
+    peak = float(np.abs(out).max()) if len(out) else 0.0
+    return out / peak * 0.99 if peak > 0.99 else out
+
+
+def _aug_shard(args: tuple[list[dict], str, str, str, dict, dict]) -> str:
+    items, corpus, cache_dir, out_path, vcfg_d, aug_d = args
+    import torch
+
+    torch.set_num_threads(1)
+    from emova.train.u2s_data import f0_track
+
+    vcfg, aug = VocoderConfig.from_dict(vcfg_d), F0Augment.from_dict(aug_d)
+    wav_dir = Path(cache_dir) / f"aug-{aug.tag}"
+    wav_dir.mkdir(parents=True, exist_ok=True)
+    mels, lf0s, vuvs, units, durs, meta = [], [], [], [], [], []
+    for it in items:
+        x = shift_f0(Audio.load(Path(corpus) / it["path"], vcfg.sample_rate).samples, vcfg.sample_rate, aug.factor)
+        m = mel_frames(x, vcfg).numpy()
+        n = int(it["mel_len"])
+        m = m[:n] if len(m) >= n else np.concatenate([m, np.repeat(m[-1:], n - len(m), 0)])
+        lf0, vuv = f0_track(x, vcfg.sample_rate, vcfg.hop, n)
+        rel = f"aug-{aug.tag}/{it['id']}.wav"
+        Audio(x, vcfg.sample_rate).save(Path(cache_dir) / rel)
+        mels.append(m.astype(np.float16))
+        lf0s.append(lf0)
+        vuvs.append(vuv)
+        units.append(np.asarray(it["units"], np.int16))
+        durs.append(np.asarray(it["durs"], np.int16))
+        meta.append({"id": f"{it['id']}@{aug.tag}", "style": aug.relabel(it["style"]), "voice": it["voice"],
+                     "group": it["group"], "exact": it["exact"], "wav": rel, "augment": aug.tag,
+                     "source": it["id"]})
+    tmp = out_path + ".tmp.npz"
+    np.savez(tmp, mel=np.concatenate(mels), lf0=np.concatenate(lf0s), vuv=np.concatenate(vuvs),
+             mel_off=np.cumsum([0] + [len(m) for m in mels]), units=np.concatenate(units),
+             durs=np.concatenate(durs), unit_off=np.cumsum([0] + [len(u) for u in units]),
+             meta=np.array(json.dumps(meta)))
+    os.replace(tmp, out_path)
+    return out_path
+
+
+def augment_cache(cache_dir: str | Path, corpus: str | Path, aug: F0Augment, vcfg: VocoderConfig,
+                  shard_items: int = 250, workers: int = 2, progress: bool = True) -> str:
+    """Write the augmented shards of `aug` for the cache's matching items (resumable); returns the tag."""
+    from emova.train.u2s_data import U2SData
+
+    cache = Path(cache_dir)
+    data = U2SData(cache)
+    paths = {r["id"]: r["path"] for r in read_manifest(corpus)}
+    todo_ids = [i for i, m in enumerate(data.meta) if aug.matches(m["style"])]
+    random.Random(aug.seed).shuffle(todo_ids)
+    todo_ids = sorted(todo_ids[: round(len(todo_ids) * aug.share)])
+    if not todo_ids:
+        raise ValueError(f"f0_augment: no cached renderings of gender {aug.gender} with pitch {aug.from_pitch} "
+                         f"in {cache}")
+    missing = [data.meta[i]["id"] for i in todo_ids if data.meta[i]["id"] not in paths]
+    if missing:
+        raise ValueError(f"f0_augment: {len(missing)} cached items are not in {corpus}'s manifest "
+                         f"(e.g. {missing[0]}); the cache was made from another corpus")
+    items = [{**data.meta[i], "path": paths[data.meta[i]["id"]], "mel_len": len(data.mel[i]),
+              "units": data.units[i].tolist(), "durs": data.durs[i].tolist()} for i in todo_ids]
+    shards = [items[s : s + shard_items] for s in range(0, len(items), shard_items)]
+    info = {"augment": asdict(aug), "n_items": len(items), "n_shards": len(shards)}
+    info_path = cache / f"aug-{aug.tag}.json"
+    if info_path.exists() and json.loads(info_path.read_text()) != info:
+        raise ValueError(f"{info_path} describes other augmented shards; delete aug-{aug.tag}* to rebuild them")
+    info_path.write_text(json.dumps(info, indent=1))
+    jobs = [(s, str(corpus), str(cache), str(cache / f"aug-{aug.tag}-{k:05d}.npz"), vcfg.to_dict(), asdict(aug))
+            for k, s in enumerate(shards) if not (cache / f"aug-{aug.tag}-{k:05d}.npz").exists()]
+    bar = tqdm(total=len(shards), initial=len(shards) - len(jobs), desc=f"f0 augment x{aug.factor}", unit="shard",
+               disable=not progress)
+    if workers <= 1 or len(jobs) <= 1:
+        for j in jobs:
+            _aug_shard(j)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(workers) as ex:
+            for _ in ex.map(_aug_shard, jobs):
+                bar.update()
+    bar.close()
+    return aug.tag
