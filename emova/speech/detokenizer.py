@@ -91,6 +91,13 @@ def parse_units(units: Iterable[int] | str | np.ndarray | torch.Tensor, n_units:
     return [u for i, u in enumerate(out) if i == 0 or u != out[i - 1]]
 
 
+def frame_f0_hz(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """F0 in Hz of every frame of a `U2SModel.infer` output (0 where it is unvoiced), for the vocoder."""
+    from emova.speech.u2s import F0_REF, F0_SCALE
+
+    return torch.exp(out["lf0"].float() * F0_SCALE + F0_REF) * (out["voiced"] > 0).float()
+
+
 class SpeechDetokenizer:
     def __init__(self, u2s: U2SModel, style_encoder: StyleEncoder, vocoder: torch.nn.Module,
                  prototypes: StylePrototypes, stream: StreamConfig | None = None) -> None:
@@ -180,11 +187,14 @@ class SpeechDetokenizer:
                               rate_offset=offsets.rate, spread_scale=math.exp(offsets.log_spread))
 
     @torch.no_grad()
-    def vocode(self, mel: torch.Tensor, gain_db: float = 0.0) -> np.ndarray:
-        """(F, n_mels) log-mel → float32 waveform of (F - 1) * hop samples (times the gain, clipped to ±1)."""
+    def vocode(self, mel: torch.Tensor, gain_db: float = 0.0, f0_hz: torch.Tensor | None = None) -> np.ndarray:
+        """(F, n_mels) log-mel [+ (F,) F0 in Hz, 0 unvoiced: needed by an F0-conditioned vocoder] → float32
+        waveform of (F - 1) * hop samples (times the gain, clipped to ±1)."""
         if mel.shape[0] < 2:
             mel = torch.cat([mel, mel], 0)
-        wave = self.vocoder(mel[None].float())[0]
+            f0_hz = None if f0_hz is None else torch.cat([f0_hz, f0_hz])[:2]
+        f0 = None if f0_hz is None else f0_hz[None].float()
+        wave = self.vocoder(mel[None].float(), f0)[0]
         if gain_db:
             wave = wave * 10 ** (gain_db / 20)
         return wave.clamp(-1.0, 1.0).numpy().astype(np.float32)
@@ -199,7 +209,7 @@ class SpeechDetokenizer:
         g = self.style_vector(style, reference)
         off = self._offsets(style, reference)
         out = self._mel(u, g, length_scale, off)
-        return Audio(self.vocode(out["mel"], off.gain_db), self.sample_rate)
+        return Audio(self.vocode(out["mel"], off.gain_db, frame_f0_hz(out)), self.sample_rate)
 
     def decode_stream(self, units: Iterable[int] | str, style: Style | str | None = None,
                       reference: Audio | str | Path | None = None) -> Iterator[Audio]:
@@ -269,7 +279,7 @@ class SpeechDetokenizer:
         f_e = n_frames if last else int((uidx < e).sum())
         m = sc.vocoder_margin_frames
         v0, v1 = max(0, f_s - m), min(n_frames, f_e + m + 1)
-        wave = self.vocode(mel[v0:v1], offsets.gain_db)
+        wave = self.vocode(mel[v0:v1], offsets.gain_db, frame_f0_hz(out)[v0:v1])
         a = (f_s - v0) * hop
         b = len(wave) if last else min(len(wave), (f_e - v0) * hop + sc.crossfade_samples)
         return wave[a:b].copy()

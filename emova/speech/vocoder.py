@@ -43,6 +43,11 @@ class VocoderConfig:
     upsample_rates: tuple[int, ...] = (8, 8, 4)
     upsample_kernel_sizes: tuple[int, ...] = (16, 16, 8)
     upsample_initial_channel: int = 128
+    # Vocos only: the vocoder also sees the F0 (Hz per frame, 0 = unvoiced) as a harmonic comb over the STFT
+    # bins, both as an input and as a per-bin emphasis of the predicted magnitude. An 80-bin mel barely
+    # resolves the harmonics of a voice below ~85 Hz, so from the mel alone a vocoder renders such a voice
+    # higher than it is (docs/u2s.md, "Low voices").
+    f0_input: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -54,6 +59,9 @@ class VocoderConfig:
                 raise ValueError(f"VocoderConfig.{k} must be a positive integer, got {v!r}")
         self.upsample_rates = tuple(int(r) for r in self.upsample_rates)
         self.upsample_kernel_sizes = tuple(int(r) for r in self.upsample_kernel_sizes)
+        if not isinstance(self.f0_input, bool) or (self.f0_input and self.kind != "vocos"):
+            raise ValueError(f"VocoderConfig.f0_input must be true or false, and true only for vocos; got "
+                             f"{self.f0_input!r} for {self.kind}")
         if self.kind == "hifigan" and int(np.prod(self.upsample_rates)) != self.hop:
             raise ValueError(f"VocoderConfig.upsample_rates must multiply to hop={self.hop}")
 
@@ -101,15 +109,39 @@ class VocosVocoder(nn.Module):
         self.norm_out = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.n_fft + 2)
         self.register_buffer("window", torch.hann_window(cfg.win), persistent=False)
+        if cfg.f0_input:  # both zero-initialised: a mel-only vocoder grown into this one starts unchanged
+            n_bins = cfg.n_fft // 2 + 1
+            self.f0_in = nn.Conv1d(n_bins + 1, cfg.dim, 1)
+            self.f0_gain = nn.Linear(cfg.dim, n_bins)
+            for layer in (self.f0_in, self.f0_gain):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+            self.register_buffer("bin_hz", torch.arange(n_bins) * (cfg.sample_rate / cfg.n_fft), persistent=False)
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        """mel (B, F, n_mels) → waveform (B, (F - 1) * hop)."""
+    def harmonic_comb(self, f0_hz: torch.Tensor) -> torch.Tensor:
+        """f0 (B, F) in Hz, 0 where unvoiced → (B, n_bins, F): cos(2π f_bin / f0), 1 on every harmonic; 0 unvoiced."""
+        voiced = (f0_hz > 0).float()
+        comb = torch.cos(2 * torch.pi * self.bin_hz[None, :, None] / f0_hz.clamp(min=20.0)[:, None, :])
+        return comb * voiced[:, None, :]
+
+    def forward(self, mel: torch.Tensor, f0_hz: torch.Tensor | None = None) -> torch.Tensor:
+        """mel (B, F, n_mels) [+ f0 (B, F) in Hz, 0 unvoiced, when `f0_input`] → waveform (B, (F - 1) * hop)."""
         x = self.embed(((mel + 5.0) / 4.0).transpose(1, 2))
+        comb = None
+        if self.cfg.f0_input:
+            if f0_hz is None or tuple(f0_hz.shape) != tuple(mel.shape[:2]):
+                raise ValueError(f"this vocoder needs the F0 of every mel frame, shape {tuple(mel.shape[:2])}; got "
+                                 f"{None if f0_hz is None else tuple(f0_hz.shape)}")
+            comb = self.harmonic_comb(f0_hz.float())
+            x = x + self.f0_in(torch.cat([comb, (f0_hz > 0).float()[:, None]], 1).to(x.dtype))
         x = self.norm_in(x.transpose(1, 2)).transpose(1, 2)
         for b in self.blocks:
             x = b(x)
-        out = self.head(self.norm_out(x.transpose(1, 2))).transpose(1, 2)  # (B, n_fft + 2, F)
+        h = self.norm_out(x.transpose(1, 2))
+        out = self.head(h).transpose(1, 2)  # (B, n_fft + 2, F)
         logmag, phase = out.float().chunk(2, dim=1)
+        if comb is not None:  # per-bin emphasis of the harmonics the F0 puts there
+            logmag = logmag + self.f0_gain(h).transpose(1, 2).float() * comb
         mag = torch.exp(logmag.clamp(max=6.0))
         spec = torch.polar(mag, phase)
         return torch.istft(spec, self.cfg.n_fft, self.cfg.hop, self.cfg.win, self.window, center=True)
@@ -126,7 +158,7 @@ class HifiGanVocoder(nn.Module):
         self.gen = Generator(cfg.n_mels, "2", [3, 5, 7], [[1, 2], [2, 6], [3, 12]], list(cfg.upsample_rates),
                              cfg.upsample_initial_channel, list(cfg.upsample_kernel_sizes))
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+    def forward(self, mel: torch.Tensor, f0_hz: torch.Tensor | None = None) -> torch.Tensor:  # F0 unused
         y = self.gen(((mel + 5.0) / 4.0).transpose(1, 2))[:, 0]  # (B, F * hop)
         return y[:, : (mel.shape[1] - 1) * self.cfg.hop]
 
@@ -144,7 +176,7 @@ class GriffinLim(nn.Module):
         self.cfg = cfg
         self.register_buffer("window", torch.hann_window(cfg.win), persistent=False)
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+    def forward(self, mel: torch.Tensor, f0_hz: torch.Tensor | None = None) -> torch.Tensor:  # F0 unused
         c = self.cfg
         power = (_mel_pinv(c.sample_rate, c.n_fft, c.n_mels) @ torch.exp(mel.float()).transpose(1, 2)).clamp(min=1e-10)
         mag = power.sqrt()  # (B, n_fft//2+1, F)

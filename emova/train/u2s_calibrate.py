@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from emova.audio import Audio
+from emova.speech.detokenizer import frame_f0_hz
 from emova.speech.style_encoder import StyleEncoder, StylePrototypes
 from emova.speech.u2s import U2SModel
 from emova.speech.vocoder import VocoderConfig, mel_frames
@@ -121,7 +122,8 @@ def calibrate_rendered_prosody(detok, data: U2SData, per_style: int = 4, min_ite
         out, log_durs = [], []
         for i in pick:
             u = torch.from_numpy(data.units[i].astype(np.int64))[None]
-            audio = Audio(detok.vocode(u2s.infer(u, style)["mel"]), detok.sample_rate)
+            o = u2s.infer(u, style)
+            audio = Audio(detok.vocode(o["mel"], f0_hz=frame_f0_hz(o)), detok.sample_rate)
             f0 = f0_contour(audio) if audio.duration >= 0.25 else np.zeros(1)  # Praat needs a few periods
             if (f0 > 0).sum() >= 5:
                 out.append((math.log(float(np.median(f0[f0 > 0]))) - F0_REF) / F0_SCALE)
@@ -254,7 +256,7 @@ def calibrate_condition_prosody(detok, data: U2SData, per_style: int = 8, min_it
             got = []
             for u in units:
                 out = u2s.infer(u, style, level_offset=level, rate_offset=rate, spread_scale=math.exp(log_spread))
-                r = _rendered_prosody(Audio(detok.vocode(out["mel"], gain), detok.sample_rate), vcfg)
+                r = _rendered_prosody(Audio(detok.vocode(out["mel"], gain, frame_f0_hz(out)), detok.sample_rate), vcfg)
                 voiced = out["voiced"] > 0
                 asked = float(out["lf0"][voiced].median()) if voiced.any() else math.nan
                 # a render whose median F0 is far (> ~20 %) from what was asked is a tracking error (octave

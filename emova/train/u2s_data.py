@@ -161,6 +161,16 @@ def _make_shard(args: tuple[list[list[dict]], str, str, dict]) -> str:
     return out_path
 
 
+MEL_KEYS = ("sample_rate", "n_fft", "hop", "win", "n_mels")
+
+
+def _feature_settings(info: dict) -> dict:
+    """What a cache's contents depend on: of the vocoder config only the mel settings (the vocoder's own
+    architecture, e.g. an F0 input, does not change the cached features)."""
+    voc = info.get("vocoder", {})
+    return {**info, "vocoder": {k: voc.get(k) for k in MEL_KEYS}}
+
+
 def prepare_cache(corpus: str, cache_dir: str, tokenizer: str, vcfg: VocoderConfig, splits: tuple[str, ...],
                   max_groups: int | None = None, shard_groups: int = 200, workers: int = 2,
                   progress: bool = True, voices: list[str] | tuple[str, ...] | None = None) -> Path:
@@ -172,7 +182,7 @@ def prepare_cache(corpus: str, cache_dir: str, tokenizer: str, vcfg: VocoderConf
     if voices is not None:
         info["voices"] = list(voices)
     info_path = out / "info.json"
-    if info_path.exists() and json.loads(info_path.read_text()) != info:
+    if info_path.exists() and _feature_settings(json.loads(info_path.read_text())) != _feature_settings(info):
         raise ValueError(f"{out} holds a cache made with other settings; delete it or pick another cache_dir")
     info_path.write_text(json.dumps(info, indent=1))
     groups = plan_groups(corpus, splits, max_groups, voices)

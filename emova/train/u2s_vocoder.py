@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,9 @@ from tqdm import tqdm
 from emova.audio import Audio
 from emova.data.speech.corpus import read_manifest
 from emova.speech.style_encoder import StyleEncoderConfig
-from emova.speech.vocoder import VocoderConfig, build_vocoder, mel_frames, mel_l1, multi_resolution_stft_loss
+from emova.speech.detokenizer import frame_f0_hz
+from emova.speech.vocoder import (VocoderConfig, VocosVocoder, build_vocoder, mel_frames, mel_l1,
+                                  multi_resolution_stft_loss)
 from emova.train.accel import fresh_accelerator
 from emova.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from emova.train.plots import plot_log
@@ -75,13 +78,26 @@ def train_vocoder(cfg: U2STrainConfig, progress: bool = True) -> Path:
     return _finish_vocoder_run(acc, model, opt, step, run, logf, bar, t0)
 
 
+def _segment_f0_hz(x: torch.Tensor, vcfg: VocoderConfig) -> torch.Tensor:
+    """Praat's F0 (Hz, 0 unvoiced) of each waveform segment (B, T) at the mel frame rate."""
+    from emova.train.u2s_data import f0_track
+
+    n = x.shape[1] // vcfg.hop + 1
+    rows = [f0_track(w.numpy(), vcfg.sample_rate, vcfg.hop, n) for w in x]
+    return torch.stack([frame_f0_hz({"lf0": torch.from_numpy(lf), "voiced": torch.from_numpy(v)}) for lf, v in rows])
+
+
 def _vocoder_step(cfg: U2STrainConfig, acc, model: nn.Module, opt, mel: torch.Tensor, x: torch.Tensor, seg: int,
-                  vcfg: VocoderConfig, lr: float, step: int, run: Path, writer, logf, bar, t0: float) -> None:
-    """One vocoder update (multi-resolution STFT + mel L1 against the waveform `x`), then log / checkpoint."""
+                  vcfg: VocoderConfig, lr: float, step: int, run: Path, writer, logf, bar, t0: float,
+                  f0_hz: torch.Tensor | None = None) -> None:
+    """One vocoder update (multi-resolution STFT + mel L1 against the waveform `x`), then log / checkpoint.
+    An F0-conditioned vocoder gets `f0_hz` (B, F), or Praat's F0 of `x` when none is given."""
     for g in opt.param_groups:
         g["lr"] = lr
+    if vcfg.f0_input and f0_hz is None:
+        f0_hz = _segment_f0_hz(x, vcfg)
     with acc.autocast():
-        y = model(mel)
+        y = model(mel, f0_hz) if vcfg.f0_input else model(mel)
     y = y.float()[:, :seg]
     stft = multi_resolution_stft_loss(y, x[:, : y.shape[1]])
     ml = mel_l1(y, x[:, : y.shape[1]], vcfg)
@@ -122,10 +138,14 @@ def _load_vocoder_weights(cfg: U2STrainConfig, voc: nn.Module, runs: tuple[str, 
 
         src = SpeechDetokenizer.from_pretrained(cfg.init_from).vocoder
         a, b = voc.state_dict(), src.state_dict()
-        if getattr(src, "cfg", None) != voc.cfg or a.keys() != b.keys():
+        # a mel-only vocoder may grow an F0 input (zero-initialised, so it starts as the source vocoder)
+        grows = (isinstance(src, VocosVocoder) and voc.cfg.f0_input and not src.cfg.f0_input
+                 and replace(src.cfg, f0_input=True) == voc.cfg and set(a) - set(b) == {k for k in a if k.startswith("f0_")}
+                 and set(b) <= set(a))
+        if not grows and (getattr(src, "cfg", None) != voc.cfg or a.keys() != b.keys()):
             raise ValueError(f"init_from {cfg.init_from}: its vocoder is not the configured {voc.cfg.kind} vocoder")
-        voc.load_state_dict({k: v.float() for k, v in b.items()})
-        return f"{cfg.init_from} (vocoder)"
+        voc.load_state_dict({k: v.float() for k, v in b.items()}, strict=not grows)
+        return f"{cfg.init_from} (vocoder{', F0 input added' if grows else ''})"
     raise ValueError(f"no vocoder checkpoint under {cfg.out_dir}/{{{','.join(runs)}}} and no init_from; "
                      f"train the vocoder stage or export griffin_lim")
 
@@ -189,7 +209,7 @@ def train_vocoder_gta(cfg: U2STrainConfig, progress: bool = True) -> Path:
         rng = random.Random(cfg.seed * 15485863 + step)
         pick = [rng.choice(ids) for _ in range(cfg.vocoder_batch)]
         gta_mel(pick[:n_gta])
-        mels, segs = [], []
+        mels, segs, f0s = [], [], []
         for k, i in enumerate(pick):
             w = wave(i)
             last = min(len(data.mel[i]), len(w) // vcfg.hop + 1) - seg_frames - 1
@@ -198,10 +218,15 @@ def train_vocoder_gta(cfg: U2STrainConfig, progress: bool = True) -> Path:
             x = F.pad(x, (0, seg - len(x)))
             segs.append(x)
             mels.append(gta[i][o : o + seg_frames + 1] if k < n_gta else mel_frames(x, vcfg))
+            if vcfg.f0_input:  # the cached F0 track (the one the U2S was teacher-forced with), frame-aligned
+                lf0 = torch.from_numpy(data.lf0[i][o : o + seg_frames + 1].astype(np.float32))
+                vuv = torch.from_numpy(data.vuv[i][o : o + seg_frames + 1].astype(np.float32))
+                f0s.append(F.pad(frame_f0_hz({"lf0": lf0, "voiced": vuv}), (0, seg_frames + 1 - len(lf0))))
         x, mel = torch.stack(segs), torch.stack(mels)
+        f0 = torch.stack(f0s) if f0s else None
         lr = _lr(step, time.time() - t0, cfg.gta_lr, 50, cfg.gta_steps, cfg.gta_minutes)
         step += 1
-        _vocoder_step(cfg, acc, model, opt, mel, x, seg, vcfg, lr, step, run, writer, logf, bar, t0)
+        _vocoder_step(cfg, acc, model, opt, mel, x, seg, vcfg, lr, step, run, writer, logf, bar, t0, f0)
     return _finish_vocoder_run(acc, model, opt, step, run, logf, bar, t0)
 
 

@@ -95,3 +95,36 @@ def test_stft_loss_is_zero_for_identical_and_grows_with_error():
     assert multi_resolution_stft_loss(x, x) < 1e-4
     assert multi_resolution_stft_loss(x + 0.05 * torch.randn_like(x), x) > multi_resolution_stft_loss(
         x + 0.005 * torch.randn_like(x), x)
+
+
+def test_f0_conditioned_vocos_needs_the_f0_and_starts_as_its_mel_only_source():
+    base = VocoderConfig(dim=32, intermediate=64, layers=1)
+    plain = build_vocoder(base).eval()
+    grown = build_vocoder(VocoderConfig(dim=32, intermediate=64, layers=1, f0_input=True)).eval()
+    missing, unexpected = grown.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("f0_") for k in missing)
+    mel = torch.randn(2, 40, 80) - 5.0
+    f0 = torch.full((2, 40), 80.0)
+    f0[:, :8] = 0.0  # unvoiced frames
+    with torch.no_grad():
+        assert torch.equal(grown(mel, f0), plain(mel))  # zero-initialised: the same vocoder until it trains
+    with pytest.raises(ValueError, match="F0 of every mel frame"):
+        grown(mel)
+    with pytest.raises(ValueError, match="F0 of every mel frame"):
+        grown(mel, f0[:, :10])
+    comb = grown.harmonic_comb(f0)
+    assert comb.shape == (2, 513, 40) and comb[:, :, :8].abs().max() == 0
+    bins = grown.bin_hz
+    on = (bins % 80.0 == 0)  # exact harmonics of 80 Hz on the 15.625 Hz bin grid
+    assert torch.allclose(comb[0, on, 10], torch.ones(int(on.sum())))
+    # it learns to use the F0: a step on a voiced signal moves its output
+    opt = torch.optim.Adam(grown.parameters(), 1e-2)
+    t = torch.arange(39 * 256) / 16000
+    x = (0.3 * torch.sin(2 * torch.pi * 80 * t))[None].repeat(2, 1)
+    before = [p.detach().clone() for p in (grown.f0_in.weight, grown.f0_gain.weight)]
+    loss = multi_resolution_stft_loss(grown.train()(mel, f0)[:, : x.shape[1]], x)
+    loss.backward()
+    opt.step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, (grown.f0_in.weight, grown.f0_gain.weight)))
+    with pytest.raises(ValueError, match="f0_input"):
+        VocoderConfig(kind="hifigan", f0_input=True)

@@ -569,7 +569,8 @@ def test_f0_augment_adds_pitch_shifted_relabelled_copies(setup, tmp_path, capsys
     gender = Style.parse(plain.meta[0]["style"]).gender  # the first item is a neutral (pitch-normal) rendering
     spec = {"gender": gender, "from_pitch": "normal", "to_pitch": "low", "factor": 0.8}
     aug_cfg = U2STrainConfig(**{**cfg.__dict__, "out_dir": str(tmp_path / "run"), "export_dir": str(tmp_path / "detok"),
-                                "f0_augment": [spec], "gta_steps": 2, "vocoder_segment": 2560, "vocoder_batch": 4})
+                                "f0_augment": [spec], "gta_steps": 2, "vocoder_segment": 2560, "vocoder_batch": 4,
+                                "vocoder": {**cfg.vocoder, "f0_input": True}})
     train_u2s(aug_cfg, stages=("prepare",), progress=False)
     tag = F0Augment(**spec).tag
     data = U2SData(cfg.cache_dir, augment=[tag])
@@ -605,7 +606,10 @@ def test_f0_augment_adds_pitch_shifted_relabelled_copies(setup, tmp_path, capsys
     # training, the GTA vocoder (reads the copies' waveforms from the cache) and export run on them
     train_u2s(aug_cfg, stages=("u2s", "vocoder", "vocoder_gta", "export"), progress=False)
     detok = SpeechDetokenizer.from_pretrained(tmp_path / "detok")
-    assert detok.decode([3, 7, 11, 7] * 4, Style(gender=gender, pitch="low")).duration > 0
+    assert detok.vocoder_config.f0_input  # an F0-conditioned vocoder, trained on Praat's / the cache's F0
+    low = detok.decode([3, 7, 11, 7] * 4, Style(gender=gender, pitch="low"))
+    streamed = list(detok.decode_stream([3, 7, 11, 7] * 4, Style(gender=gender, pitch="low")))
+    assert low.duration > 0 and abs(sum(c.duration for c in streamed) - low.duration) < 0.05
     with pytest.raises(ValueError, match="no augmented U2S shards"):
         U2SData(cfg.cache_dir, augment=["f0-nobody"])
     for bad, msg in (({"gender": "x"}, "gender"), ({"factor": 1.0}, "factor"), ({"share": 0}, "share"),
