@@ -15,6 +15,7 @@ vocoder), atomically, resumable; `U2SData(..., augment=[tag])` reads them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -39,6 +40,7 @@ class F0Augment:
     factor: float = 0.8  # F0 multiplier (the corpus's low/normal factor)
     share: float = 1.0  # share of the matching renderings that get a copy
     seed: int = 0
+    voices: tuple[str, ...] | None = None  # glob patterns on the voice key (None: every voice)
 
     def __post_init__(self) -> None:
         if self.gender not in GENDERS:
@@ -50,6 +52,11 @@ class F0Augment:
             raise ValueError(f"f0_augment.factor must be a number in [0.5, 2] other than 1, got {self.factor!r}")
         if not isinstance(self.share, (int, float)) or not 0.0 < self.share <= 1.0:
             raise ValueError(f"f0_augment.share must be in (0, 1], got {self.share!r}")
+        if self.voices is not None:
+            if (not isinstance(self.voices, (list, tuple)) or not self.voices
+                    or not all(isinstance(v, str) and v for v in self.voices)):
+                raise ValueError(f"f0_augment.voices must be a non-empty list of glob patterns, got {self.voices!r}")
+            object.__setattr__(self, "voices", tuple(self.voices))
 
     @classmethod
     def from_dict(cls, d: dict) -> F0Augment:
@@ -63,12 +70,16 @@ class F0Augment:
     @property
     def tag(self) -> str:
         """Names the shards: every setting that changes what they hold."""
-        return (f"f0-{self.gender}-{self.from_pitch}-x{self.factor:.3f}-{self.to_pitch}"
-                f"-s{self.share:.3f}-r{self.seed}")
+        tag = f"f0-{self.gender}-{self.from_pitch}-x{self.factor:.3f}-{self.to_pitch}-s{self.share:.3f}-r{self.seed}"
+        if self.voices is not None:  # a short stable digest of the patterns keeps the name a file name
+            tag += "-v" + hashlib.sha1("|".join(self.voices).encode()).hexdigest()[:8]
+        return tag
 
-    def matches(self, style: str) -> bool:
+    def matches(self, style: str, voice: str) -> bool:
+        from emova.train.u2s_data import voice_matches
+
         st = Style.parse(style)
-        return st.gender == self.gender and st.pitch == self.from_pitch
+        return st.gender == self.gender and st.pitch == self.from_pitch and voice_matches(voice, self.voices)
 
     def relabel(self, style: str) -> str:
         st = Style.parse(style)
@@ -136,12 +147,12 @@ def augment_cache(cache_dir: str | Path, corpus: str | Path, aug: F0Augment, vcf
     cache = Path(cache_dir)
     data = U2SData(cache)
     paths = {r["id"]: r["path"] for r in read_manifest(corpus)}
-    todo_ids = [i for i, m in enumerate(data.meta) if aug.matches(m["style"])]
+    todo_ids = [i for i, m in enumerate(data.meta) if aug.matches(m["style"], m["voice"])]
     random.Random(aug.seed).shuffle(todo_ids)
     todo_ids = sorted(todo_ids[: round(len(todo_ids) * aug.share)])
     if not todo_ids:
         raise ValueError(f"f0_augment: no cached renderings of gender {aug.gender} with pitch {aug.from_pitch} "
-                         f"in {cache}")
+                         f"{'' if aug.voices is None else f'of voices {list(aug.voices)} '}in {cache}")
     missing = [data.meta[i]["id"] for i in todo_ids if data.meta[i]["id"] not in paths]
     if missing:
         raise ValueError(f"f0_augment: {len(missing)} cached items are not in {corpus}'s manifest "
@@ -149,12 +160,13 @@ def augment_cache(cache_dir: str | Path, corpus: str | Path, aug: F0Augment, vcf
     items = [{**data.meta[i], "path": paths[data.meta[i]["id"]], "mel_len": len(data.mel[i]),
               "units": data.units[i].tolist(), "durs": data.durs[i].tolist()} for i in todo_ids]
     shards = [items[s : s + shard_items] for s in range(0, len(items), shard_items)]
-    info = {"augment": asdict(aug), "n_items": len(items), "n_shards": len(shards)}
+    spec = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(aug).items() if v is not None}
+    info = {"augment": spec, "n_items": len(items), "n_shards": len(shards)}
     info_path = cache / f"aug-{aug.tag}.json"
     if info_path.exists() and json.loads(info_path.read_text()) != info:
         raise ValueError(f"{info_path} describes other augmented shards; delete aug-{aug.tag}* to rebuild them")
     info_path.write_text(json.dumps(info, indent=1))
-    jobs = [(s, str(corpus), str(cache), str(cache / f"aug-{aug.tag}-{k:05d}.npz"), vcfg.to_dict(), asdict(aug))
+    jobs = [(s, str(corpus), str(cache), str(cache / f"aug-{aug.tag}-{k:05d}.npz"), vcfg.to_dict(), spec)
             for k, s in enumerate(shards) if not (cache / f"aug-{aug.tag}-{k:05d}.npz").exists()]
     bar = tqdm(total=len(shards), initial=len(shards) - len(jobs), desc=f"f0 augment x{aug.factor}", unit="shard",
                disable=not progress)

@@ -616,5 +616,9 @@ def test_f0_augment_adds_pitch_shifted_relabelled_copies(setup, tmp_path, capsys
                      ({"pitch": "low"}, "unknown f0_augment keys"), ({"to_pitch": "lowest"}, "to_pitch")):
         with pytest.raises(ValueError, match=msg):
             U2STrainConfig(**{**cfg.__dict__, "f0_augment": [bad]})
+    assert F0Augment(**spec, voices=["flite:*"]).tag != tag  # a voice filter names other shards
+    assert not F0Augment(**spec, voices=["nobody:*"]).matches(plain.meta[0]["style"], plain.meta[0]["voice"])
+    with pytest.raises(ValueError, match="voices"):
+        F0Augment(**spec, voices="flite:*")
     with pytest.raises(ValueError, match="list of mappings"):
         U2STrainConfig(**{**cfg.__dict__, "f0_augment": spec})
