@@ -80,12 +80,12 @@ def bench_u2s(model: str = "emova-tiny", threads: int = 2, n_units: int = 150, r
     out_mel = detok._mel(units, detok.style_vector(Style()))["mel"]
     t_mel = _median_time(lambda: detok._mel(units, detok.style_vector(Style())), repeats)
     res["tiny"]["rtf_u2s_only"] = t_mel / audio.duration
-    from emova.speech.vocoder import VocoderConfig, build_vocoder
+    from emova.speech.vocoder import build_vocoder
 
     for kind in ("vocos", "griffin_lim"):
         if kind == detok.vocoder_config.kind:
             continue
-        voc = build_vocoder(VocoderConfig.from_dict({**detok.vocoder_config.to_dict(), "kind": kind})).eval()
+        voc = build_vocoder(detok.vocoder_config.with_kind(kind)).eval()
         with torch.no_grad():
             tv = _median_time(lambda v=voc: v(out_mel[None]), repeats)
         res[f"tiny_with_{kind}"] = {"rtf": (t_mel + tv) / audio.duration}

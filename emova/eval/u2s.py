@@ -173,10 +173,7 @@ def evaluate_u2s(detokenizer: str | SpeechDetokenizer = "emova-tiny", tokenizer:
     intel = {"flite_originals_wer": wer(refs, hyp_orig)}
     vocoders = {detok.vocoder_config.kind: detok.vocoder}
     if detok.vocoder_config.kind != "griffin_lim":
-        from emova.speech.vocoder import VocoderConfig
-
-        vocoders["griffin_lim"] = GriffinLim(VocoderConfig.from_dict({**detok.vocoder_config.to_dict(),
-                                                                     "kind": "griffin_lim"}))
+        vocoders["griffin_lim"] = GriffinLim(detok.vocoder_config.with_kind("griffin_lim"))
     bundled = detok.vocoder
     examples = {}
     for name, voc in vocoders.items():

@@ -73,6 +73,10 @@ class VocoderConfig:
             raise ValueError(f"unknown vocoder config keys: {sorted(unknown)}; known: {sorted(known)}")
         return cls(**d)
 
+    def with_kind(self, kind: str) -> VocoderConfig:
+        """The same mel settings for another kind of vocoder (an F0 input stays only on a Vocos)."""
+        return VocoderConfig.from_dict({**self.to_dict(), "kind": kind, "f0_input": self.f0_input and kind == "vocos"})
+
     def to_dict(self) -> dict:
         d = asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

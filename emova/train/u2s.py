@@ -48,6 +48,7 @@ from emova.train.u2s_adversarial import (
     generator_losses,
     load_or_new_discriminator,
 )
+from emova.train.u2s_augment import F0Augment, augment_cache
 from emova.train.u2s_calibrate import (
     build_prototypes,
     calibrate_condition_prosody,
@@ -57,7 +58,6 @@ from emova.train.u2s_calibrate import (
     calibrate_shape_gain,
 )
 from emova.train.u2s_content import PhoneJudgeConfig, ctc_phone_loss, item_phones, load_judge, phone_batch
-from emova.train.u2s_augment import F0Augment, augment_cache
 from emova.train.u2s_data import U2SData, perturb_units, prepare_cache
 
 STAGES = ("prepare", "judge", "u2s", "finetune", "vocoder", "vocoder_gta", "export")
@@ -266,9 +266,8 @@ class U2STrainConfig:
         u = self.u2s_config()
         d = {"sample_rate": u.sample_rate, "n_fft": u.n_fft, "hop": u.hop, "win": u.win, "n_mels": u.n_mels,
              **self.vocoder}
-        if kind:
-            d["kind"] = kind
-        return VocoderConfig.from_dict(d)
+        vcfg = VocoderConfig.from_dict(d)
+        return vcfg.with_kind(kind) if kind else vcfg
 
 
 class U2SBundle(nn.Module):

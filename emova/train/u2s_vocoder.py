@@ -16,10 +16,16 @@ from tqdm import tqdm
 
 from emova.audio import Audio
 from emova.data.speech.corpus import read_manifest
-from emova.speech.style_encoder import StyleEncoderConfig
 from emova.speech.detokenizer import frame_f0_hz
-from emova.speech.vocoder import (VocoderConfig, VocosVocoder, build_vocoder, mel_frames, mel_l1,
-                                  multi_resolution_stft_loss)
+from emova.speech.style_encoder import StyleEncoderConfig
+from emova.speech.vocoder import (
+    VocoderConfig,
+    VocosVocoder,
+    build_vocoder,
+    mel_frames,
+    mel_l1,
+    multi_resolution_stft_loss,
+)
 from emova.train.accel import fresh_accelerator
 from emova.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from emova.train.plots import plot_log

@@ -128,3 +128,6 @@ def test_f0_conditioned_vocos_needs_the_f0_and_starts_as_its_mel_only_source():
     assert all(not torch.equal(b, p) for b, p in zip(before, (grown.f0_in.weight, grown.f0_gain.weight)))
     with pytest.raises(ValueError, match="f0_input"):
         VocoderConfig(kind="hifigan", f0_input=True)
+    f0_cfg = VocoderConfig(f0_input=True)  # switching kind (Griffin-Lim in the eval) drops the F0 input
+    assert not f0_cfg.with_kind("griffin_lim").f0_input and f0_cfg.with_kind("vocos").f0_input
+    assert f0_cfg.with_kind("griffin_lim").n_mels == f0_cfg.n_mels
