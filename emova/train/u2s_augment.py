@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, fields
@@ -108,7 +107,7 @@ def _aug_shard(args: tuple[list[dict], str, str, str, dict, dict]) -> str:
     import torch
 
     torch.set_num_threads(1)
-    from emova.train.u2s_data import f0_track
+    from emova.train.u2s_data import f0_track, write_shard
 
     vcfg, aug = VocoderConfig.from_dict(vcfg_d), F0Augment.from_dict(aug_d)
     wav_dir = Path(cache_dir) / f"aug-{aug.tag}"
@@ -130,13 +129,7 @@ def _aug_shard(args: tuple[list[dict], str, str, str, dict, dict]) -> str:
         meta.append({"id": f"{it['id']}@{aug.tag}", "style": aug.relabel(it["style"]), "voice": it["voice"],
                      "group": it["group"], "exact": it["exact"], "wav": rel, "augment": aug.tag,
                      "source": it["id"]})
-    tmp = out_path + ".tmp.npz"
-    np.savez(tmp, mel=np.concatenate(mels), lf0=np.concatenate(lf0s), vuv=np.concatenate(vuvs),
-             mel_off=np.cumsum([0] + [len(m) for m in mels]), units=np.concatenate(units),
-             durs=np.concatenate(durs), unit_off=np.cumsum([0] + [len(u) for u in units]),
-             meta=np.array(json.dumps(meta)))
-    os.replace(tmp, out_path)
-    return out_path
+    return write_shard(out_path, mels, lf0s, vuvs, units, durs, meta)
 
 
 def augment_cache(cache_dir: str | Path, corpus: str | Path, aug: F0Augment, vcfg: VocoderConfig,

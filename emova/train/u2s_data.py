@@ -152,6 +152,11 @@ def _make_shard(args: tuple[list[list[dict]], str, str, dict]) -> str:
             units.append(red.astype(np.int16))
             durs.append(d)
             meta.append({"id": r["id"], "style": r["style"], "voice": r["voice"], "group": r["group"], "exact": k == 0})
+    return write_shard(out_path, mels, lf0s, vuvs, units, durs, meta)
+
+
+def write_shard(out_path: str, mels: list, lf0s: list, vuvs: list, units: list, durs: list, meta: list[dict]) -> str:
+    """One cache shard: per-item arrays concatenated with their offsets, written atomically."""
     tmp = out_path + ".tmp.npz"
     np.savez(tmp, mel=np.concatenate(mels), lf0=np.concatenate(lf0s), vuv=np.concatenate(vuvs),
              mel_off=np.cumsum([0] + [len(m) for m in mels]), units=np.concatenate(units),
