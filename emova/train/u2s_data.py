@@ -230,7 +230,8 @@ class U2SData:
         if not files:
             raise ValueError(f"no U2S cache shards in {cache_dir}; run the prepare stage first")
         for tag in augment:  # augmented copies (`emova.train.u2s_augment`), written by the prepare stage
-            extra = sorted(f for f in Path(cache_dir).glob(f"aug-{tag}-*.npz") if ".tmp" not in f.name)
+            # exactly five digits: a tag that extends another one (a voice filter) names other shards
+            extra = sorted(Path(cache_dir).glob(f"aug-{tag}-{'[0-9]' * 5}.npz"))
             if not extra:
                 raise ValueError(f"no augmented U2S shards aug-{tag}-*.npz in {cache_dir}; run the prepare stage")
             files += extra

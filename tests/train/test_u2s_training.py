@@ -603,6 +603,15 @@ def test_f0_augment_adds_pitch_shifted_relabelled_copies(setup, tmp_path, capsys
     before = shard.stat().st_mtime_ns
     train_u2s(aug_cfg, stages=("prepare",), progress=False)
     assert shard.stat().st_mtime_ns == before
+    # a voice filter makes its own shards, and the shorter tag does not read them as its own
+    from emova.train.u2s_augment import augment_cache
+
+    voice = plain.meta[sources[0]]["voice"]
+    vtag = augment_cache(cfg.cache_dir, root / "corpus", F0Augment(**spec, voices=[voice]), aug_cfg.vocoder_config(),
+                         workers=1, progress=False)
+    assert vtag.startswith(tag) and len(U2SData(cfg.cache_dir, augment=[tag])) == len(data)
+    assert len(U2SData(cfg.cache_dir, augment=[vtag])) == len(plain) + sum(plain.meta[i]["voice"] == voice
+                                                                           for i in sources)
     # training, the GTA vocoder (reads the copies' waveforms from the cache) and export run on them
     train_u2s(aug_cfg, stages=("u2s", "vocoder", "vocoder_gta", "export"), progress=False)
     detok = SpeechDetokenizer.from_pretrained(tmp_path / "detok")
