@@ -37,14 +37,6 @@ from emova.train.u2s_data import align_durations, f0_track, load_tokenizer
 PROTOTYPE_VOICES = ("flite:slt", "flite:rms", "espeak:en-us+f1", "espeak:en-us+m1")
 
 
-def clip_f0_hz(detok: SpeechDetokenizer, clip: Audio) -> torch.Tensor:
-    """Praat's F0 of a clip at the vocoder's frame rate (0 unvoiced), for an F0-conditioned vocoder."""
-    vc = detok.vocoder_config
-    n = mel_frames(clip.samples, vc).shape[0]
-    lf0, vuv = f0_track(clip.samples, vc.sample_rate, vc.hop, n)
-    return frame_f0_hz({"lf0": torch.from_numpy(lf0), "voiced": torch.from_numpy(vuv)})
-
-
 @torch.no_grad()
 def oracle_prosody(detok: SpeechDetokenizer, clip: Audio, raw: np.ndarray) -> Audio:
     """U2S mel decoder given the clip's own timing and F0 (teacher-forced), style from the clip."""
@@ -57,8 +49,7 @@ def oracle_prosody(detok: SpeechDetokenizer, clip: Audio, raw: np.ndarray) -> Au
     out = detok.u2s(torch.from_numpy(red.astype(np.int64))[None], torch.tensor([len(red)]),
                     detok.style_vector(reference=clip), torch.from_numpy(durs.astype(np.float32))[None],
                     torch.from_numpy(lf0)[None], torch.from_numpy(vuv.astype(np.float32))[None])
-    return Audio(detok.vocode(out["mel"][0], f0_hz=frame_f0_hz({"lf0": torch.from_numpy(lf0), "voiced": torch.from_numpy(vuv)})),
-                 detok.sample_rate)
+    return Audio(detok.vocode(out["mel"][0], f0_hz=frame_f0_hz(lf0, vuv)), detok.sample_rate)
 
 
 @torch.no_grad()
@@ -111,8 +102,11 @@ def diagnose(model: str = "emova-tiny", tokenizer: str = "emova-tiny", corpus: s
         print(f"{name:28s} WER {res['wer'][name]:.3f}   e.g. {hyps[0]!r}", flush=True)
 
     score("original", clips)
-    score("gt_mel_vocoder", [Audio(detok.vocode(mel_frames(c.samples, detok.vocoder_config), f0_hz=clip_f0_hz(detok, c)),
-                                   detok.sample_rate) for c in clips])
+    vc = detok.vocoder_config
+    gt_mels = [mel_frames(c.samples, vc) for c in clips]
+    score("gt_mel_vocoder", [Audio(detok.vocode(m, f0_hz=frame_f0_hz(*f0_track(c.samples, vc.sample_rate, vc.hop,
+                                                                                 len(m)))), detok.sample_rate)
+                             for m, c in zip(gt_mels, clips)])
     score("oracle_prosody", [oracle_prosody(detok, c, r) for c, r in zip(clips, raws)])
     score("self_reference", [detok.decode(u, reference=c) for u, c in zip(units, clips)])
     train_rows = read_manifest(corpus, ("train",))
@@ -120,7 +114,7 @@ def diagnose(model: str = "emova-tiny", tokenizer: str = "emova-tiny", corpus: s
         g = voice_prototype(detok, corpus, train_rows, voice)
         if g is not None:
             outs = [detok._mel(u, g) for u in units]
-            score(f"prototype_{voice}", [Audio(detok.vocode(o["mel"], f0_hz=frame_f0_hz(o)), detok.sample_rate)
+            score(f"prototype_{voice}", [Audio(detok.vocode(o["mel"], f0_hz=frame_f0_hz(o["lf0"], o["voiced"])), detok.sample_rate)
                                          for o in outs])
     for gender in ("female", "male"):
         score(f"default_{gender}", [detok.decode(u, Style(gender=gender)) for u in units])

@@ -91,11 +91,13 @@ def parse_units(units: Iterable[int] | str | np.ndarray | torch.Tensor, n_units:
     return [u for i, u in enumerate(out) if i == 0 or u != out[i - 1]]
 
 
-def frame_f0_hz(out: dict[str, torch.Tensor]) -> torch.Tensor:
-    """F0 in Hz of every frame of a `U2SModel.infer` output (0 where it is unvoiced), for the vocoder."""
+def frame_f0_hz(lf0: torch.Tensor | np.ndarray, voiced: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """F0 in Hz per frame (0 where unvoiced) from normalised log-F0 and voicing — a `U2SModel.infer` output's
+    `lf0` / `voiced`, or a Praat track (`f0_track`) — for the vocoder."""
     from emova.speech.u2s import F0_REF, F0_SCALE
 
-    return torch.exp(out["lf0"].float() * F0_SCALE + F0_REF) * (out["voiced"] > 0).float()
+    lf0, voiced = torch.as_tensor(lf0).float(), torch.as_tensor(voiced)
+    return torch.exp(lf0 * F0_SCALE + F0_REF) * (voiced > 0).float()
 
 
 class SpeechDetokenizer:
@@ -209,7 +211,7 @@ class SpeechDetokenizer:
         g = self.style_vector(style, reference)
         off = self._offsets(style, reference)
         out = self._mel(u, g, length_scale, off)
-        return Audio(self.vocode(out["mel"], off.gain_db, frame_f0_hz(out)), self.sample_rate)
+        return Audio(self.vocode(out["mel"], off.gain_db, frame_f0_hz(out["lf0"], out["voiced"])), self.sample_rate)
 
     def decode_stream(self, units: Iterable[int] | str, style: Style | str | None = None,
                       reference: Audio | str | Path | None = None) -> Iterator[Audio]:
@@ -279,7 +281,7 @@ class SpeechDetokenizer:
         f_e = n_frames if last else int((uidx < e).sum())
         m = sc.vocoder_margin_frames
         v0, v1 = max(0, f_s - m), min(n_frames, f_e + m + 1)
-        wave = self.vocode(mel[v0:v1], offsets.gain_db, frame_f0_hz(out)[v0:v1])
+        wave = self.vocode(mel[v0:v1], offsets.gain_db, frame_f0_hz(out["lf0"], out["voiced"])[v0:v1])
         a = (f_s - v0) * hop
         b = len(wave) if last else min(len(wave), (f_e - v0) * hop + sc.crossfade_samples)
         return wave[a:b].copy()

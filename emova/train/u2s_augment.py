@@ -23,12 +23,14 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from emova.audio import Audio
 from emova.data.speech.corpus import read_manifest
 from emova.speech.vocoder import VocoderConfig, mel_frames
 from emova.styles import GENDERS, PITCHES, Style
+from emova.train.u2s_data import U2SData, f0_track, voice_matches, write_shard
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,6 @@ class F0Augment:
         return tag
 
     def matches(self, style: str, voice: str) -> bool:
-        from emova.train.u2s_data import voice_matches
-
         st = Style.parse(style)
         return st.gender == self.gender and st.pitch == self.from_pitch and voice_matches(voice, self.voices)
 
@@ -104,11 +104,7 @@ def shift_f0(wave: np.ndarray, sr: int, factor: float, floor: float = 60.0, ceil
 
 def _aug_shard(args: tuple[list[dict], str, str, str, dict, dict]) -> str:
     items, corpus, cache_dir, out_path, vcfg_d, aug_d = args
-    import torch
-
     torch.set_num_threads(1)
-    from emova.train.u2s_data import f0_track, write_shard
-
     vcfg, aug = VocoderConfig.from_dict(vcfg_d), F0Augment.from_dict(aug_d)
     wav_dir = Path(cache_dir) / f"aug-{aug.tag}"
     wav_dir.mkdir(parents=True, exist_ok=True)
@@ -135,9 +131,12 @@ def _aug_shard(args: tuple[list[dict], str, str, str, dict, dict]) -> str:
 def augment_cache(cache_dir: str | Path, corpus: str | Path, aug: F0Augment, vcfg: VocoderConfig,
                   shard_items: int = 250, workers: int = 2, progress: bool = True) -> str:
     """Write the augmented shards of `aug` for the cache's matching items (resumable); returns the tag."""
-    from emova.train.u2s_data import U2SData
-
     cache = Path(cache_dir)
+    info_path = cache / f"aug-{aug.tag}.json"
+    if info_path.exists():  # all written already: nothing to load
+        n = json.loads(info_path.read_text()).get("n_shards", -1)
+        if n > 0 and all((cache / f"aug-{aug.tag}-{k:05d}.npz").exists() for k in range(n)):
+            return aug.tag
     data = U2SData(cache)
     paths = {r["id"]: r["path"] for r in read_manifest(corpus)}
     todo_ids = [i for i, m in enumerate(data.meta) if aug.matches(m["style"], m["voice"])]
@@ -155,7 +154,6 @@ def augment_cache(cache_dir: str | Path, corpus: str | Path, aug: F0Augment, vcf
     shards = [items[s : s + shard_items] for s in range(0, len(items), shard_items)]
     spec = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(aug).items() if v is not None}
     info = {"augment": spec, "n_items": len(items), "n_shards": len(shards)}
-    info_path = cache / f"aug-{aug.tag}.json"
     if info_path.exists() and json.loads(info_path.read_text()) != info:
         raise ValueError(f"{info_path} describes other augmented shards; delete aug-{aug.tag}* to rebuild them")
     info_path.write_text(json.dumps(info, indent=1))

@@ -123,7 +123,7 @@ def calibrate_rendered_prosody(detok, data: U2SData, per_style: int = 4, min_ite
         for i in pick:
             u = torch.from_numpy(data.units[i].astype(np.int64))[None]
             o = u2s.infer(u, style)
-            audio = Audio(detok.vocode(o["mel"], f0_hz=frame_f0_hz(o)), detok.sample_rate)
+            audio = Audio(detok.vocode(o["mel"], f0_hz=frame_f0_hz(o["lf0"], o["voiced"])), detok.sample_rate)
             f0 = f0_contour(audio) if audio.duration >= 0.25 else np.zeros(1)  # Praat needs a few periods
             if (f0 > 0).sum() >= 5:
                 out.append((math.log(float(np.median(f0[f0 > 0]))) - F0_REF) / F0_SCALE)
@@ -256,7 +256,7 @@ def calibrate_condition_prosody(detok, data: U2SData, per_style: int = 8, min_it
             got = []
             for u in units:
                 out = u2s.infer(u, style, level_offset=level, rate_offset=rate, spread_scale=math.exp(log_spread))
-                r = _rendered_prosody(Audio(detok.vocode(out["mel"], gain, frame_f0_hz(out)), detok.sample_rate), vcfg)
+                r = _rendered_prosody(Audio(detok.vocode(out["mel"], gain, frame_f0_hz(out["lf0"], out["voiced"])), detok.sample_rate), vcfg)
                 voiced = out["voiced"] > 0
                 asked = float(out["lf0"][voiced].median()) if voiced.any() else math.nan
                 # a render whose median F0 is far (> ~20 %) from what was asked is a tracking error (octave

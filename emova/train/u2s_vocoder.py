@@ -30,7 +30,7 @@ from emova.train.accel import fresh_accelerator
 from emova.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from emova.train.plots import plot_log
 from emova.train.u2s import U2SBundle, U2STrainConfig, _keep_last, _lr, _open_log, _u2s_stage_checkpoint
-from emova.train.u2s_data import U2SData
+from emova.train.u2s_data import U2SData, f0_track
 
 
 def _vocoder_waves(cfg: U2STrainConfig) -> list[np.ndarray]:
@@ -65,45 +65,49 @@ def train_vocoder(cfg: U2STrainConfig, progress: bool = True) -> Path:
     if not waves:
         raise ValueError("no corpus utterances longer than vocoder_segment")
     seg = cfg.vocoder_segment // vcfg.hop * vcfg.hop
+    tracks: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # Praat's F0 of a whole wave, once (F0-input vocoder)
     logf, writer = _open_log(run / "log.csv", ["step", "lr", "total", "stft", "mel", "elapsed_s"], step == 0)
     bar = tqdm(total=cfg.vocoder_steps, initial=step, desc="train vocoder", unit="step", disable=not progress)
     t0 = time.time() - elapsed0
     model.train()
     while step < cfg.vocoder_steps and not (cfg.vocoder_minutes and time.time() - t0 > 60 * cfg.vocoder_minutes):
         rng = random.Random(cfg.seed * 104729 + step)
-        segs = []
+        segs, f0s = [], []
         for _ in range(cfg.vocoder_batch):
-            w = waves[rng.randrange(len(waves))]
+            k = rng.randrange(len(waves))
+            w = waves[k]
             o = rng.randrange(0, len(w) - seg)
             segs.append(torch.from_numpy(w[o : o + seg]))
+            if vcfg.f0_input:
+                if k not in tracks:
+                    tracks[k] = f0_track(w, vcfg.sample_rate, vcfg.hop, len(w) // vcfg.hop + 1)
+                f0s.append(_f0_at(tracks[k], o / vcfg.hop, seg // vcfg.hop + 1))
         x = torch.stack(segs)  # (B, seg)
         mel = mel_frames(x, vcfg)  # (B, seg / hop + 1, n_mels)
         lr = _lr(step, time.time() - t0, cfg.vocoder_lr, 200, cfg.vocoder_steps, cfg.vocoder_minutes)
         step += 1
-        _vocoder_step(cfg, acc, model, opt, mel, x, seg, vcfg, lr, step, run, writer, logf, bar, t0)
+        _vocoder_step(cfg, acc, model, opt, mel, x, seg, vcfg, lr, step, run, writer, logf, bar, t0,
+                      torch.stack(f0s) if f0s else None)
     return _finish_vocoder_run(acc, model, opt, step, run, logf, bar, t0)
 
 
-def _segment_f0_hz(x: torch.Tensor, vcfg: VocoderConfig) -> torch.Tensor:
-    """Praat's F0 (Hz, 0 unvoiced) of each waveform segment (B, T) at the mel frame rate."""
-    from emova.train.u2s_data import f0_track
-
-    n = x.shape[1] // vcfg.hop + 1
-    rows = [f0_track(w.numpy(), vcfg.sample_rate, vcfg.hop, n) for w in x]
-    return torch.stack([frame_f0_hz({"lf0": torch.from_numpy(lf), "voiced": torch.from_numpy(v)}) for lf, v in rows])
+def _f0_at(track: tuple[np.ndarray, np.ndarray], start: float, n: int) -> torch.Tensor:
+    """F0 in Hz (0 unvoiced) of `n` frames from frame position `start` of a whole wave's `f0_track`."""
+    lf0, vuv = track
+    t = start + np.arange(n)
+    grid = np.arange(len(lf0))
+    return frame_f0_hz(np.interp(t, grid, lf0), np.interp(t, grid, vuv.astype(np.float32)) > 0.5)
 
 
 def _vocoder_step(cfg: U2STrainConfig, acc, model: nn.Module, opt, mel: torch.Tensor, x: torch.Tensor, seg: int,
                   vcfg: VocoderConfig, lr: float, step: int, run: Path, writer, logf, bar, t0: float,
                   f0_hz: torch.Tensor | None = None) -> None:
     """One vocoder update (multi-resolution STFT + mel L1 against the waveform `x`), then log / checkpoint.
-    An F0-conditioned vocoder gets `f0_hz` (B, F), or Praat's F0 of `x` when none is given."""
+    An F0-conditioned vocoder needs `f0_hz` (B, F)."""
     for g in opt.param_groups:
         g["lr"] = lr
-    if vcfg.f0_input and f0_hz is None:
-        f0_hz = _segment_f0_hz(x, vcfg)
     with acc.autocast():
-        y = model(mel, f0_hz) if vcfg.f0_input else model(mel)
+        y = model(mel, f0_hz)
     y = y.float()[:, :seg]
     stft = multi_resolution_stft_loss(y, x[:, : y.shape[1]])
     ml = mel_l1(y, x[:, : y.shape[1]], vcfg)
@@ -225,9 +229,8 @@ def train_vocoder_gta(cfg: U2STrainConfig, progress: bool = True) -> Path:
             segs.append(x)
             mels.append(gta[i][o : o + seg_frames + 1] if k < n_gta else mel_frames(x, vcfg))
             if vcfg.f0_input:  # the cached F0 track (the one the U2S was teacher-forced with), frame-aligned
-                lf0 = torch.from_numpy(data.lf0[i][o : o + seg_frames + 1].astype(np.float32))
-                vuv = torch.from_numpy(data.vuv[i][o : o + seg_frames + 1].astype(np.float32))
-                f0s.append(F.pad(frame_f0_hz({"lf0": lf0, "voiced": vuv}), (0, seg_frames + 1 - len(lf0))))
+                f0 = frame_f0_hz(data.lf0[i][o : o + seg_frames + 1], data.vuv[i][o : o + seg_frames + 1])
+                f0s.append(F.pad(f0, (0, seg_frames + 1 - len(f0))))
         x, mel = torch.stack(segs), torch.stack(mels)
         f0 = torch.stack(f0s) if f0s else None
         lr = _lr(step, time.time() - t0, cfg.gta_lr, 50, cfg.gta_steps, cfg.gta_minutes)
