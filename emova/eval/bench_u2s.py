@@ -74,12 +74,14 @@ def bench_u2s(model: str = "emova-tiny", threads: int = 2, n_units: int = 150, r
     res: dict = {"threads": threads, "n_units": n_units, "repeats": repeats}
     audio = detok.decode(units, Style())
     t = _median_time(lambda: detok.decode(units, Style()), repeats)
-    n_params = sum(p.numel() for mod in (detok.u2s, detok.vocoder) for p in mod.parameters())
+    mods = (detok.u2s, detok.vocoder) + ((detok.refiner,) if detok.refiner is not None else ())
+    n_params = sum(p.numel() for mod in mods for p in mod.parameters())
     res["tiny"] = {"vocoder": detok.vocoder_config.kind, "params": n_params, "audio_s": audio.duration,
                    "rtf": t / audio.duration}
     out_mel = detok._mel(units, detok.style_vector(Style()))["mel"]
     t_mel = _median_time(lambda: detok._mel(units, detok.style_vector(Style())), repeats)
-    res["tiny"]["rtf_u2s_only"] = t_mel / audio.duration
+    res["tiny"]["rtf_u2s_only"] = t_mel / audio.duration  # with the refiner, when there is one
+    res["tiny"]["refiner_steps"] = detok.refiner.cfg.steps if detok.refiner is not None else 0
     from emova.speech.vocoder import build_vocoder
 
     for kind in ("vocos", "griffin_lim"):
@@ -93,7 +95,7 @@ def bench_u2s(model: str = "emova-tiny", threads: int = 2, n_units: int = 150, r
         res["vits_size"] = _vits_rtf(n_units, max(1, repeats // 2))
     print(f"U2S speed on {threads} threads, {n_units} units (median of {repeats})")
     print(f"  tiny ({res['tiny']['vocoder']})   {res['tiny']['params'] / 1e6:6.2f}M params  RTF {res['tiny']['rtf']:.4f}"
-          f"  (U2S alone {res['tiny']['rtf_u2s_only']:.4f})")
+          f"  (U2S{' + refiner' if detok.refiner is not None else ''} alone {res['tiny']['rtf_u2s_only']:.4f})")
     for k, v in res.items():
         if k.startswith("tiny_with_"):
             print(f"  {k:22s}                 RTF {v['rtf']:.4f}")

@@ -46,10 +46,17 @@ def oracle_prosody(detok: SpeechDetokenizer, clip: Audio, raw: np.ndarray) -> Au
     mel = mel_frames(clip.samples, vc).numpy()
     durs = align_durations(mel, mel, raw_to_red, len(red), vc.hop, vc.sample_rate, same=True)
     lf0, vuv = f0_track(clip.samples, vc.sample_rate, vc.hop, len(mel))
-    out = detok.u2s(torch.from_numpy(red.astype(np.int64))[None], torch.tensor([len(red)]),
-                    detok.style_vector(reference=clip), torch.from_numpy(durs.astype(np.float32))[None],
-                    torch.from_numpy(lf0)[None], torch.from_numpy(vuv.astype(np.float32))[None])
-    return Audio(detok.vocode(out["mel"][0], f0_hz=frame_f0_hz(lf0, vuv)), detok.sample_rate)
+    g = detok.style_vector(reference=clip)
+    lf0_t, vuv_t = torch.from_numpy(lf0), torch.from_numpy(vuv.astype(np.float32))
+    out = detok.u2s(torch.from_numpy(red.astype(np.int64))[None], torch.tensor([len(red)]), g,
+                    torch.from_numpy(durs.astype(np.float32))[None], lf0_t[None], vuv_t[None])
+    mel = out["mel"][0]
+    if detok.refiner is not None:  # the refiner redraws the U2S mel (unit positions fix its noise)
+        unit_index = torch.repeat_interleave(torch.arange(len(red)), torch.from_numpy(durs.astype(np.int64)))
+        unit_index = torch.nn.functional.pad(unit_index, (0, max(0, len(mel) - len(unit_index))),
+                                             value=len(red) - 1)[: len(mel)]
+        mel = detok.refiner.refine(mel, lf0_t, vuv_t, g, unit_index)
+    return Audio(detok.vocode(mel, f0_hz=frame_f0_hz(lf0, vuv)), detok.sample_rate)
 
 
 @torch.no_grad()

@@ -2,9 +2,11 @@
 
 A detokenizer directory (`emova/assets/emova-tiny/speech_detokenizer/`) holds
     config.json         format "emova-u2s-v1", the U2S / style encoder / vocoder configs, stream settings
-    model.safetensors   u2s.*, style_encoder.*, vocoder.* (fp16), `prototypes` (126, 256) fp32 and, when
+    model.safetensors   u2s.*, style_encoder.*, vocoder.* [, refiner.*] (fp16), `prototypes` (126, 256) fp32 and, when
                         calibrated, `prototype_prosody` (126, 4) fp32: per-condition F0 level, duration,
                         F0 excursion and loudness corrections (`ProsodyOffsets`)
+With a `refiner` (config key and weights), a flow-matching mel refiner (`emova.speech.refiner`) redraws the
+U2S mel before the vocoder, in place of the global-variance post-filter.
 An official EMOVA speech-tokenizer directory (UVITS decoder + `style_embedding`) is accepted too and is
 run through `emova.convert.speech_tokenizer.load_official_speech_tokenizer`.
 
@@ -26,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from emova.assets import read_config, resolve_model_dir
 from emova.audio import Audio, as_audio
+from emova.speech.refiner import MelRefiner, MelRefinerConfig
 from emova.speech.style_encoder import ProsodyOffsets, StyleEncoder, StyleEncoderConfig, StylePrototypes
 from emova.speech.u2s import U2SConfig, U2SModel
 from emova.speech.vocoder import VocoderConfig, build_vocoder, mel_frames
@@ -102,8 +105,10 @@ def frame_f0_hz(lf0: torch.Tensor | np.ndarray, voiced: torch.Tensor | np.ndarra
 
 class SpeechDetokenizer:
     def __init__(self, u2s: U2SModel, style_encoder: StyleEncoder, vocoder: torch.nn.Module,
-                 prototypes: StylePrototypes, stream: StreamConfig | None = None) -> None:
+                 prototypes: StylePrototypes, stream: StreamConfig | None = None,
+                 refiner: MelRefiner | None = None) -> None:
         self.u2s = u2s.eval()
+        self.refiner = None if refiner is None else refiner.eval()
         self.style_encoder = style_encoder.eval()
         self.vocoder = vocoder.eval()
         self.vocoder_config: VocoderConfig = vocoder.cfg
@@ -124,17 +129,26 @@ class SpeechDetokenizer:
                 return OfficialDetokenizer.load(d)  # type: ignore[return-value]
             raise ValueError(f"{d / 'config.json'}: unsupported format {meta.get('format')!r}; expected {FORMAT!r} "
                              "or an official EMOVA speech-tokenizer config")
-        unknown = set(meta) - {"format", "u2s", "style_encoder", "vocoder", "stream", "sample_rate", "styles", "info"}
+        unknown = set(meta) - {"format", "u2s", "style_encoder", "vocoder", "refiner", "stream", "sample_rate",
+                               "styles", "info"}
         if unknown:
             raise ValueError(f"{d / 'config.json'}: unknown keys {sorted(unknown)}")
         u2s = U2SModel(U2SConfig.from_dict(meta["u2s"]))
         enc = StyleEncoder(StyleEncoderConfig.from_dict(meta["style_encoder"]))
         voc = build_vocoder(VocoderConfig.from_dict(meta["vocoder"]))
+        refiner = MelRefiner(MelRefinerConfig.from_dict(meta["refiner"])) if meta.get("refiner") is not None else None
+        if refiner is not None and refiner.cfg.mel_mean is None:
+            raise ValueError(f"{d / 'config.json'}: the refiner config has no mel_mean / mel_std (an untrained refiner)")
         weights = d / "model.safetensors"
         if not weights.is_file():
             raise ValueError(f"{d}: missing model.safetensors")
         state = load_file(str(weights))
-        for prefix, module in (("u2s.", u2s), ("style_encoder.", enc), ("vocoder.", voc)):
+        modules = [("u2s.", u2s), ("style_encoder.", enc), ("vocoder.", voc)]
+        if refiner is not None:
+            modules.append(("refiner.", refiner))
+        elif any(k.startswith("refiner.") for k in state):
+            raise ValueError(f"{weights}: has refiner weights but config.json has no refiner config")
+        for prefix, module in modules:
             sub = {k[len(prefix):]: v.float() for k, v in state.items() if k.startswith(prefix)}
             missing, unexpected = module.load_state_dict(sub, strict=False)
             if missing or unexpected:
@@ -145,18 +159,22 @@ class SpeechDetokenizer:
         pros = state.get("prototype_prosody")
         protos = StylePrototypes(state["prototypes"].float(), meta.get("info", {}).get("prototype_counts"),
                                  None if pros is None else pros.float())
-        return cls(u2s, enc, voc, protos, StreamConfig.from_dict(meta.get("stream", {})))
+        return cls(u2s, enc, voc, protos, StreamConfig.from_dict(meta.get("stream", {})), refiner)
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype = torch.float16, info: dict | None = None) -> Path:
         d = Path(path)
         d.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, "sample_rate": self.sample_rate, "u2s": self.u2s.cfg.to_dict(),
                 "style_encoder": self.style_encoder.cfg.to_dict(), "vocoder": self.vocoder_config.to_dict(),
+                **({"refiner": self.refiner.cfg.to_dict()} if self.refiner is not None else {}),
                 "stream": asdict(self.stream_config), "styles": self.prototypes.keys,
                 "info": {"prototype_counts": self.prototypes.counts, **(info or {})}}
         (d / "config.json").write_text(json.dumps(meta, indent=1))
         sd: dict[str, torch.Tensor] = {}
-        for prefix, module in (("u2s.", self.u2s), ("style_encoder.", self.style_encoder), ("vocoder.", self.vocoder)):
+        modules = [("u2s.", self.u2s), ("style_encoder.", self.style_encoder), ("vocoder.", self.vocoder)]
+        if self.refiner is not None:
+            modules.append(("refiner.", self.refiner))
+        for prefix, module in modules:
             for k, v in module.state_dict().items():
                 sd[prefix + k] = (v.to(dtype) if v.is_floating_point() else v).contiguous()
         sd["prototypes"] = self.prototypes.table.float().contiguous()
@@ -184,9 +202,15 @@ class SpeechDetokenizer:
     # ------------------------------------------------------------------ decoding
     @torch.no_grad()
     def _mel(self, units: list[int], g: torch.Tensor, length_scale: float = 1.0,
-             offsets: ProsodyOffsets = ProsodyOffsets()) -> dict[str, torch.Tensor]:
-        return self.u2s.infer(torch.tensor([units]), g, length_scale=length_scale, level_offset=offsets.level,
-                              rate_offset=offsets.rate, spread_scale=math.exp(offsets.log_spread))
+             offsets: ProsodyOffsets = ProsodyOffsets(), unit_offset: int = 0) -> dict[str, torch.Tensor]:
+        """U2S (+ refiner) output for `units`; `unit_offset`: the position of units[0] in the whole utterance
+        (a streamed window), which fixes the refiner's noise so chunks draw what the full decode draws."""
+        out = self.u2s.infer(torch.tensor([units]), g, length_scale=length_scale, level_offset=offsets.level,
+                             rate_offset=offsets.rate, spread_scale=math.exp(offsets.log_spread),
+                             gv=self.refiner is None)
+        if self.refiner is not None:
+            out["mel"] = self.refiner.refine(out["mel"], out["lf0"], out["voiced"], g, out["unit_index"] + unit_offset)
+        return out
 
     @torch.no_grad()
     def vocode(self, mel: torch.Tensor, gain_db: float = 0.0, f0_hz: torch.Tensor | None = None) -> np.ndarray:
@@ -274,7 +298,7 @@ class SpeechDetokenizer:
         hop = self.vocoder_config.hop
         w0 = max(0, s - sc.left_context_units)
         w1 = len(buf) if last else min(len(buf), e + sc.lookahead_units)
-        out = self._mel(buf[w0:w1], g, offsets=offsets)
+        out = self._mel(buf[w0:w1], g, offsets=offsets, unit_offset=w0)
         mel, uidx = out["mel"], out["unit_index"] + w0
         n_frames = mel.shape[0]
         f_s = int((uidx < s).sum())

@@ -307,11 +307,12 @@ class U2SModel(nn.Module):
     # --------------------------------------------------------------- inference
     @torch.no_grad()
     def infer(self, units: torch.Tensor, style: torch.Tensor, length_scale: float = 1.0, level_offset: float = 0.0,
-              rate_offset: float = 0.0, spread_scale: float = 1.0) -> dict[str, torch.Tensor]:
+              rate_offset: float = 0.0, spread_scale: float = 1.0, gv: bool = True) -> dict[str, torch.Tensor]:
         """units (1, N), style (1, S) → mel (F, n_mels), durations (N,) in frames, lf0, voiced (F,).
         `level_offset` (normalised log-F0), `rate_offset` (log(1 + frames) per unit) and `spread_scale`
         (F0 excursion) correct what the style asks for: the per-condition corrections a prototype table
-        stores (`StylePrototypes.prosody`)."""
+        stores (`StylePrototypes.prosody`). `gv=False` leaves out the global-variance post-filter (a mel
+        refiner draws the real spread instead)."""
         n = torch.tensor([units.shape[1]], device=units.device)
         h, umask = self.encode(units, n)
         pros = self.prosody(style)  # (1, 3): log-F0 level, spread, mean log(1 + frames)
@@ -325,7 +326,7 @@ class U2SModel(nn.Module):
         level = c.level_bias + c.level_gain * pros[:, :1] + level_offset
         lf0 = level + pros[:, 1:2].clamp(min=0.0) * (c.shape_gain * spread_scale) * pitch[..., 0]
         mel = self.decode_mel(hf, lf0, voiced, style, fmask)[0]
-        if c.gv_scale is not None:
+        if gv and c.gv_scale is not None:
             mean = torch.tensor(c.gv_mean, device=mel.device)
             mel = (mean + torch.tensor(c.gv_scale, device=mel.device) * (mel - mean)).clamp(min=math.log(1e-6))
         return {"mel": mel, "durations": dur[0], "lf0": lf0[0], "voiced": voiced[0], "unit_index": idx[0]}

@@ -9,6 +9,8 @@ Stages (each resumable; the vocoder stages live in `emova.train.u2s_vocoder`, th
               a patch discriminator, `w_adv` / `w_fm`, `emova.train.u2s_adversarial`)
     finetune  (when `finetune` is configured) the u2s result, trained on the renderings of chosen voices
               only: every voice teaches the content, the clearest ones are what it learns to speak
+    refiner   (when `refiner` is configured) a flow-matching mel refiner on the frozen U2S's teacher-forced mels
+              (`emova.train.u2s_refiner`); export puts it between the U2S and the vocoder
     vocoder   Vocos vocoder on ground-truth mels: multi-resolution STFT + mel L1
     export    style prototypes (mean style vector per condition string), F0-shape and prosody calibration
               (open loop on the predictions, then closed loop on the rendered audio), save
@@ -34,6 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from emova.data.speech.voices import PITCH_FACTOR
+from emova.speech.refiner import MelRefinerConfig
 from emova.speech.style_encoder import StyleEncoder, StyleEncoderConfig
 from emova.speech.u2s import U2SConfig, U2SModel
 from emova.speech.vocoder import VocoderConfig, build_vocoder
@@ -60,7 +63,7 @@ from emova.train.u2s_calibrate import (
 from emova.train.u2s_content import PhoneJudgeConfig, ctc_phone_loss, item_phones, load_judge, phone_batch
 from emova.train.u2s_data import U2SData, perturb_units, prepare_cache
 
-STAGES = ("prepare", "judge", "u2s", "finetune", "vocoder", "vocoder_gta", "export")
+STAGES = ("prepare", "judge", "u2s", "finetune", "refiner", "vocoder", "vocoder_gta", "export")
 FINETUNE_KEYS = {"voices", "max_minutes", "max_steps", "lr", "warmup_steps", "model", "w_content", "unit_noise",
                  "w_adv", "w_fm", "disc", "disc_lr", "adv_warmup"}
 
@@ -141,6 +144,15 @@ class U2STrainConfig:
     gta_minutes: float | None = None
     gta_lr: float = 2e-4
     gta_fraction: float = 0.5
+    # refiner stage (runs when `refiner` is a mapping, e.g. {} for the defaults): a flow-matching mel refiner
+    # (`emova.speech.refiner.MelRefinerConfig` keys) trained on the frozen U2S's teacher-forced mels; export
+    # puts it between the U2S and the vocoder. None: no refiner.
+    refiner: dict | None = None
+    refiner_steps: int = 100_000
+    refiner_minutes: float | None = None
+    refiner_lr: float = 5e-4
+    refiner_batch: int = 16
+    refiner_segment: int = 160  # mel frames per training crop
     # common
     threads: int = 1
     bf16: bool = True
@@ -202,6 +214,14 @@ class U2STrainConfig:
                              f"n_units, got {self.unit_noise_levels!r}")
         if not isinstance(self.w_mel_styled, (int, float)) or not 0.0 <= self.w_mel_styled <= 10.0:
             raise ValueError(f"U2STrainConfig.w_mel_styled must be a number in [0, 10], got {self.w_mel_styled!r}")
+        if self.refiner is not None:
+            self.refiner_config()
+        for k in ("refiner_steps", "refiner_batch", "refiner_segment"):
+            v = getattr(self, k)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"U2STrainConfig.{k} must be a positive integer, got {v!r}")
+        if not isinstance(self.refiner_lr, (int, float)) or not 0.0 < self.refiner_lr <= 1.0:
+            raise ValueError(f"U2STrainConfig.refiner_lr must be a number in (0, 1], got {self.refiner_lr!r}")
         if not 0.0 <= self.gta_fraction <= 1.0:
             raise ValueError(f"U2STrainConfig.gta_fraction must be in [0, 1], got {self.gta_fraction!r}")
         if self.export_vocoder not in ("vocos", "griffin_lim", "hifigan"):
@@ -261,6 +281,13 @@ class U2STrainConfig:
     def exported_u2s_config(self) -> U2SConfig:
         """The architecture of the U2S that export (and vocoder_gta) load: the finetune's when there is one."""
         return self.finetune_config().u2s_config() if self.finetune else self.u2s_config()
+
+    def refiner_config(self) -> MelRefinerConfig:
+        if not isinstance(self.refiner, dict):
+            raise ValueError(f"U2STrainConfig.refiner must be a mapping of MelRefinerConfig keys, got {self.refiner!r}")
+        u = self.u2s_config()
+        return MelRefinerConfig.from_dict({"n_mels": u.n_mels, "style_dim": StyleEncoderConfig.from_dict(
+            self.style_encoder).style_dim, **self.refiner})
 
     def vocoder_config(self, kind: str | None = None) -> VocoderConfig:
         u = self.u2s_config()
@@ -515,15 +542,22 @@ def export_detokenizer(cfg: U2STrainConfig, out: str | Path | None = None, vocod
         from emova.train.u2s_vocoder import _load_vocoder_weights
 
         vocoder_from = _load_vocoder_weights(cfg, voc, ("vocoder_gta", "vocoder"))
-    if cfg.mel_gv:  # before the closed loop, which should measure the renderer as it will run
+    if cfg.mel_gv and cfg.refiner is None:  # before the closed loop (which measures the renderer as it runs);
+        # a refiner replaces the post-filter
         for k, v in calibrate_mel_gv(bundle.u2s, data, protos).items():
             setattr(bundle.u2s.cfg, k, v)
-    detok = SpeechDetokenizer(bundle.u2s, bundle.style_encoder, voc, protos)
+    refiner_from = None
+    refiner = None
+    if cfg.refiner is not None:
+        from emova.train.u2s_refiner import load_trained_refiner
+
+        refiner, refiner_from = load_trained_refiner(cfg, ck)
+    detok = SpeechDetokenizer(bundle.u2s, bundle.style_encoder, voc, protos, refiner=refiner)
     for k, v in calibrate_rendered_prosody(detok, data).items():
         setattr(bundle.u2s.cfg, k, v)
     if cfg.condition_prosody:
         protos.prosody = calibrate_condition_prosody(detok, data, pitch_factors=cfg.pitch_factors)
-    info = {"u2s_checkpoint": str(ck), "vocoder_checkpoint": vocoder_from, "trained_on": cfg.corpus,
+    info = {"u2s_checkpoint": str(ck), "vocoder_checkpoint": vocoder_from, "refiner_checkpoint": refiner_from, "trained_on": cfg.corpus,
             "tokenizer": cfg.tokenizer, "speaking_voices": cfg.speaking_voices()}
     return detok, detok.save_pretrained(out, info=info)
 
@@ -553,6 +587,10 @@ def train_u2s(cfg: U2STrainConfig, stages: tuple[str, ...] = STAGES, progress: b
         if base is None and latest_checkpoint(out / "u2s_finetune") is None:
             raise ValueError(f"the finetune stage starts from the u2s stage: no checkpoint under {out / 'u2s'}")
         train_u2s_model(cfg.finetune_config(), progress, "u2s_finetune", base)
+    if "refiner" in stages and cfg.refiner is not None:
+        from emova.train.u2s_refiner import train_refiner
+
+        train_refiner(cfg, progress)
     if "vocoder" in stages or "vocoder_gta" in stages:
         from emova.train.u2s_vocoder import train_vocoder, train_vocoder_gta
     if "vocoder" in stages:

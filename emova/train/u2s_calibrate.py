@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from emova.audio import Audio
 from emova.speech.detokenizer import frame_f0_hz
-from emova.speech.style_encoder import StyleEncoder, StylePrototypes
+from emova.speech.style_encoder import ProsodyOffsets, StyleEncoder, StylePrototypes
 from emova.speech.u2s import U2SModel
 from emova.speech.vocoder import VocoderConfig, mel_frames
 from emova.styles import Style
@@ -122,7 +122,7 @@ def calibrate_rendered_prosody(detok, data: U2SData, per_style: int = 4, min_ite
         out, log_durs = [], []
         for i in pick:
             u = torch.from_numpy(data.units[i].astype(np.int64))[None]
-            o = u2s.infer(u, style)
+            o = detok._mel(u[0].tolist(), style)  # U2S (+ refiner), as decode renders it
             audio = Audio(detok.vocode(o["mel"], f0_hz=frame_f0_hz(o["lf0"], o["voiced"])), detok.sample_rate)
             f0 = f0_contour(audio) if audio.duration >= 0.25 else np.zeros(1)  # Praat needs a few periods
             if (f0 > 0).sum() >= 5:
@@ -255,7 +255,7 @@ def calibrate_condition_prosody(detok, data: U2SData, per_style: int = 8, min_it
         for _ in range(iters):
             got = []
             for u in units:
-                out = u2s.infer(u, style, level_offset=level, rate_offset=rate, spread_scale=math.exp(log_spread))
+                out = detok._mel(u[0].tolist(), style, offsets=ProsodyOffsets(level, rate, log_spread))
                 r = _rendered_prosody(Audio(detok.vocode(out["mel"], gain, frame_f0_hz(out["lf0"], out["voiced"])), detok.sample_rate), vcfg)
                 voiced = out["voiced"] > 0
                 asked = float(out["lf0"][voiced].median()) if voiced.any() else math.nan

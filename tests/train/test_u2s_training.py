@@ -631,3 +631,45 @@ def test_f0_augment_adds_pitch_shifted_relabelled_copies(setup, tmp_path, capsys
         F0Augment(**spec, voices="flite:*")
     with pytest.raises(ValueError, match="list of mappings"):
         U2STrainConfig(**{**cfg.__dict__, "f0_augment": spec})
+
+
+def test_refiner_stage_trains_resumes_exports_and_streams(setup, capsys):
+    import json
+
+    root, cfg = setup
+    ref = U2STrainConfig(**{**cfg.__dict__, "out_dir": str(root / "run_ref"), "export_dir": str(root / "detok_ref"),
+                            "refiner": {"dim": 32, "layers": 1, "time_dim": 16, "steps": 2},
+                            "refiner_steps": 2, "refiner_batch": 2, "refiner_segment": 24, "mel_gv": True})
+    train_u2s(ref, stages=("prepare",), progress=False)
+    with pytest.raises(ValueError, match="needs a trained U2S"):
+        train_u2s(ref, stages=("refiner",), progress=False)
+    train_u2s(ref, stages=("u2s", "refiner", "vocoder"), progress=False)
+    assert "refiner: U2S from" in capsys.readouterr().out
+    train_u2s(U2STrainConfig(**{**ref.__dict__, "refiner_steps": 3}), stages=("refiner", "export"), progress=False)
+    assert "resuming refiner" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(root / "run_ref" / "refiner" / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3] and all(np.isfinite(float(r["loss"])) for r in rows)
+    meta = json.loads((root / "detok_ref" / "config.json").read_text())
+    assert "refiner" in meta["info"]["refiner_checkpoint"] and meta["refiner"]["steps"] == 2
+    assert meta["u2s"]["gv_scale"] is None  # the refiner replaces the global-variance post-filter
+    detok = SpeechDetokenizer.from_pretrained(root / "detok_ref")
+    assert detok.refiner is not None and detok.refiner.cfg.mel_mean is not None
+    units = [3, 7, 11, 7, 5, 9, 2, 14] * 6
+    full = detok.decode(units, Style()).samples
+    again = detok.decode(units, Style()).samples
+    assert np.array_equal(full, again)  # the noise is a function of the frame's place, not a random draw
+    stream = np.concatenate([c.samples for c in detok.decode_stream(iter(units), Style())])
+    assert abs(len(stream) - len(full)) <= 512 and np.isfinite(stream).all()
+    # without its refiner the same detokenizer decodes differently
+    plain = SpeechDetokenizer(detok.u2s, detok.style_encoder, detok.vocoder, detok.prototypes).decode(units, Style())
+    assert not np.allclose(plain.samples[: len(full)], full[: len(plain.samples)])
+    # a U2S trained further after the refiner: export refuses the stale refiner
+    train_u2s(U2STrainConfig(**{**ref.__dict__, "max_steps": 5}), stages=("u2s",), progress=False)
+    with pytest.raises(ValueError, match="run the refiner stage again"):
+        train_u2s(ref, stages=("export",), progress=False)
+    with pytest.raises(ValueError, match="(?i)refiner"):
+        U2STrainConfig(**{**cfg.__dict__, "refiner": {"noise": 5.0}})
+    with pytest.raises(ValueError, match="(?i)refiner"):
+        U2STrainConfig(**{**cfg.__dict__, "refiner": {"depth": 3}})
+    with pytest.raises(ValueError, match="refiner_segment"):
+        U2STrainConfig(**{**cfg.__dict__, "refiner_segment": 0})
