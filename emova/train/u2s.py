@@ -306,6 +306,16 @@ class U2SBundle(nn.Module):
         self.style_encoder = StyleEncoder(style)
 
 
+@torch.no_grad()
+def teacher_forced_mels(bundle: U2SBundle, data: U2SData, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(mel (F, n_mels), style (S,)) of cached items decoded teacher-forced — their own durations, F0 and
+    reference style — so each mel lines up frame by frame with the item's real one (GTA vocoder, refiner)."""
+    b = data.collate(ids, random.Random(0), 0.0)
+    style = bundle.style_encoder(b["ref"], b["ref_lens"])
+    o = bundle.u2s(b["units"], b["n_units"], style, b["durs"], b["lf0"], b["vuv"])
+    return [(o["mel"][k, : len(data.mel[i])].float(), style[k].float()) for k, i in enumerate(ids)]
+
+
 def _lr(step: int, elapsed: float, peak: float, warmup: int, max_steps: int, minutes: float | None) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup

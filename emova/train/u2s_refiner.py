@@ -28,6 +28,7 @@ from emova.train.u2s import (
     _keep_last,
     _lr,
     _open_log,
+    teacher_forced_mels,
 )
 from emova.train.u2s_data import U2SData
 
@@ -83,15 +84,10 @@ def train_refiner(cfg: U2STrainConfig, progress: bool = True) -> Path:
     mu_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def teacher_forced(batch_ids: list[int]) -> None:
-        todo = [i for i in batch_ids if i not in mu_cache]
-        if not todo:
-            return
-        b = data.collate(todo, random.Random(0), 0.0)
-        with torch.no_grad():
-            style = bundle.style_encoder(b["ref"], b["ref_lens"])
-            o = bundle.u2s(b["units"], b["n_units"], style, b["durs"], b["lf0"], b["vuv"])
-        for k, i in enumerate(todo):
-            mu_cache[i] = (o["mel"][k, : len(data.mel[i])].to(torch.float16), style[k].float())
+        todo = [i for i in dict.fromkeys(batch_ids) if i not in mu_cache]
+        if todo:
+            for i, (mel, style) in zip(todo, teacher_forced_mels(bundle, data, todo)):
+                mu_cache[i] = (mel.to(torch.float16), style)
 
     acc = fresh_accelerator(cfg.bf16)
     model, opt = acc.prepare(model, opt)

@@ -29,7 +29,15 @@ from emova.speech.vocoder import (
 from emova.train.accel import fresh_accelerator
 from emova.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from emova.train.plots import plot_log
-from emova.train.u2s import U2SBundle, U2STrainConfig, _keep_last, _lr, _open_log, _u2s_stage_checkpoint
+from emova.train.u2s import (
+    U2SBundle,
+    U2STrainConfig,
+    _keep_last,
+    _lr,
+    _open_log,
+    _u2s_stage_checkpoint,
+    teacher_forced_mels,
+)
 from emova.train.u2s_data import U2SData, f0_track
 
 
@@ -198,15 +206,10 @@ def train_vocoder_gta(cfg: U2STrainConfig, progress: bool = True) -> Path:
         return waves[i]
 
     def gta_mel(batch_ids: list[int]) -> None:
-        todo = [i for i in batch_ids if i not in gta]
-        if not todo:
-            return
-        b = data.collate(todo, random.Random(0), 0.0)
-        with torch.no_grad():
-            style = bundle.style_encoder(b["ref"], b["ref_lens"])
-            o = bundle.u2s(b["units"], b["n_units"], style, b["durs"], b["lf0"], b["vuv"])
-        for k, i in enumerate(todo):
-            gta[i] = o["mel"][k, : len(data.mel[i])].float()
+        todo = [i for i in dict.fromkeys(batch_ids) if i not in gta]
+        if todo:
+            for i, (mel, _) in zip(todo, teacher_forced_mels(bundle, data, todo)):
+                gta[i] = mel
 
     acc = fresh_accelerator(cfg.bf16)
     model, opt = acc.prepare(model, opt)
