@@ -663,6 +663,15 @@ def test_refiner_stage_trains_resumes_exports_and_streams(setup, capsys):
     # without its refiner the same detokenizer decodes differently
     plain = SpeechDetokenizer(detok.u2s, detok.style_encoder, detok.vocoder, detok.prototypes).decode(units, Style())
     assert not np.allclose(plain.samples[: len(full)], full[: len(plain.samples)])
+    # a trained refiner attached to a saved detokenizer, with other inference settings
+    from emova.train.u2s_refiner import attach_refiner
+
+    att = SpeechDetokenizer.from_pretrained(attach_refiner(root / "detok_ref", root / "run_ref", root / "att",
+                                                           steps=1, temperature=0.5))
+    assert (att.refiner.cfg.steps, att.refiner.cfg.temperature) == (1, 0.5)
+    assert att.decode(units, Style()).duration > 0
+    with pytest.raises(ValueError, match="no refiner checkpoint"):
+        attach_refiner(root / "detok_ref", root / "run", root / "att2")
     # a U2S trained further after the refiner: export refuses the stale refiner
     train_u2s(U2STrainConfig(**{**ref.__dict__, "max_steps": 5}), stages=("u2s",), progress=False)
     with pytest.raises(ValueError, match="run the refiner stage again"):
