@@ -169,7 +169,7 @@ class MelRefiner(nn.Module):
         absolute position of each frame's unit (fixes the noise) → refined log-mel (F, n_mels)."""
         n = steps or self.cfg.steps
         m = self.normalise(mu.float())[None]
-        f0 = torch.stack([lf0.float(), voiced.float()], dim=-1)[None]
+        f0 = refiner_input_f0(lf0, voiced)[None]
         mask = torch.ones(1, mu.shape[0], 1)
         x = m + self.cfg.noise * self.cfg.temperature * self.noise_table[frame_noise_keys(unit_index)][None]
         for k in range(n):
