@@ -150,7 +150,11 @@ class SpeechDetokenizer:
             raise ValueError(f"{weights}: has refiner weights but config.json has no refiner config")
         for prefix, module in modules:
             sub = {k[len(prefix):]: v.float() for k, v in state.items() if k.startswith(prefix)}
-            missing, unexpected = module.load_state_dict(sub, strict=False)
+            try:
+                missing, unexpected = module.load_state_dict(sub, strict=False)
+            except RuntimeError as e:  # tensor shapes differ from what the config builds
+                raise ValueError(f"{weights}: {prefix[:-1]} weights do not match the config "
+                                 f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})") from None
             if missing or unexpected:
                 raise ValueError(f"{weights}: {prefix[:-1]} weights do not match the config "
                                  f"(missing {missing[:5]}, unexpected {unexpected[:5]})")

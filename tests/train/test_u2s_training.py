@@ -672,6 +672,23 @@ def test_refiner_stage_trains_resumes_exports_and_streams(setup, capsys):
     assert att.decode(units, Style()).duration > 0
     with pytest.raises(ValueError, match="no refiner checkpoint"):
         attach_refiner(root / "detok_ref", root / "run", root / "att2")
+    # a damaged refiner entry in config.json is refused with the reason
+    import shutil
+
+    bad = root / "detok_bad"
+    shutil.copytree(root / "detok_ref", bad)
+    meta_bad = dict(meta)
+    meta_bad.pop("refiner")
+    (bad / "config.json").write_text(json.dumps(meta_bad))
+    with pytest.raises(ValueError, match="refiner weights but config.json has no refiner"):
+        SpeechDetokenizer.from_pretrained(bad)
+    (bad / "config.json").write_text(json.dumps({**meta, "refiner": {**meta["refiner"], "mel_mean": None,
+                                                                     "mel_std": None}}))
+    with pytest.raises(ValueError, match="untrained refiner"):
+        SpeechDetokenizer.from_pretrained(bad)
+    (bad / "config.json").write_text(json.dumps({**meta, "refiner": {**meta["refiner"], "dim": 48}}))
+    with pytest.raises(ValueError, match="refiner weights do not match"):
+        SpeechDetokenizer.from_pretrained(bad)
     # a U2S trained further after the refiner: export refuses the stale refiner
     train_u2s(U2STrainConfig(**{**ref.__dict__, "max_steps": 5}), stages=("u2s",), progress=False)
     with pytest.raises(ValueError, match="run the refiner stage again"):
