@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from emova.audio import Audio
 from emova.data.speech.corpus import read_manifest
 from emova.eval.u2s import Judge, wer
+from emova.eval.u2s_diagnose import teacher_forced_clip
 from emova.speech.detokenizer import SpeechDetokenizer, frame_f0_hz
-from emova.speech.vocoder import mel_frames
-from emova.train.u2s_data import align_durations, f0_track, load_tokenizer
+from emova.train.u2s_data import load_tokenizer
 
 
 def smooth(m: torch.Tensor, k: int, dim: int) -> torch.Tensor:
@@ -37,21 +37,6 @@ def smooth(m: torch.Tensor, k: int, dim: int) -> torch.Tensor:
     w = torch.ones(1, 1, k) / k
     y = F.conv1d(F.pad(x[:, None], (k // 2, k // 2), mode="replicate"), w)[:, 0]
     return y.T if dim == 0 else y
-
-
-def teacher_forced(detok: SpeechDetokenizer, clip: Audio, raw: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(real mel, the U2S's teacher-forced mel, F0 in Hz) of one clip."""
-    vc = detok.vocoder_config
-    change = np.concatenate([[True], raw[1:] != raw[:-1]])
-    red, raw_to_red = raw[change], np.cumsum(change) - 1
-    mel = mel_frames(clip.samples, vc)
-    durs = align_durations(mel.numpy(), mel.numpy(), raw_to_red, len(red), vc.hop, vc.sample_rate, same=True)
-    lf0, vuv = f0_track(clip.samples, vc.sample_rate, vc.hop, len(mel))
-    with torch.no_grad():
-        o = detok.u2s(torch.from_numpy(red.astype(np.int64))[None], torch.tensor([len(red)]),
-                      detok.style_vector(reference=clip), torch.from_numpy(durs.astype(np.float32))[None],
-                      torch.from_numpy(lf0)[None], torch.from_numpy(vuv.astype(np.float32))[None])
-    return mel, o["mel"][0][: len(mel)], frame_f0_hz(lf0, vuv)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -73,7 +58,10 @@ def main(argv: list[str] | None = None) -> dict:
     detok = SpeechDetokenizer.from_pretrained(a.model)
     judge, tok = Judge(), load_tokenizer(a.tokenizer)
     raws = [np.asarray(u) for u in tok.encode_batch(clips)]
-    triples = [teacher_forced(detok, c, r) for c, r in zip(clips, raws)]
+    triples = []
+    for c, r in zip(clips, raws):
+        t = teacher_forced_clip(detok, c, r)
+        triples.append((t["real"], t["mel"], frame_f0_hz(t["lf0"], t["voiced"])))
     res: dict = {"model": a.model, "n_sentences": a.n, "wer": {},
                  "teacher_forced_l1": round(float(np.mean([(g - u).abs().mean().item() for g, u, _ in triples])), 3)}
     noise = torch.Generator().manual_seed(0)

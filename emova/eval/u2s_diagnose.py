@@ -38,25 +38,29 @@ PROTOTYPE_VOICES = ("flite:slt", "flite:rms", "espeak:en-us+f1", "espeak:en-us+m
 
 
 @torch.no_grad()
-def oracle_prosody(detok: SpeechDetokenizer, clip: Audio, raw: np.ndarray) -> Audio:
-    """U2S mel decoder given the clip's own timing and F0 (teacher-forced), style from the clip."""
+def teacher_forced_clip(detok: SpeechDetokenizer, clip: Audio, raw: np.ndarray) -> dict[str, torch.Tensor]:
+    """The U2S decoding a clip's own units with the clip's own timing and F0 (teacher-forced) and its style:
+    `real` and `mel` (F, n_mels) — the clip's log-mel and the U2S's — `lf0` / `voiced` (F,), `style` (1, S)
+    and `unit_index` (F,)."""
     vc = detok.vocoder_config
     change = np.concatenate([[True], raw[1:] != raw[:-1]])
     red, raw_to_red = raw[change], np.cumsum(change) - 1
-    mel = mel_frames(clip.samples, vc).numpy()
-    durs = align_durations(mel, mel, raw_to_red, len(red), vc.hop, vc.sample_rate, same=True)
-    lf0, vuv = f0_track(clip.samples, vc.sample_rate, vc.hop, len(mel))
+    real = mel_frames(clip.samples, vc)
+    durs = align_durations(real.numpy(), real.numpy(), raw_to_red, len(red), vc.hop, vc.sample_rate, same=True)
+    lf0, vuv = f0_track(clip.samples, vc.sample_rate, vc.hop, len(real))
     g = detok.style_vector(reference=clip)
     lf0_t, vuv_t = torch.from_numpy(lf0), torch.from_numpy(vuv.astype(np.float32))
     out = detok.u2s(torch.from_numpy(red.astype(np.int64))[None], torch.tensor([len(red)]), g,
                     torch.from_numpy(durs.astype(np.float32))[None], lf0_t[None], vuv_t[None])
-    mel = out["mel"][0]
-    if detok.refiner is not None:  # the refiner redraws the U2S mel (unit positions fix its noise)
-        unit_index = torch.repeat_interleave(torch.arange(len(red)), torch.from_numpy(durs.astype(np.int64)))
-        unit_index = torch.nn.functional.pad(unit_index, (0, max(0, len(mel) - len(unit_index))),
-                                             value=len(red) - 1)[: len(mel)]
-        mel = detok.refiner.refine(mel, lf0_t, vuv_t, g, unit_index)
-    return Audio(detok.vocode(mel, f0_hz=frame_f0_hz(lf0, vuv)), detok.sample_rate)
+    return {"real": real, "mel": out["mel"][0][: len(real)], "lf0": lf0_t, "voiced": vuv_t, "style": g,
+            "unit_index": out["unit_index"][0]}
+
+
+def oracle_prosody(detok: SpeechDetokenizer, clip: Audio, raw: np.ndarray) -> Audio:
+    """U2S mel decoder (+ refiner) given the clip's own timing and F0 (teacher-forced), style from the clip."""
+    t = teacher_forced_clip(detok, clip, raw)
+    mel = detok.refine(t["mel"], t["lf0"], t["voiced"], t["style"], t["unit_index"])
+    return Audio(detok.vocode(mel, f0_hz=frame_f0_hz(t["lf0"], t["voiced"])), detok.sample_rate)
 
 
 @torch.no_grad()

@@ -212,9 +212,14 @@ class SpeechDetokenizer:
         out = self.u2s.infer(torch.tensor([units]), g, length_scale=length_scale, level_offset=offsets.level,
                              rate_offset=offsets.rate, spread_scale=math.exp(offsets.log_spread),
                              gv=self.refiner is None)
-        if self.refiner is not None:
-            out["mel"] = self.refiner.refine(out["mel"], out["lf0"], out["voiced"], g, out["unit_index"] + unit_offset)
+        out["mel"] = self.refine(out["mel"], out["lf0"], out["voiced"], g, out["unit_index"] + unit_offset)
         return out
+
+    def refine(self, mel: torch.Tensor, lf0: torch.Tensor, voiced: torch.Tensor, g: torch.Tensor,
+               unit_index: torch.Tensor) -> torch.Tensor:
+        """The U2S mel (F, n_mels) as the vocoder gets it: redrawn by the refiner when there is one (F0, style
+        and each frame's absolute unit position fix its draw), else unchanged."""
+        return mel if self.refiner is None else self.refiner.refine(mel, lf0, voiced, g, unit_index)
 
     @torch.no_grad()
     def vocode(self, mel: torch.Tensor, gain_db: float = 0.0, f0_hz: torch.Tensor | None = None) -> np.ndarray:

@@ -295,14 +295,15 @@ class U2SModel(nn.Module):
     def forward(self, units: torch.Tensor, n_units: torch.Tensor, style: torch.Tensor, durations: torch.Tensor,
                 lf0: torch.Tensor, voiced: torch.Tensor) -> dict[str, torch.Tensor]:
         """Teacher-forced pass. durations (B, N) integer frames per unit; lf0 / voiced (B, F) targets
-        with F = max(sum(durations)). Returns predictions for every loss term."""
+        with F = max(sum(durations)). Returns predictions for every loss term and each frame's unit (`unit_index`)."""
         h, umask = self.encode(units, n_units)
         log_dur = self.predict_log_durations(h, style, umask)
-        hf, fmask, _ = self.regulate(h, durations, n_units, lf0.shape[1])
+        hf, fmask, idx = self.regulate(h, durations, n_units, lf0.shape[1])
         pitch = self.pitch(hf, style, fmask)  # (B, F, 2)
         mel = self.decode_mel(hf, lf0, voiced, style, fmask)
         return {"log_dur": log_dur, "f0_shape": pitch[..., 0], "vuv_logit": pitch[..., 1], "mel": mel,
-                "prosody": self.prosody(style), "frame_mask": fmask[..., 0], "unit_mask": umask[..., 0]}
+                "prosody": self.prosody(style), "frame_mask": fmask[..., 0], "unit_mask": umask[..., 0],
+                "unit_index": idx}
 
     # --------------------------------------------------------------- inference
     @torch.no_grad()

@@ -34,7 +34,7 @@ from emova.train.accel import fresh_accelerator
 from emova.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:  # pragma: no cover
-    from emova.train.u2s import U2STrainConfig
+    from emova.train.u2s_config import U2STrainConfig
     from emova.train.u2s_data import U2SData
 
 

@@ -8,8 +8,10 @@ AdamW, the stages' cosine schedule under a step / minute budget, checkpoints tha
 
 from __future__ import annotations
 
+import json
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ from emova.train.u2s import (
     _keep_last,
     _lr,
     _open_log,
+    _u2s_stage_checkpoint,
     teacher_forced_mels,
 )
 from emova.train.u2s_data import U2SData
@@ -36,8 +39,7 @@ from emova.train.u2s_data import U2SData
 def _frozen_u2s(cfg: U2STrainConfig) -> tuple[U2SBundle, str]:
     """The U2S the refiner serves: the u2s / finetune stage's last checkpoint, else `init_from`'s."""
     bundle = U2SBundle(cfg.exported_u2s_config(), StyleEncoderConfig.from_dict(cfg.style_encoder))
-    stage = "u2s_finetune" if cfg.finetune else "u2s"
-    ck = latest_checkpoint(Path(cfg.out_dir) / stage)
+    ck = _u2s_stage_checkpoint(cfg, required=False)
     if ck is not None:
         load_checkpoint(ck, bundle)
         src = str(ck)
@@ -45,8 +47,8 @@ def _frozen_u2s(cfg: U2STrainConfig) -> tuple[U2SBundle, str]:
         _init_from_detokenizer(bundle, cfg.init_from)
         src = f"{cfg.init_from} (U2S)"
     else:
-        raise ValueError(f"the refiner stage needs a trained U2S: no checkpoint under {cfg.out_dir}/{stage} "
-                         "and no init_from")
+        raise ValueError(f"the refiner stage needs a trained U2S: no {'finetune' if cfg.finetune else 'u2s'} "
+                         f"checkpoint under {cfg.out_dir} and no init_from")
     return bundle.eval().requires_grad_(False), src
 
 
@@ -148,51 +150,43 @@ def train_refiner(cfg: U2STrainConfig, progress: bool = True) -> Path:
     return run
 
 
-def load_trained_refiner(cfg: U2STrainConfig, u2s_checkpoint: str | Path | None = None) -> tuple[MelRefiner, str]:
-    """The refiner stage's latest weights, with the normalisation it was trained with. With `u2s_checkpoint`
-    (what export loads), a refiner trained on another U2S is refused: it learned that U2S's mels."""
-    ck = latest_checkpoint(Path(cfg.out_dir) / "refiner")
+def _load_refiner(run: str | Path, **overrides) -> tuple[MelRefiner, dict, Path]:
+    """A refiner run's latest weights with the normalisation they were trained with (`overrides`: inference
+    settings such as steps / temperature), its checkpoint state and path."""
+    ck = latest_checkpoint(Path(run) / "refiner")
     if ck is None:
-        raise ValueError(f"no refiner checkpoint under {cfg.out_dir}/refiner; run the refiner stage")
-    import json
-
+        raise ValueError(f"no refiner checkpoint under {run}/refiner; run the refiner stage")
     meta = json.loads((ck / "state.json").read_text())
+    model = MelRefiner(replace(MelRefinerConfig.from_dict(meta["config"]), **overrides))
+    load_checkpoint(ck, model)
+    model.set_normalisation(torch.tensor(meta["mel_mean"]), torch.tensor(meta["mel_std"]))
+    return model.eval(), meta, ck
+
+
+def load_trained_refiner(cfg: U2STrainConfig, u2s_checkpoint: str | Path | None = None) -> tuple[MelRefiner, str]:
+    """The refiner stage's latest weights. With `u2s_checkpoint` (what export loads), a refiner trained on
+    another U2S is refused: it learned that U2S's mels."""
+    model, meta, ck = _load_refiner(cfg.out_dir)
     if u2s_checkpoint is not None and meta.get("u2s_from") != str(u2s_checkpoint):
         raise ValueError(f"the refiner in {ck} was trained on the U2S of {meta.get('u2s_from')}, export uses "
                          f"{u2s_checkpoint}: run the refiner stage again (with a fresh {cfg.out_dir}/refiner)")
-    model = MelRefiner(MelRefinerConfig.from_dict(meta["config"]))
-    load_checkpoint(ck, model)
-    model.set_normalisation(torch.tensor(meta["mel_mean"]), torch.tensor(meta["mel_std"]))
-    return model.eval(), str(ck)
+    return model, str(ck)
 
 
 def attach_refiner(detokenizer: str | Path, run: str | Path, out: str | Path, steps: int | None = None,
                    temperature: float | None = None) -> Path:
     """Save a copy of a detokenizer with the refiner of a refiner run (trained on that detokenizer's U2S,
-    `init_from`) between its U2S and vocoder; `steps` overrides the refiner's Euler steps."""
-    from dataclasses import replace
-
+    `init_from`) between its U2S and vocoder; `steps` / `temperature` override its inference settings."""
+    from emova.assets import read_config, resolve_model_dir
     from emova.speech.detokenizer import SpeechDetokenizer
 
-    ck = latest_checkpoint(Path(run) / "refiner")
-    if ck is None:
-        raise ValueError(f"no refiner checkpoint under {run}/refiner")
-    import json
-
-    meta = json.loads((ck / "state.json").read_text())
-    cfg = MelRefinerConfig.from_dict(meta["config"])
-    if steps is not None:
-        cfg = replace(cfg, steps=steps)
-    if temperature is not None:
-        cfg = replace(cfg, temperature=temperature)
-    refiner = MelRefiner(cfg)
-    load_checkpoint(ck, refiner)
-    refiner.set_normalisation(torch.tensor(meta["mel_mean"]), torch.tensor(meta["mel_std"]))
-    detok = SpeechDetokenizer.from_pretrained(detokenizer)
-    detok.refiner = refiner.eval()
-    src = json.loads((Path(detokenizer) / "config.json").read_text()).get("info", {}) if Path(detokenizer).is_dir() else {}
-    return detok.save_pretrained(out, info={**{k: v for k, v in src.items() if k != "prototype_counts"},
-                                            "refiner_checkpoint": str(ck), "refiner_u2s": meta.get("u2s_from")})
+    overrides = {k: v for k, v in (("steps", steps), ("temperature", temperature)) if v is not None}
+    refiner, meta, ck = _load_refiner(run, **overrides)
+    d = resolve_model_dir(detokenizer, "speech_detokenizer")
+    detok = SpeechDetokenizer.from_pretrained(d)
+    detok.refiner = refiner
+    info = {k: v for k, v in read_config(d, "speech detokenizer").get("info", {}).items() if k != "prototype_counts"}
+    return detok.save_pretrained(out, info={**info, "refiner_checkpoint": str(ck), "refiner_u2s": meta.get("u2s_from")})
 
 
 def main(argv: list[str] | None = None) -> None:
