@@ -281,13 +281,14 @@ def suite_asr(gen: Generator, world_dir: Path, max_items: int | None) -> dict[st
     recs = _load(world_dir, "asr", max_items)
     preds = gen.run(recs, MAX_NEW["asr"], "asr")
     refs = [_answer_of(r) for r in recs]
-    by_voice: dict[str, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
+    # per held-out voice, and per kind of sentence (image question, remark, reply: the world's `meta.source`)
+    groups: dict[str, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
     for r, ref, p in zip(recs, refs, preds):
-        v = by_voice[_voice_of(r)]
-        v[0].append(ref)
-        v[1].append(p)
+        for g in (f"voice/{_voice_of(r)}", f"source/{(r.get('meta') or {}).get('source', '?')}"):
+            groups[g][0].append(ref)
+            groups[g][1].append(p)
     return {"n": len(recs), "wer": round(wer(refs, preds), 4),
-            **{f"voice/{k}": {"wer": round(wer(*v), 4), "n": len(v[0])} for k, v in sorted(by_voice.items())},
+            **{k: {"wer": round(wer(*v), 4), "n": len(v[0])} for k, v in sorted(groups.items())},
             "examples": [{"ref": a, "hyp": b} for a, b in list(zip(refs, preds))[:5]]}
 
 

@@ -131,6 +131,8 @@ def test_oracle_answers_score_perfectly(setup, monkeypatch, capsys):
     s = rep["suites"]
     assert s["vqa"]["accuracy"] == 1.0 and s["vqa"]["qtype/color"]["accuracy"] == 1.0
     assert s["text"]["accuracy"] == 1.0 and s["asr"]["wer"] == 0.0 and s["fsdd"]["accuracy"] == 1.0
+    sources = {k: v for k, v in s["asr"].items() if k.startswith("source/")}
+    assert sources and sum(v["n"] for v in sources.values()) == s["asr"]["n"]  # "source/?": records without meta
     d = s["dialogue"]
     assert d["valid_json_keys_in_order"] == 1.0 and d["reply_emotion_accuracy"] == 1.0
     assert d["pipeline"]["valid_json_keys_in_order"] == 1.0 and "invalid_examples" in d["pipeline"]
