@@ -9,7 +9,13 @@ drawn per utterance from the style's gender, with per-utterance jitter), the hel
 `HELD_OUT_VOICES` (flite `awb` for male styles, espeak-ng `en-us+f4` for female ones), so every
 evaluation of speech input is on voices never heard in training. Voice and jitter are a pure function of
 the speech key, so a resumed run renders the same audio; the caches also record what each key says
-(`content_digest`), so a key whose text or style changed is rendered and encoded again. FSDD digits (real
+(`content_digest`), so a key whose text or style changed is rendered and encoded again.
+
+Model speech (`role == "output"`: TTS targets, spoken replies) is by default spoken like user speech, by a
+voice drawn per key. With `canonical_outputs=True` the train split's model speech is spoken by ONE voice per
+gender (`OUTPUT_VOICES`, no jitter) instead: a sentence then has one unit sequence to learn rather than one
+per voice (the S2U's units of one sentence differ between voices almost as much as between sentences;
+docs/training.md). User speech keeps every voice either way. FSDD digits (real
 recordings) become ASR records from the speech corpus (`fsdd_train` for training, `fsdd_val` for evaluation).
 """
 
@@ -25,7 +31,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from emova.data.speech.voices import ESPEAK_TRAIN_VOICES, FLITE_TRAIN_VOICES, HELD_OUT_VOICES, Voice
+from emova.data.speech.voices import (
+    ESPEAK_TRAIN_VOICES,
+    FLITE_TRAIN_VOICES,
+    HELD_OUT_VOICES,
+    Voice,
+    voice_by_key,
+)
 from emova.data.world.build import TASKS
 from emova.data.world.formats import (
     SpeechRequest,
@@ -38,6 +50,8 @@ from emova.model.prompts import ASR_PROMPT, TTS_PROMPT
 from emova.styles import Style
 
 FLITE_SHARE = 0.45
+# the voices the model's own speech is rendered in with canonical_outputs (flite voices the U2S speaks)
+OUTPUT_VOICES = {"female": "flite:slt", "male": "flite:rms"}
 FSDD_TASK = "fsdd_asr"
 
 
@@ -45,11 +59,15 @@ def _rng(key: str) -> random.Random:
     return random.Random(int(hashlib.md5(f"world-speech:{key}".encode()).hexdigest()[:12], 16))
 
 
-def voice_for(key: str, style: str, split: str) -> tuple[Voice, dict[str, float]]:
-    """The voice (and jitter) that speaks `key`: training voices for train, held-out voices for heldout."""
+def voice_for(key: str, style: str, split: str, role: str = "input",
+              canonical_outputs: bool = False) -> tuple[Voice, dict[str, float]]:
+    """The voice (and jitter) that speaks `key`: training voices for train, held-out voices for heldout;
+    with `canonical_outputs`, the train split's model speech (`role == "output"`) in `OUTPUT_VOICES`."""
     gender = Style.parse(style).gender
     if split == "heldout":
         return next(v for v in HELD_OUT_VOICES if v.gender == gender), {}
+    if canonical_outputs and role == "output":
+        return voice_by_key(OUTPUT_VOICES[gender]), {}
     rng = _rng(key)
     pool = FLITE_TRAIN_VOICES if rng.random() < FLITE_SHARE else ESPEAK_TRAIN_VOICES
     voices = [v for v in pool if v.gender == gender] or [v for v in ESPEAK_TRAIN_VOICES if v.gender == gender]
@@ -61,19 +79,28 @@ def wav_name(key: str) -> str:
     return key.replace("/", "__") + ".wav"
 
 
-def content_digest(text: str, style: str) -> str:
+def content_digest(text: str, style: str, voice: str | None = None) -> str:
     """What a speech key says and how: the world's caches (wav index, units) hold it next to every key, so
     a key whose record now says something else (e.g. a question drawn for another scene once the world has
-    more images) is rendered and encoded again instead of being served stale audio."""
-    return hashlib.sha1(f"{text}\x00{style}".encode()).hexdigest()[:16]
+    more images) is rendered and encoded again instead of being served stale audio. `voice` is given only
+    where the voice is not the per-key draw (canonical model speech), so those keys are re-rendered too."""
+    tail = f"\x00{voice}" if voice else ""
+    return hashlib.sha1(f"{text}\x00{style}{tail}".encode()).hexdigest()[:16]
 
 
-def _render_one(args: tuple[str, str, str, str, str]) -> str:
+def request_digest(req: SpeechRequest, split: str, canonical_outputs: bool = False) -> str:
+    """`content_digest` of one request as rendered with these settings."""
+    fixed = canonical_outputs and req.role == "output" and split != "heldout"
+    voice = voice_for(req.key, req.style, split, req.role, canonical_outputs)[0].key if fixed else None
+    return content_digest(req.text, req.style, voice)
+
+
+def _render_one(args: tuple[str, str, str, str, str, str, bool]) -> str:
     from emova.data.speech.render import Jitter, synthesize
 
-    key, text, style, split, out = args
+    key, text, style, split, out, role, canonical = args
     path = Path(out) / wav_name(key)
-    voice, jit = voice_for(key, style, split)
+    voice, jit = voice_for(key, style, split, role, canonical)
     audio = synthesize(text, voice, Style.parse(style), Jitter(**jit) if jit else Jitter())
     tmp = path.with_name(path.stem + ".tmp.wav")
     audio.save(tmp)
@@ -98,7 +125,7 @@ def speech_requests(world_dir: str | Path, split: str, tasks: Iterable[str] = TA
 
 
 def render_world_speech(world_dir: str | Path, split: str, out_dir: str | Path, workers: int = 2,
-                        progress: bool = True) -> Path:
+                        progress: bool = True, canonical_outputs: bool = False) -> Path:
     """Render every speech request of a split to `out_dir/{split}/wav/*.wav`. `wav/index.jsonl` records what
     each file says (`content_digest`): a file is reused only while its request still says the same."""
     reqs = speech_requests(world_dir, split)
@@ -106,8 +133,8 @@ def render_world_speech(world_dir: str | Path, split: str, out_dir: str | Path, 
     wav_dir.mkdir(parents=True, exist_ok=True)
     index_path = wav_dir / "index.jsonl"
     index = _read_index(index_path)
-    digest = {r.key: content_digest(r.text, r.style) for r in reqs}
-    todo = [(r.key, r.text, r.style, split, str(wav_dir)) for r in reqs
+    digest = {r.key: request_digest(r, split, canonical_outputs) for r in reqs}
+    todo = [(r.key, r.text, r.style, split, str(wav_dir), r.role, canonical_outputs) for r in reqs
             if index.get(r.key, {}).get("digest") != digest[r.key] or not (wav_dir / wav_name(r.key)).exists()]
     bar = tqdm(total=len(reqs), initial=len(reqs) - len(todo), desc=f"rendering {split} speech", unit="utt",
                disable=not progress)
@@ -129,12 +156,13 @@ def render_world_speech(world_dir: str | Path, split: str, out_dir: str | Path, 
 
 
 def encode_world_speech(speech_dir: str | Path, split: str, tokenizer: Any, requests: list[SpeechRequest],
-                        batch: int = 32, progress: bool = True) -> dict[str, list[int]]:
+                        batch: int = 32, progress: bool = True, canonical_outputs: bool = False,
+                        ) -> dict[str, list[int]]:
     """Reduced units per speech key, cached in `speech_dir/{split}/units.jsonl` (appended; resumable) with
     the `content_digest` they were made from: a row counts only while its request still says the same."""
     base = Path(speech_dir) / split
     cache = base / "units.jsonl"
-    digest = {r.key: content_digest(r.text, r.style) for r in requests}
+    digest = {r.key: request_digest(r, split, canonical_outputs) for r in requests}
     done = {k: row["units"] for k, row in _read_index(cache).items() if row.get("digest") == digest.get(k)}
     todo = [r.key for r in requests if r.key not in done]
     with open(cache, "a") as f, tqdm(total=len(requests), initial=len(requests) - len(todo),
@@ -205,13 +233,16 @@ def _norm(text: str) -> str:
 
 
 def corpus_speech_records(corpus_dir: str | Path, tokenizer: Any, exclude: set[str] | None = None,
-                          split: str = "train") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+                          split: str = "train", tts_voices: Iterable[str] | None = None,
+                          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """ASR and TTS pairs from the speech corpus (EMOVA's stage-2 speech-text data): every rendering of a
     sentence is an ASR record (units → text, style-invariant), the neutral rendering of each group a TTS
-    record (text → units). Sentences in `exclude` (normalised; e.g. `heldout_texts(world)`) are dropped."""
+    record (text → units) — only of the voices in `tts_voices` when given (e.g. `OUTPUT_VOICES.values()`).
+    Sentences in `exclude` (normalised; e.g. `heldout_texts(world)`) are dropped."""
     from emova.data.speech.corpus import read_manifest
 
     exclude = exclude or set()
+    tts_keys = set(tts_voices) if tts_voices is not None else None
     rows = [r for r in read_manifest(corpus_dir, (split,)) if _norm(r["text"]) not in exclude]
     if not rows:
         raise ValueError(f"the speech corpus at {corpus_dir} has no usable {split} rows")
@@ -224,7 +255,7 @@ def corpus_speech_records(corpus_dir: str | Path, tokenizer: Any, exclude: set[s
         asr.append({"id": f"corpus_asr-{r['id']}", "meta": meta,
                     "conversations": [{"from": "human", "value": ASR_PROMPT + unit_str},
                                       {"from": "gpt", "value": r["text"]}]})
-        if r["style"].endswith(neutral) and r["group"] not in seen:
+        if r["style"].endswith(neutral) and r["group"] not in seen and (tts_keys is None or r["voice"] in tts_keys):
             seen.add(r["group"])
             tts.append({"id": f"corpus_tts-{r['id']}", "meta": meta,
                         "conversations": [{"from": "human", "value": TTS_PROMPT + r["text"]},
@@ -232,5 +263,5 @@ def corpus_speech_records(corpus_dir: str | Path, tokenizer: Any, exclude: set[s
     return asr, tts
 
 
-__all__ = ["corpus_speech_records", "encode_world_speech", "fill_world_units", "fsdd_asr_records", "heldout_texts",
-           "render_world_speech", "speech_requests", "voice_for"]
+__all__ = ["OUTPUT_VOICES", "corpus_speech_records", "encode_world_speech", "fill_world_units", "fsdd_asr_records", "heldout_texts",
+           "render_world_speech", "request_digest", "speech_requests", "voice_for"]

@@ -27,6 +27,10 @@ STEPS = ("speech_corpus", "s2u", "u2s", "world", "world_speech", "units", "visio
          "export")
 PACKAGE = Path(__file__).resolve().parents[1]
 DEFAULT_FSDD = Path(__file__).resolve().parents[3] / "shared" / "data" / "fsdd"
+# Model speech of the train split (TTS targets, spoken replies, corpus TTS pairs) in one voice per gender
+# (`emova.data.world_speech.OUTPUT_VOICES`) rather than in every training voice. Off: the bundled LLM was
+# trained without it (docs/training.md has the measured continuation A/B).
+CANONICAL_OUTPUTS = False
 
 
 @dataclass
@@ -108,7 +112,7 @@ def _world_speech(p: RecipePaths) -> None:
     from emova.data.world_speech import render_world_speech
 
     for split in ("heldout", "train"):
-        render_world_speech(p.world, split, p.world_speech, workers=2)
+        render_world_speech(p.world, split, p.world_speech, workers=2, canonical_outputs=CANONICAL_OUTPUTS)
     (p.world_speech / "done").write_text("ok\n")
 
 
@@ -124,7 +128,8 @@ def _units(p: RecipePaths) -> None:
 
     tok = SpeechTokenizer.from_pretrained(p.tokenizer)
     for split, fsdd_split in (("heldout", "fsdd_val"), ("train", "fsdd_train")):
-        units = encode_world_speech(p.world_speech, split, tok, speech_requests(p.world, split))
+        units = encode_world_speech(p.world_speech, split, tok, speech_requests(p.world, split),
+                                    canonical_outputs=CANONICAL_OUTPUTS)
         out = fill_world_units(p.world, split, units, p.world_units)
         if p.fsdd:
             (out / f"{FSDD_TASK}.json").write_text(json.dumps(fsdd_asr_records(p.corpus, fsdd_split, tok)))
@@ -138,10 +143,11 @@ CORPUS_TASKS = ("corpus_asr", "corpus_tts")
 def _corpus_units(p: RecipePaths, tok: Any) -> None:
     """The speech corpus's training renderings as ASR/TTS pairs (EMOVA's stage-2 speech-text data): 7,000
     more sentences than the world's own, minus every sentence the world's held-out split says or answers."""
-    from emova.data.world_speech import corpus_speech_records, heldout_texts
+    from emova.data.world_speech import OUTPUT_VOICES, corpus_speech_records, heldout_texts
 
     train = p.world_units / "train"
-    asr, tts = corpus_speech_records(p.corpus, tok, heldout_texts(p.world))
+    asr, tts = corpus_speech_records(p.corpus, tok, heldout_texts(p.world),
+                                     tts_voices=OUTPUT_VOICES.values() if CANONICAL_OUTPUTS else None)
     for task, recs in zip(CORPUS_TASKS, (asr, tts)):
         (train / f"{task}.json").write_text(json.dumps(recs))
     print(f"[recipe] units: {len(asr)} corpus ASR and {len(tts)} corpus TTS pairs", flush=True)

@@ -12,6 +12,7 @@ import torch
 from emova.data.speech.voices import HELD_OUT_KEYS
 from emova.data.world import WorldSizes, build_world
 from emova.data.world_speech import (
+    OUTPUT_VOICES,
     encode_world_speech,
     fill_world_units,
     render_world_speech,
@@ -33,6 +34,18 @@ def test_voices_train_vs_heldout():
     assert {v.engine for v, _ in train} == {"flite", "espeak"}
     assert all(v.gender == ("female" if k % 2 == 0 else "male") for k, (v, _) in enumerate(train))
     assert voice_for("k7", FEMALE, "train") == voice_for("k7", FEMALE, "train")  # a pure function of the key
+
+
+def test_canonical_outputs_give_model_speech_one_voice_per_gender():
+    outs = [(s, *voice_for(f"k{i}", s, "train", "output", canonical_outputs=True)) for i in range(50)
+            for s in (FEMALE, MALE)]
+    assert {(s, v.key, tuple(j)) for s, v, j in outs} == {(FEMALE, OUTPUT_VOICES["female"], ()),
+                                                          (MALE, OUTPUT_VOICES["male"], ())}
+    # user speech keeps every voice; held-out keeps the held-out voices; off by default
+    ins = {voice_for(f"k{i}", FEMALE, "train", "input", canonical_outputs=True)[0].key for i in range(50)}
+    assert len(ins) > 5
+    assert voice_for("k", MALE, "heldout", "output", canonical_outputs=True)[0].key == "flite:awb"
+    assert len({voice_for(f"k{i}", FEMALE, "train", "output")[0].key for i in range(50)}) > 5
 
 
 class _FakeTokenizer:
@@ -63,6 +76,31 @@ def test_render_encode_fill_a_tiny_world(tmp_path):
     dlg = json.loads((out / "dialogue_speech.json").read_text())[0]
     assert "<<speech:" not in json.dumps(dlg) and "<|speech_" in dlg["conversations"][0]["value"]
     assert dlg["meta"]["speech"][0]["role"] == "input"
+
+
+def test_canonical_outputs_rerender_only_model_speech(tmp_path):
+    sizes = WorldSizes(n_images=2, questions_per_image=1, n_vqa_speech=1, n_dialogues=2, n_text_qa=1, n_asr=2, n_tts=2)
+    build_world(tmp_path / "world", "train", sizes=sizes, progress=False)
+    reqs = speech_requests(tmp_path / "world", "train")
+    wav_dir = render_world_speech(tmp_path / "world", "train", tmp_path / "speech", workers=1, progress=False)
+    before = {p.name: p.stat().st_mtime_ns for p in wav_dir.glob("*.wav")}
+    units = encode_world_speech(tmp_path / "speech", "train", _FakeTokenizer(), reqs, progress=False)
+    render_world_speech(tmp_path / "world", "train", tmp_path / "speech", workers=1, progress=False,
+                        canonical_outputs=True)
+    after = {p.name: p.stat().st_mtime_ns for p in wav_dir.glob("*.wav")}
+    changed = {n for n in before if before[n] != after[n]}
+    outputs = {r.key.replace("/", "__") + ".wav" for r in reqs if r.role == "output"}
+    assert outputs and changed == outputs
+    # the units cache follows: only model speech is encoded again (a tokenizer that fails on inputs proves it)
+    class _OutputsOnly(_FakeTokenizer):
+        def encode_batch(self, paths):
+            assert all(p.name in outputs for p in paths), paths
+            return super().encode_batch(paths)
+
+    canon = encode_world_speech(tmp_path / "speech", "train", _OutputsOnly(), reqs, progress=False,
+                                canonical_outputs=True)
+    assert {k: v for k, v in canon.items() if k.replace("/", "__") + ".wav" not in outputs} == \
+        {k: v for k, v in units.items() if k.replace("/", "__") + ".wav" not in outputs}
 
 
 def test_recipe_skips_cached_steps_and_records_timings(tmp_path, monkeypatch):
