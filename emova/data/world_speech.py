@@ -12,10 +12,13 @@ the speech key, so a resumed run renders the same audio; the caches also record 
 (`content_digest`), so a key whose text or style changed is rendered and encoded again.
 
 Model speech (`role == "output"`: TTS targets, spoken replies) is by default spoken like user speech, by a
-voice drawn per key. With `canonical_outputs=True` the train split's model speech is spoken by ONE voice per
-gender (`OUTPUT_VOICES`, no jitter) instead: a sentence then has one unit sequence to learn rather than one
-per voice (the S2U's units of one sentence differ between voices almost as much as between sentences;
-docs/training.md). User speech keeps every voice either way. FSDD digits (real
+voice drawn per key, in the record's style. With `canonical_outputs=True` the train split's model speech is
+rendered by ONE voice in ONE style instead (`OUTPUT_VOICE`, `OUTPUT_STYLE`: neutral, no jitter), so a
+sentence has exactly one unit sequence to learn: the S2U's units of one sentence differ between voices almost
+as much as between sentences, and with jitter or another style even within a voice
+(`benchmarks/unit_consistency.py`). The record keeps its style — the U2S adds voice, emotion, pitch and speed
+to the units, as it was trained to (its input units always come from neutral renderings). User speech keeps
+every voice and style either way. FSDD digits (real
 recordings) become ASR records from the speech corpus (`fsdd_train` for training, `fsdd_val` for evaluation).
 """
 
@@ -50,8 +53,9 @@ from emova.model.prompts import ASR_PROMPT, TTS_PROMPT
 from emova.styles import Style
 
 FLITE_SHARE = 0.45
-# the voices the model's own speech is rendered in with canonical_outputs (flite voices the U2S speaks)
-OUTPUT_VOICES = {"female": "flite:slt", "male": "flite:rms"}
+# what the model's own speech is rendered in with canonical_outputs (a flite voice the U2S speaks; neutral)
+OUTPUT_VOICE = "flite:slt"
+OUTPUT_STYLE = "gender-female_emotion-neutral_speed-normal_pitch-normal"
 FSDD_TASK = "fsdd_asr"
 
 
@@ -59,15 +63,20 @@ def _rng(key: str) -> random.Random:
     return random.Random(int(hashlib.md5(f"world-speech:{key}".encode()).hexdigest()[:12], 16))
 
 
+def is_canonical(split: str, role: str, canonical_outputs: bool) -> bool:
+    """Whether a request is rendered as `OUTPUT_VOICE` in `OUTPUT_STYLE` (train-split model speech)."""
+    return canonical_outputs and role == "output" and split != "heldout"
+
+
 def voice_for(key: str, style: str, split: str, role: str = "input",
               canonical_outputs: bool = False) -> tuple[Voice, dict[str, float]]:
     """The voice (and jitter) that speaks `key`: training voices for train, held-out voices for heldout;
-    with `canonical_outputs`, the train split's model speech (`role == "output"`) in `OUTPUT_VOICES`."""
+    with `canonical_outputs`, the train split's model speech (`role == "output"`) in `OUTPUT_VOICE`."""
+    if is_canonical(split, role, canonical_outputs):
+        return voice_by_key(OUTPUT_VOICE), {}
     gender = Style.parse(style).gender
     if split == "heldout":
         return next(v for v in HELD_OUT_VOICES if v.gender == gender), {}
-    if canonical_outputs and role == "output":
-        return voice_by_key(OUTPUT_VOICES[gender]), {}
     rng = _rng(key)
     pool = FLITE_TRAIN_VOICES if rng.random() < FLITE_SHARE else ESPEAK_TRAIN_VOICES
     voices = [v for v in pool if v.gender == gender] or [v for v in ESPEAK_TRAIN_VOICES if v.gender == gender]
@@ -90,9 +99,9 @@ def content_digest(text: str, style: str, voice: str | None = None) -> str:
 
 def request_digest(req: SpeechRequest, split: str, canonical_outputs: bool = False) -> str:
     """`content_digest` of one request as rendered with these settings."""
-    fixed = canonical_outputs and req.role == "output" and split != "heldout"
-    voice = voice_for(req.key, req.style, split, req.role, canonical_outputs)[0].key if fixed else None
-    return content_digest(req.text, req.style, voice)
+    if is_canonical(split, req.role, canonical_outputs):
+        return content_digest(req.text, OUTPUT_STYLE, OUTPUT_VOICE)
+    return content_digest(req.text, req.style)
 
 
 def _render_one(args: tuple[str, str, str, str, str, str, bool]) -> str:
@@ -101,6 +110,8 @@ def _render_one(args: tuple[str, str, str, str, str, str, bool]) -> str:
     key, text, style, split, out, role, canonical = args
     path = Path(out) / wav_name(key)
     voice, jit = voice_for(key, style, split, role, canonical)
+    if is_canonical(split, role, canonical):
+        style = OUTPUT_STYLE
     audio = synthesize(text, voice, Style.parse(style), Jitter(**jit) if jit else Jitter())
     tmp = path.with_name(path.stem + ".tmp.wav")
     audio.save(tmp)
@@ -237,7 +248,7 @@ def corpus_speech_records(corpus_dir: str | Path, tokenizer: Any, exclude: set[s
                           ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """ASR and TTS pairs from the speech corpus (EMOVA's stage-2 speech-text data): every rendering of a
     sentence is an ASR record (units → text, style-invariant), the neutral rendering of each group a TTS
-    record (text → units) — only of the voices in `tts_voices` when given (e.g. `OUTPUT_VOICES.values()`).
+    record (text → units) — only of the voices in `tts_voices` when given (e.g. `[OUTPUT_VOICE]`).
     Sentences in `exclude` (normalised; e.g. `heldout_texts(world)`) are dropped."""
     from emova.data.speech.corpus import read_manifest
 
@@ -263,5 +274,5 @@ def corpus_speech_records(corpus_dir: str | Path, tokenizer: Any, exclude: set[s
     return asr, tts
 
 
-__all__ = ["OUTPUT_VOICES", "corpus_speech_records", "encode_world_speech", "fill_world_units", "fsdd_asr_records", "heldout_texts",
+__all__ = ["OUTPUT_STYLE", "OUTPUT_VOICE", "corpus_speech_records", "encode_world_speech", "fill_world_units", "fsdd_asr_records", "heldout_texts",
            "render_world_speech", "request_digest", "speech_requests", "voice_for"]

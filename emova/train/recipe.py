@@ -27,10 +27,10 @@ STEPS = ("speech_corpus", "s2u", "u2s", "world", "world_speech", "units", "visio
          "export")
 PACKAGE = Path(__file__).resolve().parents[1]
 DEFAULT_FSDD = Path(__file__).resolve().parents[3] / "shared" / "data" / "fsdd"
-# Model speech of the train split (TTS targets, spoken replies, corpus TTS pairs) in one voice per gender
-# (`emova.data.world_speech.OUTPUT_VOICES`) rather than in every training voice. Off: the bundled LLM was
-# trained without it (docs/training.md has the measured continuation A/B).
-CANONICAL_OUTPUTS = False
+# Model speech of the train split (TTS targets, spoken replies, corpus TTS pairs) rendered in one voice and
+# one style (`emova.data.world_speech.OUTPUT_VOICE` / `OUTPUT_STYLE`) rather than in every training voice and
+# the record's style: one unit sequence per sentence to learn (docs/training.md).
+CANONICAL_OUTPUTS = True
 
 
 @dataclass
@@ -143,11 +143,11 @@ CORPUS_TASKS = ("corpus_asr", "corpus_tts")
 def _corpus_units(p: RecipePaths, tok: Any) -> None:
     """The speech corpus's training renderings as ASR/TTS pairs (EMOVA's stage-2 speech-text data): 7,000
     more sentences than the world's own, minus every sentence the world's held-out split says or answers."""
-    from emova.data.world_speech import OUTPUT_VOICES, corpus_speech_records, heldout_texts
+    from emova.data.world_speech import OUTPUT_VOICE, corpus_speech_records, heldout_texts
 
     train = p.world_units / "train"
     asr, tts = corpus_speech_records(p.corpus, tok, heldout_texts(p.world),
-                                     tts_voices=OUTPUT_VOICES.values() if CANONICAL_OUTPUTS else None)
+                                     tts_voices=[OUTPUT_VOICE] if CANONICAL_OUTPUTS else None)
     for task, recs in zip(CORPUS_TASKS, (asr, tts)):
         (train / f"{task}.json").write_text(json.dumps(recs))
     print(f"[recipe] units: {len(asr)} corpus ASR and {len(tts)} corpus TTS pairs", flush=True)
