@@ -29,8 +29,9 @@ PACKAGE = Path(__file__).resolve().parents[1]
 DEFAULT_FSDD = Path(__file__).resolve().parents[3] / "shared" / "data" / "fsdd"
 # Model speech of the train split (TTS targets, spoken replies, corpus TTS pairs) rendered in one voice and
 # one style (`emova.data.world_speech.OUTPUT_VOICE` / `OUTPUT_STYLE`) rather than in every training voice and
-# the record's style: one unit sequence per sentence to learn (docs/training.md).
-CANONICAL_OUTPUTS = True
+# the record's style: one unit sequence per sentence to learn. Off: the bundled LLM was trained without it,
+# and a recipe run with it (docs/training.md, 2026-12-03) traded ASR and the demo turn for TTS and replies.
+CANONICAL_OUTPUTS = False
 
 
 @dataclass

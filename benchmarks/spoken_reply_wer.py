@@ -1,0 +1,59 @@
+"""How intelligible are the model's spoken replies? Held-out spoken-dialogue turns → the LLM (decoded as the
+pipeline does) → its reply units → the U2S in the reply's own style → pocketsphinx, scored against the reply
+text the model wrote (the line `make demo` checks on one turn, here on many).
+
+    python benchmarks/spoken_reply_wer.py [--model emova-tiny] [--detokenizer emova-tiny] [-n 60] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from emova.eval.omni import MAX_NEW, Generator, _load, load_model
+from emova.eval.u2s import Judge, wer
+from emova.inference.json_repair import parse_answer
+from emova.speech.detokenizer import SpeechDetokenizer
+from emova.styles import Style
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="emova-tiny")
+    ap.add_argument("--detokenizer", default="emova-tiny")
+    ap.add_argument("--world", default="data_cache/world_units")
+    ap.add_argument("--images", default="data_cache/world")
+    ap.add_argument("-n", type=int, default=60)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    recs = _load(Path(a.world), "dialogue_speech", a.n)
+    model, proc = load_model(a.model)
+    outs = Generator(model, proc, Path(a.images), 16).run(recs, MAX_NEW["dialogue"], "dialogue", hold=True,
+                                                          structured=True)
+    detok, judge = SpeechDetokenizer.from_pretrained(a.detokenizer), Judge()
+    refs, hyps, no_units = [], [], 0
+    for r, o in zip(recs, outs):
+        p = parse_answer(o)
+        text = p.fields.get("assistant response text") or ""
+        out_sp = [s for s in r["meta"]["speech"] if s["role"] == "output"]
+        gender = Style.parse(out_sp[0]["style"]).gender if out_sp else "female"
+        emotion = p.fields.get("assistant response emotion") or "neutral"
+        pitch = p.fields.get("assistant response pitch") or "normal"
+        style = f"gender-{gender}_emotion-{emotion}_speed-normal_pitch-{pitch}"
+        if not p.units or not text:
+            no_units += 1
+            refs.append(text or "-")
+            hyps.append("")
+            continue
+        refs.append(text)
+        hyps.append(judge.transcribe(detok.decode(p.units, style=style)))
+    res = {"model": a.model, "n": len(recs), "reply_speech_wer": round(wer(refs, hyps), 4), "no_units": no_units,
+           "examples": [{"reply": x, "heard": y} for x, y in list(zip(refs, hyps))[:6]]}
+    print(json.dumps(res, indent=1))
+    if a.out:
+        Path(a.out).write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
