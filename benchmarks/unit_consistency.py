@@ -22,17 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from emova.data.world_speech import OUTPUT_STYLE, OUTPUT_VOICE, voice_for
-
-
-def edit_distance(a: list[int], b: list[int]) -> float:
-    """Levenshtein distance divided by the longer length (0 = same, 1 = nothing shared in place)."""
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i] + [0] * len(b)
-        for j, y in enumerate(b, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
-        prev = cur
-    return prev[-1] / max(len(a), len(b), 1)
+from emova.eval.metrics import normalised_edit_distance
 
 
 def _units(text: str) -> list[int]:
@@ -66,7 +56,7 @@ def measure(groups: dict[str, list[tuple[str, list[int]]]], max_pairs: int = 300
     for name, pairs in (("same_sentence_same_voice", same), ("same_sentence_other_voice", diff),
                         ("different_sentences", [p for p in other if p[0] is not p[1]])):
         pairs = rng.sample(pairs, max_pairs) if len(pairs) > max_pairs else pairs
-        d = [edit_distance(a, b) for a, b in pairs]
+        d = [normalised_edit_distance(a, b) for a, b in pairs]
         out[name] = {"pairs": len(d), "median": round(statistics.median(d), 4) if d else None}
     return out
 
