@@ -18,8 +18,10 @@ sentence has exactly one unit sequence to learn: the S2U's units of one sentence
 as much as between sentences, and with jitter or another style even within a voice
 (`benchmarks/unit_consistency.py`). The record keeps its style — the U2S adds voice, emotion, pitch and speed
 to the units, as it was trained to (its input units always come from neutral renderings). User speech keeps
-every voice and style either way. FSDD digits (real
-recordings) become ASR records from the speech corpus (`fsdd_train` for training, `fsdd_val` for evaluation).
+every voice and style either way.
+
+FSDD digits (real recordings) become ASR records from the speech corpus (`fsdd_train` for training,
+`fsdd_val` for evaluation).
 """
 
 from __future__ import annotations
@@ -274,5 +276,6 @@ def corpus_speech_records(corpus_dir: str | Path, tokenizer: Any, exclude: set[s
     return asr, tts
 
 
-__all__ = ["OUTPUT_STYLE", "OUTPUT_VOICE", "corpus_speech_records", "encode_world_speech", "fill_world_units", "fsdd_asr_records", "heldout_texts",
-           "render_world_speech", "request_digest", "speech_requests", "voice_for"]
+__all__ = ["OUTPUT_STYLE", "OUTPUT_VOICE", "corpus_speech_records", "encode_world_speech", "fill_world_units",
+           "fsdd_asr_records", "heldout_texts", "is_canonical", "render_world_speech", "request_digest",
+           "speech_requests", "voice_for"]
