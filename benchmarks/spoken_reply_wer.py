@@ -14,6 +14,7 @@ from pathlib import Path
 from emova.eval.omni import MAX_NEW, Generator, _load, load_model
 from emova.eval.u2s import Judge, wer
 from emova.inference.json_repair import parse_answer
+from emova.inference.messages import resolve_style
 from emova.speech.detokenizer import SpeechDetokenizer
 from emova.styles import Style
 
@@ -35,12 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     refs, hyps, no_units = [], [], 0
     for r, o in zip(recs, outs):
         p = parse_answer(o)
-        text = p.fields.get("assistant response text") or ""
+        text = p.text or ""
         out_sp = [s for s in r["meta"]["speech"] if s["role"] == "output"]
-        gender = Style.parse(out_sp[0]["style"]).gender if out_sp else "female"
-        emotion = p.fields.get("assistant response emotion") or "neutral"
-        pitch = p.fields.get("assistant response pitch") or "normal"
-        style = f"gender-{gender}_emotion-{emotion}_speed-normal_pitch-{pitch}"
+        style = resolve_style(Style.parse(out_sp[0]["style"]).gender if out_sp else "female", p.emotion, p.pitch)
         if not p.units or not text:
             no_units += 1
             refs.append(text or "-")

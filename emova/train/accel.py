@@ -51,3 +51,15 @@ def fresh_accelerator(bf16: bool, **kwargs: Any) -> Any:
 
     AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if autocast_bf16(bf16) else "no", **kwargs)
+
+
+def optimizer_step(acc: Any, opt: torch.optim.Optimizer, params: Any, loss: torch.Tensor, lr: float,
+                   clip: float = 1.0) -> None:
+    """One plain update as the speech trainers make it: every group at `lr`, backward through the
+    accelerator, gradient norm clipped to `clip`, step."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    acc.backward(loss)
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from emova.speech.style_encoder import StyleEncoder, StyleEncoderConfig
 from emova.speech.u2s import U2SConfig, U2SModel
 from emova.speech.vocoder import build_vocoder
-from emova.train.accel import fresh_accelerator
+from emova.train.accel import fresh_accelerator, optimizer_step
 from emova.train.checkpoint import latest_checkpoint, load_checkpoint, load_model_tensors, save_checkpoint
 from emova.train.plots import plot_log
 from emova.train.u2s_adversarial import (
@@ -250,16 +250,11 @@ def train_u2s_model(cfg: U2STrainConfig, progress: bool = True, run_name: str = 
                 batch["units"] = perturb_units(batch["units"], batch["n_units"], cfg.unit_noise, cfg.unit_noise_levels,
                                                torch.Generator().manual_seed(cfg.seed * 7919 + step))
             lr = _lr(step, time.time() - t0, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.max_minutes)
-            for g in opt.param_groups:
-                g["lr"] = lr
             with acc.autocast():
                 losses = u2s_losses(acc.unwrap_model(bundle), batch, cfg, judge, disc,
                                     torch.Generator().manual_seed(cfg.seed * 7919 + step + 1),
                                     adversarial=step >= cfg.adv_warmup)
-            opt.zero_grad(set_to_none=True)
-            acc.backward(losses["total"])
-            torch.nn.utils.clip_grad_norm_(bundle.parameters(), 1.0)
-            opt.step()
+            optimizer_step(acc, opt, bundle.parameters(), losses["total"], lr)
             if disc is not None:
                 losses["disc"] = (discriminator_step(disc, d_opt, losses["windows"], acc.autocast)
                                   if "windows" in losses else losses["mel"].new_zeros(()))

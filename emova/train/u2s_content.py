@@ -30,7 +30,7 @@ from emova.data.speech.corpus import read_manifest
 from emova.data.speech.phones import PHONE_TO_ID, VOCAB_SIZE, ctc_collapse
 from emova.eval.metrics import error_rate
 from emova.speech.features import normalise_per_feature
-from emova.train.accel import fresh_accelerator
+from emova.train.accel import fresh_accelerator, optimizer_step
 from emova.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -204,16 +204,11 @@ def train_phone_judge(cfg: U2STrainConfig, progress: bool = True) -> Path:
                 mask[k, : len(data.mel[i])] = True
             ph, ph_lens = phone_batch(phones, b)
             lr = _lr(step, time.time() - t0, cfg.judge_lr, 200, cfg.judge_steps, cfg.judge_minutes)
-            for g in opt.param_groups:
-                g["lr"] = lr
             model.train()
             with acc.autocast():
                 logits = acc.unwrap_model(model)(_spec_augment(mel, rng), mask)
             loss = ctc_phone_loss(logits, mask, ph, ph_lens)
-            opt.zero_grad(set_to_none=True)
-            acc.backward(loss)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            optimizer_step(acc, opt, model.parameters(), loss, lr)
             step += 1
             bar.update()
             val = ""

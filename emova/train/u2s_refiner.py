@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from emova.speech.refiner import MelRefiner, MelRefinerConfig, refiner_input_f0
 from emova.speech.style_encoder import StyleEncoderConfig
-from emova.train.accel import fresh_accelerator
+from emova.train.accel import fresh_accelerator, optimizer_step
 from emova.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from emova.train.plots import plot_log
 from emova.train.u2s import (
@@ -127,14 +127,9 @@ def train_refiner(cfg: U2STrainConfig, progress: bool = True) -> Path:
         mask = torch.stack(masks).float()[..., None]
         style = torch.stack(styles)
         lr = _lr(step, time.time() - t0, cfg.refiner_lr, 200, cfg.refiner_steps, cfg.refiner_minutes)
-        for g in opt.param_groups:
-            g["lr"] = lr
         with acc.autocast():
             loss = inner.loss(mel, mu, f0, style, mask)
-        opt.zero_grad(set_to_none=True)
-        acc.backward(loss)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimizer_step(acc, opt, model.parameters(), loss, lr)
         step += 1
         bar.update()
         if step % cfg.log_every == 0:

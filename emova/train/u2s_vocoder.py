@@ -26,7 +26,7 @@ from emova.speech.vocoder import (
     mel_l1,
     multi_resolution_stft_loss,
 )
-from emova.train.accel import fresh_accelerator
+from emova.train.accel import fresh_accelerator, optimizer_step
 from emova.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from emova.train.plots import plot_log
 from emova.train.u2s import (
@@ -112,18 +112,13 @@ def _vocoder_step(cfg: U2STrainConfig, acc, model: nn.Module, opt, mel: torch.Te
                   f0_hz: torch.Tensor | None = None) -> None:
     """One vocoder update (multi-resolution STFT + mel L1 against the waveform `x`), then log / checkpoint.
     An F0-conditioned vocoder needs `f0_hz` (B, F)."""
-    for g in opt.param_groups:
-        g["lr"] = lr
     with acc.autocast():
         y = model(mel, f0_hz)
     y = y.float()[:, :seg]
     stft = multi_resolution_stft_loss(y, x[:, : y.shape[1]])
     ml = mel_l1(y, x[:, : y.shape[1]], vcfg)
     loss = stft + ml
-    opt.zero_grad(set_to_none=True)
-    acc.backward(loss)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
+    optimizer_step(acc, opt, model.parameters(), loss, lr)
     bar.update()
     if step % cfg.log_every == 0:
         writer.writerow([step, f"{lr:.3e}", f"{loss.item():.4f}", f"{stft.item():.4f}", f"{ml.item():.4f}",
