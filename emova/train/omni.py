@@ -70,6 +70,7 @@ from emova.train.stages import (
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "train"
 ENGINES = ("ddp", "deepspeed", "fsdp2")
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 
 
 @dataclass
@@ -105,6 +106,7 @@ class OmniTrainConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     gradient_checkpointing: bool = False
+    attn_implementation: str | None = None  # the LLM's attention while training: eager | sdpa (None: as loaded)
     bf16: bool = True  # autocast (ddp/fsdp2); bf16 mode with deepspeed
     engine: str = "ddp"
     deepspeed_config: str | None = None  # JSON file name in emova/configs/train/ or a path
@@ -130,6 +132,9 @@ class OmniTrainConfig:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("need lr > 0 and 0 <= min_lr_ratio <= 1")
+        if self.attn_implementation not in (None, *ATTN_IMPLEMENTATIONS):
+            raise ValueError(f"attn_implementation {self.attn_implementation!r}; accepted: "
+                             f"{list(ATTN_IMPLEMENTATIONS)} (or leave it unset)")
         if self.vision_init_from and self.init_from:
             raise ValueError("vision_init_from is for a fresh start; with init_from the vision tower comes from "
                              f"that checkpoint ({self.init_from}); drop one of them")
@@ -211,9 +216,25 @@ class OmniLossModule(nn.Module):
         else:
             feats = base.get_image_features(*self._dummy_image(base, embeds.device))  # (1, D)
             extra = 0.0 * feats.float().sum()
-        out = self.model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"],
-                         use_cache=False)
-        return out.loss if extra is None else out.loss + extra
+        loss = self.supervised_loss(base, embeds, batch["attention_mask"], batch["labels"])
+        return loss if extra is None else loss + extra
+
+    @staticmethod
+    def supervised_loss(base: nn.Module, embeds: torch.Tensor, attention_mask: torch.Tensor,
+                        labels: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy over the supervised positions — what the LM's own `labels=` loss
+        computes — with the output head and the softmax run on those positions only (about a third of the
+        tokens: prompts, images and user speech carry no loss). Measured: `benchmarks/train_step.py`."""
+        lm = base.language_model
+        hidden = lm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
+        hidden = hidden.last_hidden_state[:, :-1]  # (B, T-1, D): position t predicts token t+1
+        target = labels[:, 1:]
+        keep = target != -100
+        head = lm.get_output_embeddings()
+        if not bool(keep.any()):  # nothing supervised: a zero that still reaches every parameter
+            return 0.0 * head(hidden[:, :1]).float().sum()
+        logits = head(hidden[keep]).float()  # (N_supervised, V)
+        return nn.functional.cross_entropy(logits, target[keep])
 
     @staticmethod
     def _dummy_image(base: nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -256,6 +277,8 @@ def build_model(cfg: OmniTrainConfig) -> nn.Module:
 
             load_vision_tower(model.vision_tower, cfg.vision_init_from)
     model.config.use_cache = False
+    if cfg.attn_implementation:
+        model.language_model.set_attn_implementation(cfg.attn_implementation)
     if cfg.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora_r > 0:

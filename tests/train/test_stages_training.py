@@ -136,3 +136,39 @@ def test_lora_bf16_checkpointing_stage2_exports_a_merged_plain_model(micro, tmp_
             assert moved == (name.startswith(("vision_tower.blocks.1.", "vision_tower.merger."))), name
         else:
             assert moved, name  # the projector trains
+
+
+def test_loss_on_supervised_positions_equals_the_lm_loss(micro):
+    """OmniLossModule runs the output head on the supervised positions only: same loss and gradients as the
+    LM's own `labels=` loss, also with a batch that has no supervised token at all."""
+    from emova.train.omni import OmniLossModule
+
+    torch.manual_seed(0)
+    model = EmovaForConditionalGeneration(load_model_config(micro[1]).config)
+    proc = EmovaProcessor(_offline_tokenizer(), None)
+    recs = load_task_records(micro[0], "train", ["asr", "tts"])
+    batch = collate([OmniDataset(recs, proc)[i] for i in range(4)], proc)
+    assert (batch["labels"] == -100).any() and (batch["labels"] != -100).any()
+    ours = OmniLossModule(model)(batch)
+    ours.backward()
+    g_ours = {n: p.grad.clone() for n, p in model.language_model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    ref = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    ref.backward()
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    for n, p in model.language_model.named_parameters():
+        torch.testing.assert_close(g_ours[n], p.grad, atol=1e-5, rtol=1e-4, msg=n)
+    none = {**batch, "labels": torch.full_like(batch["labels"], -100)}
+    zero = OmniLossModule(model)(none)
+    assert float(zero.detach()) == 0.0 and zero.requires_grad
+
+
+def test_attention_implementation_option(micro, tmp_path):
+    with pytest.raises(ValueError, match="attn_implementation"):
+        _cfg(micro, tmp_path / "bad", attn_implementation="fast")
+    a = train_stage(3, _cfg(micro, tmp_path / "sdpa", max_steps=2, batch_size=2, attn_implementation="sdpa"))
+    b = train_stage(3, _cfg(micro, tmp_path / "eager", max_steps=2, batch_size=2, attn_implementation="eager"))
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    for k, v in wa.items():  # the same run up to float rounding
+        torch.testing.assert_close(wb[k], v, atol=1e-4, rtol=1e-3)
+    assert "eager" not in (b / "config.json").read_text()  # a training setting, not part of the exported model
