@@ -204,6 +204,12 @@ def _outputs(p: RecipePaths) -> dict[str, Path]:
     }
 
 
+# A cached step is redone when a step it trains or exports from finished after it (e.g. stage 3 was rerun
+# into runs/ while the assets directory still held the previous export).
+_DEPENDS: dict[str, tuple[str, ...]] = {"stage1": ("units", "vision"), "stage2": ("stage1",), "stage3": ("stage2",),
+                                        "export": ("stage3",)}
+
+
 class _Hook(RuntimeError):
     """A step whose implementation is not there yet: recorded, skipped, the recipe goes on."""
 
@@ -257,7 +263,11 @@ def run_recipe(name: str = "tiny", work_dir: str = "data_cache", runs_dir: str =
     for step in STEPS:
         if step not in chosen:
             continue
-        if outputs[step].exists() and step not in (force or []):
+        newer = [d for d in _DEPENDS.get(step, ()) if outputs[d].exists() and outputs[step].exists()
+                 and outputs[d].stat().st_mtime > outputs[step].stat().st_mtime]
+        if newer:
+            print(f"[recipe] {step}: redoing, {', '.join(newer)} is newer than {outputs[step]}", flush=True)
+        if outputs[step].exists() and step not in (force or []) and not newer:
             print(f"[recipe] {step}: cached ({outputs[step]})", flush=True)
             timings.setdefault(step, {"status": "cached"})
             continue

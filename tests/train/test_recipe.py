@@ -136,6 +136,27 @@ def test_recipe_skips_cached_steps_and_records_timings(tmp_path, monkeypatch):
         recipe.run_recipe("huge")
 
 
+def test_recipe_redoes_a_step_whose_input_is_newer(tmp_path, monkeypatch):
+    """Stage 3 rerun into runs/ while the assets still hold the previous export: export is redone, not cached."""
+    import os
+
+    ran = []
+    monkeypatch.setattr(recipe, "_RUNNERS", {s: (lambda p, s=s: ran.append(s)) for s in recipe.STEPS})
+    paths = recipe.RecipePaths(tmp_path / "w", tmp_path / "r", tmp_path / "a", None)
+    outs = recipe._outputs(paths)
+    for i, step in enumerate(("stage2", "export", "stage3")):  # export older than stage 3's final
+        outs[step].parent.mkdir(parents=True, exist_ok=True)
+        outs[step].write_text("x")
+        os.utime(outs[step], (1000 + i, 1000 + i))
+    args = ("tiny", str(tmp_path / "w"), str(tmp_path / "r"), str(tmp_path / "a"))
+    recipe.run_recipe(*args, steps=["stage3", "export"])
+    assert ran == ["export"]  # stage 3 is newer than stage 2: cached
+    os.utime(outs["export"], (2000, 2000))
+    ran.clear()
+    recipe.run_recipe(*args, steps=["stage3", "export"])
+    assert ran == []
+
+
 def test_stage_runners_wire_the_pretrained_vision_tower_and_the_corpus_pairs(tmp_path, monkeypatch):
     import emova.train.omni as omni
 
