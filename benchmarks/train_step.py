@@ -23,7 +23,14 @@ from pathlib import Path
 import torch
 
 from emova.data.omni_dataset import batch_plan
-from emova.train.omni import OmniLossModule, OmniTrainConfig, _Collate, build_dataset, build_model, build_processor
+from emova.train.omni import (
+    OmniLossModule,
+    OmniTrainConfig,
+    _Collate,
+    build_dataset,
+    build_model,
+    build_processor,
+)
 from emova.train.stages import apply_stage, stage_spec, vision_depth
 
 

@@ -29,7 +29,13 @@ from safetensors.torch import load_file, save_file
 from emova.assets import read_config, resolve_model_dir
 from emova.audio import Audio, as_audio
 from emova.speech.refiner import MelRefiner, MelRefinerConfig
-from emova.speech.style_encoder import ProsodyOffsets, StyleEncoder, StyleEncoderConfig, StylePrototypes
+from emova.speech.style_encoder import (
+    ProsodyOffsets,
+    StyleEncoder,
+    StyleEncoderConfig,
+    StylePrototypes,
+    check_emotion_strength,
+)
 from emova.speech.u2s import U2SConfig, U2SModel
 from emova.speech.vocoder import VocoderConfig, build_vocoder, mel_frames
 from emova.styles import Style
@@ -106,7 +112,7 @@ def frame_f0_hz(lf0: torch.Tensor | np.ndarray, voiced: torch.Tensor | np.ndarra
 class SpeechDetokenizer:
     def __init__(self, u2s: U2SModel, style_encoder: StyleEncoder, vocoder: torch.nn.Module,
                  prototypes: StylePrototypes, stream: StreamConfig | None = None,
-                 refiner: MelRefiner | None = None) -> None:
+                 refiner: MelRefiner | None = None, emotion_strength: float = 1.0) -> None:
         self.u2s = u2s.eval()
         self.refiner = None if refiner is None else refiner.eval()
         self.style_encoder = style_encoder.eval()
@@ -114,8 +120,19 @@ class SpeechDetokenizer:
         self.vocoder_config: VocoderConfig = vocoder.cfg
         self.prototypes = prototypes
         self.stream_config = stream or StreamConfig()
+        self.emotion_strength = emotion_strength
         self.config = u2s.cfg
         self.sample_rate = u2s.cfg.sample_rate
+
+    @property
+    def emotion_strength(self) -> float:
+        """How vivid the emotions of `style=` are (StylePrototypes.vector): 1 the corpus average, 0 neutral, up
+        to 3; config key `emotion_strength`; `decode(..., emotion_strength=)` overrides it per call."""
+        return self._emotion_strength
+
+    @emotion_strength.setter
+    def emotion_strength(self, value: float) -> None:
+        self._emotion_strength = check_emotion_strength(value)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -130,7 +147,7 @@ class SpeechDetokenizer:
             raise ValueError(f"{d / 'config.json'}: unsupported format {meta.get('format')!r}; expected {FORMAT!r} "
                              "or an official EMOVA speech-tokenizer config")
         unknown = set(meta) - {"format", "u2s", "style_encoder", "vocoder", "refiner", "stream", "sample_rate",
-                               "styles", "info"}
+                               "styles", "info", "emotion_strength"}
         if unknown:
             raise ValueError(f"{d / 'config.json'}: unknown keys {sorted(unknown)}")
         u2s = U2SModel(U2SConfig.from_dict(meta["u2s"]))
@@ -163,7 +180,11 @@ class SpeechDetokenizer:
         pros = state.get("prototype_prosody")
         protos = StylePrototypes(state["prototypes"].float(), meta.get("info", {}).get("prototype_counts"),
                                  None if pros is None else pros.float())
-        return cls(u2s, enc, voc, protos, StreamConfig.from_dict(meta.get("stream", {})), refiner)
+        try:
+            strength = check_emotion_strength(meta.get("emotion_strength", 1.0))
+        except ValueError as e:
+            raise ValueError(f"{d / 'config.json'}: {e}") from None
+        return cls(u2s, enc, voc, protos, StreamConfig.from_dict(meta.get("stream", {})), refiner, strength)
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype = torch.float16, info: dict | None = None) -> Path:
         d = Path(path)
@@ -171,7 +192,8 @@ class SpeechDetokenizer:
         meta = {"format": FORMAT, "sample_rate": self.sample_rate, "u2s": self.u2s.cfg.to_dict(),
                 "style_encoder": self.style_encoder.cfg.to_dict(), "vocoder": self.vocoder_config.to_dict(),
                 **({"refiner": self.refiner.cfg.to_dict()} if self.refiner is not None else {}),
-                "stream": asdict(self.stream_config), "styles": self.prototypes.keys,
+                "stream": asdict(self.stream_config), "emotion_strength": self.emotion_strength,
+                "styles": self.prototypes.keys,
                 "info": {"prototype_counts": self.prototypes.counts, **(info or {})}}
         (d / "config.json").write_text(json.dumps(meta, indent=1))
         sd: dict[str, torch.Tensor] = {}
@@ -189,15 +211,18 @@ class SpeechDetokenizer:
 
     # ------------------------------------------------------------------ style
     @torch.no_grad()
-    def style_vector(self, style: Style | str | None = None, reference: Audio | str | Path | None = None) -> torch.Tensor:
-        """(1, 256) style vector: from `reference` audio when given, else the prototype of `style`."""
+    def style_vector(self, style: Style | str | None = None, reference: Audio | str | Path | None = None,
+                     emotion_strength: float | None = None) -> torch.Tensor:
+        """(1, 256) style vector: from `reference` audio when given, else the prototype of `style` at
+        `emotion_strength` (default: the detokenizer's)."""
         if reference is not None:
             ref = as_audio(reference, self.sample_rate).validate_speech(max_seconds=60.0)
             mel = mel_frames(ref.samples, self.vocoder_config)[None]
             return self.style_encoder(mel)
         if style is None:
             style = Style()
-        return self.prototypes.vector(style)[None]
+        strength = self.emotion_strength if emotion_strength is None else emotion_strength
+        return self.prototypes.vector(style, strength)[None]
 
     def _offsets(self, style: Style | str | None, reference: Audio | str | Path | None) -> ProsodyOffsets:
         """The condition's stored prosody corrections; none when a reference clip sets the style."""
@@ -235,24 +260,27 @@ class SpeechDetokenizer:
         return wave.clamp(-1.0, 1.0).numpy().astype(np.float32)
 
     def decode(self, units: Iterable[int] | str, style: Style | str | None = None,
-               reference: Audio | str | Path | None = None, length_scale: float = 1.0) -> Audio:
+               reference: Audio | str | Path | None = None, length_scale: float = 1.0,
+               emotion_strength: float | None = None) -> Audio:
         """Units (raw or reduced ids, or a unit string) + style → 16 kHz speech. A `reference` clip, when
-        given, sets the style (voice, emotion, pitch, speed) instead of `style`."""
+        given, sets the style (voice, emotion, pitch, speed) instead of `style`. `emotion_strength` (0–3;
+        default the detokenizer's `emotion_strength`) scales how far the emotion moves from neutral."""
         u = parse_units(units, self.config.n_units)
         if not 0.2 <= length_scale <= 5.0:
             raise ValueError(f"length_scale must be in [0.2, 5], got {length_scale}")
-        g = self.style_vector(style, reference)
+        g = self.style_vector(style, reference, emotion_strength)
         off = self._offsets(style, reference)
         out = self._mel(u, g, length_scale, off)
         return Audio(self.vocode(out["mel"], off.gain_db, frame_f0_hz(out["lf0"], out["voiced"])), self.sample_rate)
 
     def decode_stream(self, units: Iterable[int] | str, style: Style | str | None = None,
-                      reference: Audio | str | Path | None = None) -> Iterator[Audio]:
+                      reference: Audio | str | Path | None = None,
+                      emotion_strength: float | None = None) -> Iterator[Audio]:
         """Yield audio chunks as units arrive. The first chunk is made once `first_chunk_units` (≤ 10) units
         have arrived; later chunks have `chunk_units` (or double up to it: `grow_chunks`); each chunk is decoded
         with left context and a few units of lookahead, and seams are crossfaded over `crossfade_samples`."""
         sc = self.stream_config
-        g = self.style_vector(style, reference)
+        g = self.style_vector(style, reference, emotion_strength)
         offsets = self._offsets(style, reference)
         it = iter(units) if not isinstance(units, str) else iter(parse_units(units, self.config.n_units))
         buf: list[int] = []  # reduced units received so far

@@ -13,6 +13,7 @@ its neighbours (gender/neutral base + emotion, pitch and speed offsets).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
@@ -101,6 +102,17 @@ class ProsodyOffsets(NamedTuple):
     gain_db: float = 0.0  # loudness of the waveform
 
 
+EMOTION_STRENGTH_RANGE = (0.0, 3.0)
+
+
+def check_emotion_strength(value: float) -> float:
+    """A finite number in EMOTION_STRENGTH_RANGE, else ValueError."""
+    lo, hi = EMOTION_STRENGTH_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= float(value) <= hi:
+        raise ValueError(f"emotion_strength must be a number in [{lo}, {hi}], got {value!r}")
+    return float(value)
+
+
 class StylePrototypes:
     """The table condition string → style vector (126 rows, official `u2s_style2idx` order)."""
 
@@ -124,10 +136,18 @@ class StylePrototypes:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def vector(self, style: Style | str) -> torch.Tensor:
-        """(style_dim,) vector for a Style or condition string; ValueError for unknown/malformed styles."""
-        key = str(Style.parse(style))
-        return self.table[self.index[key]]
+    def vector(self, style: Style | str, emotion_strength: float = 1.0) -> torch.Tensor:
+        """(style_dim,) vector for a Style or condition string; ValueError for unknown/malformed styles.
+        `emotion_strength` s moves an emotional condition's vector along its difference from the same voice,
+        pitch and speed said neutrally: normalise(v + (s - 1)(v - v_neutral)); 1 is the table itself, 0 the
+        neutral vector, > 1 a more vivid emotion than the corpus average."""
+        st = Style.parse(style)
+        check_emotion_strength(emotion_strength)
+        v = self.table[self.index[str(st)]]
+        if emotion_strength == 1.0 or st.emotion == "neutral":
+            return v
+        neutral = self.table[self.index[str(dataclasses.replace(st, emotion="neutral"))]]
+        return F.normalize(v + (emotion_strength - 1.0) * (v - neutral), dim=-1)
 
     def offsets(self, style: Style | str) -> ProsodyOffsets:
         """The prosody corrections stored for a condition."""

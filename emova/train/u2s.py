@@ -330,6 +330,7 @@ def export_detokenizer(cfg: U2STrainConfig, out: str | Path | None = None, vocod
         setattr(bundle.u2s.cfg, k, v)
     if cfg.condition_prosody:
         protos.prosody = calibrate_condition_prosody(detok, data, pitch_factors=cfg.pitch_factors)
+    detok.emotion_strength = cfg.emotion_strength
     info = {"u2s_checkpoint": str(ck), "vocoder_checkpoint": vocoder_from, "refiner_checkpoint": refiner_from,
             "trained_on": cfg.corpus, "tokenizer": cfg.tokenizer, "speaking_voices": cfg.speaking_voices()}
     return detok, detok.save_pretrained(out, info=info)

@@ -119,11 +119,17 @@ class U2STrainConfig:
     condition_prosody: bool = False
     # export: fit the global-variance mel post-filter (calibrate_mel_gv)
     mel_gv: bool = False
+    # export: the detokenizer's default emotion strength (StylePrototypes.vector; set after the calibrations,
+    # which measure the table itself). 1: the corpus average of each emotion.
+    emotion_strength: float = 1.0
     # the F0 ratio of each pitch label to normal that the corpus was rendered with (emova.data.speech.voices);
     # the condition table keeps the labels this far apart. None: follow the renderings as they came out.
     pitch_factors: dict[str, float] | None = field(default_factory=lambda: dict(PITCH_FACTOR))
 
     def __post_init__(self) -> None:
+        from emova.speech.style_encoder import check_emotion_strength
+
+        check_emotion_strength(self.emotion_strength)
         for k in ("max_steps", "batch_frames", "vocoder_steps", "vocoder_batch", "vocoder_segment", "threads"):
             if int(getattr(self, k)) < 1:
                 raise ValueError(f"U2STrainConfig.{k} must be >= 1")

@@ -228,3 +228,38 @@ def test_condition_prosody_offsets_shift_that_condition_only(tmp_path):
         StylePrototypes(torch.randn(126, 256), prosody=torch.zeros(126, 2))
     with pytest.raises(ValueError, match="prosody table"):
         StylePrototypes(torch.randn(126, 256), prosody=torch.full((126, 4), float("nan")))
+
+
+def test_emotion_strength_moves_emotions_away_from_neutral(tmp_path):
+    protos = StylePrototypes(torch.randn(126, 256))
+    happy, neutral = Style(gender="male", emotion="happy", pitch="high"), Style(gender="male", pitch="high")
+    v, n = protos.vector(happy), protos.vector(neutral)
+    assert torch.equal(protos.vector(happy, 1.0), v)  # 1: the table itself
+    torch.testing.assert_close(protos.vector(happy, 0.0), n)  # 0: the same voice said neutrally
+    strong = protos.vector(happy, 2.0)
+    torch.testing.assert_close(strong, torch.nn.functional.normalize(2 * v - n, dim=-1))
+    assert torch.dot(strong, n) < torch.dot(v, n)  # further from neutral, still a unit vector
+    assert torch.equal(protos.vector(neutral, 2.5), n)  # neutral has nowhere to go
+    for bad in (-0.5, 3.5, float("nan"), "1.5", True):
+        with pytest.raises(ValueError, match="emotion_strength"):
+            protos.vector(happy, bad)
+    # the detokenizer's default comes from its config, a call may override it, and it survives save/load
+    d = make_detok()
+    d.prototypes = protos
+    d.emotion_strength = 2.0
+    units = UNITS[:20]
+    a = d.decode(units, happy).samples
+    np.testing.assert_allclose(a, d.decode(units, happy, emotion_strength=2.0).samples)
+    assert not np.allclose(a, d.decode(units, happy, emotion_strength=1.0).samples)
+    loaded = SpeechDetokenizer.from_pretrained(d.save_pretrained(tmp_path / "d"))
+    assert loaded.emotion_strength == 2.0
+    with pytest.raises(ValueError, match="emotion_strength"):
+        d.decode(units, happy, emotion_strength=9)
+    with pytest.raises(ValueError, match="emotion_strength"):
+        list(d.decode_stream(iter(units), happy, emotion_strength=-1))
+    cfg = json.loads((tmp_path / "d" / "config.json").read_text())
+    (tmp_path / "d" / "config.json").write_text(json.dumps({**cfg, "emotion_strength": "loud"}))
+    with pytest.raises(ValueError, match="config.json.*emotion_strength"):
+        SpeechDetokenizer.from_pretrained(tmp_path / "d")
+    with pytest.raises(ValueError, match="emotion_strength"):
+        d.emotion_strength = 4
