@@ -204,10 +204,10 @@ def _outputs(p: RecipePaths) -> dict[str, Path]:
     }
 
 
-# A cached step is redone when a step it trains or exports from finished after it (e.g. stage 3 was rerun
-# into runs/ while the assets directory still held the previous export).
-_DEPENDS: dict[str, tuple[str, ...]] = {"stage1": ("units", "vision"), "stage2": ("stage1",), "stage3": ("stage2",),
-                                        "export": ("stage3",)}
+# A cached step is redone when a step it is made from finished after it: stage 3 rerun into runs/ while the
+# assets directory still held the previous export. (Not the stages themselves: a stage directory holds its
+# checkpoints, and a stage redone there resumes from them; retrain a stage into a fresh --runs-dir.)
+_DEPENDS: dict[str, tuple[str, ...]] = {"export": ("stage3",)}
 
 
 class _Hook(RuntimeError):
