@@ -28,10 +28,9 @@ from emova.train.omni import (
     OmniTrainConfig,
     _Collate,
     build_dataset,
-    build_model,
     build_processor,
+    build_stage_model,
 )
-from emova.train.stages import apply_stage, stage_spec, vision_depth
 
 
 class _LMLoss(OmniLossModule):
@@ -55,9 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     cfg = OmniTrainConfig.load(a.config, init_from=a.init_from, out_dir="/tmp/bench_train_step")
     proc = build_processor(cfg)
-    model = build_model(cfg)
-    apply_stage(model, stage_spec(cfg.stage, vision_depth(model), train_vision_stage1=cfg.train_vision_stage1,
-                                  vision_lr_scale=cfg.vision_lr_scale, from_scratch=cfg.from_scratch), lora=False)
+    model, _ = build_stage_model(cfg)
     ds = build_dataset(cfg, proc)
     plan = batch_plan(ds.lengths, cfg.batch_size, cfg.seed, 0)[: a.batches]
     fetch = _Collate(ds, proc)

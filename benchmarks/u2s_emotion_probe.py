@@ -60,13 +60,14 @@ def main(argv: list[str] | None = None) -> dict:
         detok = SpeechDetokenizer.from_pretrained(model)
         for strength in a.strengths or [detok.emotion_strength]:
             name = model if a.strengths is None else f"{model}@{strength:g}"
-            feats, truth, genders, heard = [], [], [], []
+            feats, truth, genders, refs, heard = [], [], [], [], []
             for g in ("female", "male"):
                 for e in MAIN_EMOTIONS:
                     for r, u in zip(rows, units):
                         audio = detok.decode(u, Style(gender=g, emotion=e), emotion_strength=strength)
                         feats.append(prosodic_features(audio, len(r["phones"].split()), g))
                         if judge is not None:
+                            refs.append(r["text"])
                             heard.append(judge.transcribe(audio))
                         truth.append(e)
                         genders.append(g)
@@ -75,8 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
             res["models"][name] = {"clips": len(ok), "emotion_strength": strength, "accuracy_4way": float(ok.mean()),
                                    **{f"accuracy_4way_{g}": float(ok[gen == g].mean()) for g in ("female", "male")}}
             if judge is not None:
-                texts = [r["text"] for _ in ("female", "male") for _ in MAIN_EMOTIONS for r in rows]
-                res["models"][name]["wer"] = {e: wer([t for t, y in zip(texts, truth) if y == e],
+                res["models"][name]["wer"] = {e: wer([t for t, y in zip(refs, truth) if y == e],
                                                      [h for h, y in zip(heard, truth) if y == e]) for e in MAIN_EMOTIONS}
             m = res["models"][name]
             print(f"{name}: 4-way {m['accuracy_4way']:.3f} (female {m['accuracy_4way_female']:.3f}, "

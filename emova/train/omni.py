@@ -286,6 +286,15 @@ def build_model(cfg: OmniTrainConfig) -> nn.Module:
     return model
 
 
+def build_stage_model(cfg: OmniTrainConfig) -> tuple[nn.Module, TrainableSpec]:
+    """`build_model` with the stage's trainable parameters set (`cfg.stage`): what the stage loop trains."""
+    model = build_model(cfg)
+    spec = stage_spec(cfg.stage, vision_depth(model), train_vision_stage1=cfg.train_vision_stage1,
+                      vision_lr_scale=cfg.vision_lr_scale, from_scratch=cfg.from_scratch)
+    apply_stage(model, spec, lora=cfg.lora_r > 0)
+    return model, spec
+
+
 def build_dataset(cfg: OmniTrainConfig, processor: EmovaProcessor) -> OmniDataset:
     by_task = {t: load_task_records(cfg.world_dir, cfg.split, [t]) for t in cfg.stage_tasks()}
     for path in cfg.extra_records:
@@ -347,10 +356,7 @@ def train_stage(stage: int, cfg: OmniTrainConfig) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
     processor = build_processor(cfg)
-    model = build_model(cfg)
-    spec: TrainableSpec = stage_spec(stage, vision_depth(model), train_vision_stage1=cfg.train_vision_stage1,
-                                     vision_lr_scale=cfg.vision_lr_scale, from_scratch=cfg.from_scratch)
-    apply_stage(model, spec, lora=cfg.lora_r > 0)
+    model, spec = build_stage_model(cfg)
     module = OmniLossModule(model)
 
     step, epoch, batch_pos, elapsed0 = 0, 0, 0, 0.0
