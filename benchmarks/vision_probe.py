@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from emova.inference.pipeline import Emova
+from emova.assets import resolve_model_dir
+from emova.convert.model import load_emova_model
 from emova.model.config_loader import load_model_config
 from emova.model.vision import encode_images
 from emova.train.vision_pretrain import HEADS, SceneBatches, VisionPretrainConfig, head_losses
@@ -27,15 +28,14 @@ from emova.train.vision_pretrain import HEADS, SceneBatches, VisionPretrainConfi
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="emova-tiny")
+    p.add_argument("--model", default="emova-tiny", help="a bundled name, a model directory or an llm/ directory")
     p.add_argument("--config", default="tiny", help="model config whose image settings the model was trained with")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="reports/vision_probe.json")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
-    model = Emova.from_pretrained(a.model).model.eval()
+    model = load_emova_model(resolve_model_dir(a.model, "llm"), dtype=torch.float32).eval()  # the LLM alone
     settings = load_model_config(a.config).image_processor
     cfg = VisionPretrainConfig(batch_size=32, text_prob=0.5)
     train, held = SceneBatches(cfg, settings, "train"), SceneBatches(cfg, settings, "heldout")
@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
         tower = encode_images(model.vision_tower, batch["pixel_values"], batch["grid_thw"])  # (N, D_vision)
         return {"tower": tower, "projector": model.mm_projector(tower)}  # projector: (N, D_llm)
 
+    torch.manual_seed(0)  # the probes' initialisation, whatever the loader drew
     dims = {k: v.shape[-1] for k, v in feats(train.batch(0, 2)).items()}
     probes = {s: torch.nn.ModuleDict({k: torch.nn.Linear(d, len(c)) for k, c in HEADS.items()}) for s, d in dims.items()}
     opts = {s: torch.optim.Adam(pr.parameters(), 3e-3) for s, pr in probes.items()}
