@@ -1,6 +1,11 @@
 """`emova train recipe tiny`: regenerate the bundled emova-tiny from a clean checkout, step by step.
 
-    speech_corpus → s2u → u2s → world → world_speech → units → stage1 → stage2 → stage3 → export
+    speech_corpus → s2u → u2s → world → world_speech → units → vision → stage1 → stage2 → stage3
+    → stage3_cont → stage3_cont2 → export
+
+(`stage3_cont` and `stage3_cont2` are a second and a third leg of stage 3: same data and trainable set, each
+from the previous leg's final weights with a fresh warmup and cosine schedule and another data order,
+`tiny_stage3_cont.yaml` / `tiny_stage3_cont2.yaml`.)
 
 Each step is skipped when its output exists (delete the output, or pass `force=[step]`, to redo it);
 steps that train resume from their latest checkpoint when killed. The wall time of every step (and
@@ -24,7 +29,7 @@ import torch
 from emova.assets import ASSETS
 
 STEPS = ("speech_corpus", "s2u", "u2s", "world", "world_speech", "units", "vision", "stage1", "stage2", "stage3",
-         "export")
+         "stage3_cont", "stage3_cont2", "export")
 PACKAGE = Path(__file__).resolve().parents[1]
 DEFAULT_FSDD = Path(__file__).resolve().parents[3] / "shared" / "data" / "fsdd"
 # Model speech of the train split (TTS targets, spoken replies, corpus TTS pairs) rendered in one voice and
@@ -69,7 +74,7 @@ class RecipePaths:
     def llm(self) -> Path:
         return self.assets / "llm"
 
-    def stage(self, n: int) -> Path:
+    def stage(self, n: int | str) -> Path:
         return self.runs / "omni" / f"stage{n}"
 
     @property
@@ -160,30 +165,38 @@ def _vision(p: RecipePaths) -> None:
     train_vision(VisionPretrainConfig.load("vision_tiny", out_dir=str(p.vision)))
 
 
-def _stage(n: int) -> Callable[[RecipePaths], None]:
+def _stage(n: int, leg: str = "", after: str = "") -> Callable[[RecipePaths], None]:
+    """Stage n's runner (config `tiny_stage{n}{leg}`); a leg ("_cont", "_cont2") continues the final weights of
+    `after` (the stage's own name or an earlier leg's: "3", "3_cont")."""
+
     def run(p: RecipePaths) -> None:
         from emova.train.omni import OmniTrainConfig, train_stage
 
-        over: dict[str, Any] = {"world_dir": str(p.world_units), "image_root": str(p.world), "out_dir": str(p.stage(n))}
-        if n > 1:
+        name = f"{n}{leg}"
+        over: dict[str, Any] = {"world_dir": str(p.world_units), "image_root": str(p.world), "out_dir": str(p.stage(name))}
+        if leg:
+            over["init_from"] = str(p.stage(after) / "final")
+        elif n > 1:
             over["init_from"] = str(p.stage(n - 1) / "final")
         else:
             over["vision_init_from"] = str(p.vision / "final")
         if n > 1:  # FSDD digits and the corpus pairs, where the units step made them
             extra = [p.world_units / "train" / f"{t}.json" for t in ("fsdd_asr", *CORPUS_TASKS)]
             over["extra_records"] = [str(f) for f in extra if f.exists()]
-        train_stage(n, OmniTrainConfig.load(f"tiny_stage{n}", **over))
+        train_stage(n, OmniTrainConfig.load(f"tiny_stage{name}", **over))
 
     return run
 
 
 def _export(p: RecipePaths) -> None:
-    export_llm(p.stage(3) / "final", p.llm)
+    export_llm(p.stage("3_cont2") / "final", p.llm)
 
 
 _RUNNERS: dict[str, Callable[[RecipePaths], None]] = {
     "speech_corpus": _speech_corpus, "s2u": _s2u, "u2s": _u2s, "world": _world, "world_speech": _world_speech,
-    "units": _units, "vision": _vision, "stage1": _stage(1), "stage2": _stage(2), "stage3": _stage(3), "export": _export,
+    "units": _units, "vision": _vision, "stage1": _stage(1), "stage2": _stage(2), "stage3": _stage(3),
+    "stage3_cont": _stage(3, "_cont", after="3"), "stage3_cont2": _stage(3, "_cont2", after="3_cont"),
+    "export": _export,
 }  # fmt: skip
 
 
@@ -200,6 +213,8 @@ def _outputs(p: RecipePaths) -> dict[str, Path]:
         "stage1": p.stage(1) / "final" / "model.safetensors",
         "stage2": p.stage(2) / "final" / "model.safetensors",
         "stage3": p.stage(3) / "final" / "model.safetensors",
+        "stage3_cont": p.stage("3_cont") / "final" / "model.safetensors",
+        "stage3_cont2": p.stage("3_cont2") / "final" / "model.safetensors",
         "export": p.llm / "model.safetensors",
     }
 
@@ -207,7 +222,7 @@ def _outputs(p: RecipePaths) -> dict[str, Path]:
 # A cached step is redone when a step it is made from finished after it: stage 3 rerun into runs/ while the
 # assets directory still held the previous export. (Not the stages themselves: a stage directory holds its
 # checkpoints, and a stage redone there resumes from them; retrain a stage into a fresh --runs-dir.)
-_DEPENDS: dict[str, tuple[str, ...]] = {"export": ("stage3",)}
+_DEPENDS: dict[str, tuple[str, ...]] = {"export": ("stage3_cont2",)}
 
 
 class _Hook(RuntimeError):

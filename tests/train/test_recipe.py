@@ -144,16 +144,16 @@ def test_recipe_redoes_a_step_whose_input_is_newer(tmp_path, monkeypatch):
     monkeypatch.setattr(recipe, "_RUNNERS", {s: (lambda p, s=s: ran.append(s)) for s in recipe.STEPS})
     paths = recipe.RecipePaths(tmp_path / "w", tmp_path / "r", tmp_path / "a", None)
     outs = recipe._outputs(paths)
-    for i, step in enumerate(("stage2", "export", "stage3")):  # export older than stage 3's final
+    for i, step in enumerate(("stage2", "stage3", "stage3_cont", "export", "stage3_cont2")):  # export older than the last leg
         outs[step].parent.mkdir(parents=True, exist_ok=True)
         outs[step].write_text("x")
         os.utime(outs[step], (1000 + i, 1000 + i))
     args = ("tiny", str(tmp_path / "w"), str(tmp_path / "r"), str(tmp_path / "a"))
-    recipe.run_recipe(*args, steps=["stage3", "export"])
-    assert ran == ["export"]  # stage 3 itself stays cached
+    recipe.run_recipe(*args, steps=["stage3", "stage3_cont", "stage3_cont2", "export"])
+    assert ran == ["export"]  # the stages themselves stay cached
     os.utime(outs["export"], (2000, 2000))
     ran.clear()
-    recipe.run_recipe(*args, steps=["stage3", "export"])
+    recipe.run_recipe(*args, steps=["stage3", "stage3_cont", "stage3_cont2", "export"])
     assert ran == []
 
 
@@ -176,6 +176,24 @@ def test_stage_runners_wire_the_pretrained_vision_tower_and_the_corpus_pairs(tmp
     assert [p.rsplit("/", 1)[1] for p in seen[3].extra_records] == ["fsdd_asr.json", "corpus_asr.json",
                                                                      "corpus_tts.json"]
     assert seen[3].init_from == str(paths.stage(2) / "final")
+    first = seen[3]
+    recipe._RUNNERS["stage3_cont"](paths)  # the second leg: stage 3 again, from stage 3's own final weights
+    cont = seen[3]
+    assert cont.init_from == str(paths.stage(3) / "final") and cont.out_dir == str(paths.stage("3_cont"))
+    assert cont.extra_records == first.extra_records and cont.tasks == first.tasks
+    assert cont.task_weights == first.task_weights and cont.seed != first.seed and cont.lr < first.lr
+    recipe._RUNNERS["stage3_cont2"](paths)  # the third leg: from the second leg's final weights
+    third = seen[3]
+    assert third.init_from == str(paths.stage("3_cont") / "final") and third.out_dir == str(paths.stage("3_cont2"))
+    assert third.tasks == first.tasks and third.seed not in (first.seed, cont.seed)
+
+
+def test_export_takes_the_last_leg_of_stage_3(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(recipe, "export_llm", lambda src, dst: seen.append((src, dst)))
+    paths = recipe.RecipePaths(tmp_path / "w", tmp_path / "r", tmp_path / "a", None)
+    recipe._RUNNERS["export"](paths)
+    assert seen == [(paths.stage("3_cont2") / "final", paths.llm)]
 
 
 def test_missing_u2s_is_a_recorded_hook(tmp_path, monkeypatch):
