@@ -3,9 +3,9 @@
     speech_corpus → s2u → u2s → world → world_speech → units → vision → stage1 → stage2 → stage3
     → stage3_cont → stage3_cont2 → export
 
-(`stage3_cont` and `stage3_cont2` are a second and a third leg of stage 3: same data and trainable set, each
-from the previous leg's final weights with a fresh warmup and cosine schedule and another data order,
-`tiny_stage3_cont.yaml` / `tiny_stage3_cont2.yaml`.)
+(`stage3_cont` and `stage3_cont2` are a second and a third leg of stage 3, both `tiny_stage3_cont.yaml`: same
+data and trainable set, each from the previous leg's final weights with a fresh warmup and cosine schedule and
+its own data order, seed = the leg's number.)
 
 Each step is skipped when its output exists (delete the output, or pass `force=[step]`, to redo it);
 steps that train resume from their latest checkpoint when killed. The wall time of every step (and
@@ -165,17 +165,23 @@ def _vision(p: RecipePaths) -> None:
     train_vision(VisionPretrainConfig.load("vision_tiny", out_dir=str(p.vision)))
 
 
-def _stage(n: int, leg: str = "", after: str = "") -> Callable[[RecipePaths], None]:
-    """Stage n's runner (config `tiny_stage{n}{leg}`); a leg ("_cont", "_cont2") continues the final weights of
-    `after` (the stage's own name or an earlier leg's: "3", "3_cont")."""
+def _leg_name(n: int, leg: int) -> str:
+    """The run name of stage n's leg: "3" (leg 0, the stage itself), "3_cont", "3_cont2", …"""
+    return f"{n}" if leg == 0 else f"{n}_cont" if leg == 1 else f"{n}_cont{leg}"
+
+
+def _stage(n: int, leg: int = 0) -> Callable[[RecipePaths], None]:
+    """Stage n's runner (config `tiny_stage{n}`); leg k > 0 is the same stage again (`tiny_stage{n}_cont`, seed k)
+    from the previous leg's final weights."""
 
     def run(p: RecipePaths) -> None:
         from emova.train.omni import OmniTrainConfig, train_stage
 
-        name = f"{n}{leg}"
-        over: dict[str, Any] = {"world_dir": str(p.world_units), "image_root": str(p.world), "out_dir": str(p.stage(name))}
+        over: dict[str, Any] = {"world_dir": str(p.world_units), "image_root": str(p.world),
+                                "out_dir": str(p.stage(_leg_name(n, leg)))}
         if leg:
-            over["init_from"] = str(p.stage(after) / "final")
+            over["init_from"] = str(p.stage(_leg_name(n, leg - 1)) / "final")
+            over["seed"] = leg
         elif n > 1:
             over["init_from"] = str(p.stage(n - 1) / "final")
         else:
@@ -183,7 +189,7 @@ def _stage(n: int, leg: str = "", after: str = "") -> Callable[[RecipePaths], No
         if n > 1:  # FSDD digits and the corpus pairs, where the units step made them
             extra = [p.world_units / "train" / f"{t}.json" for t in ("fsdd_asr", *CORPUS_TASKS)]
             over["extra_records"] = [str(f) for f in extra if f.exists()]
-        train_stage(n, OmniTrainConfig.load(f"tiny_stage{name}", **over))
+        train_stage(n, OmniTrainConfig.load(f"tiny_stage{n}_cont" if leg else f"tiny_stage{n}", **over))
 
     return run
 
@@ -195,7 +201,7 @@ def _export(p: RecipePaths) -> None:
 _RUNNERS: dict[str, Callable[[RecipePaths], None]] = {
     "speech_corpus": _speech_corpus, "s2u": _s2u, "u2s": _u2s, "world": _world, "world_speech": _world_speech,
     "units": _units, "vision": _vision, "stage1": _stage(1), "stage2": _stage(2), "stage3": _stage(3),
-    "stage3_cont": _stage(3, "_cont", after="3"), "stage3_cont2": _stage(3, "_cont2", after="3_cont"),
+    "stage3_cont": _stage(3, leg=1), "stage3_cont2": _stage(3, leg=2),
     "export": _export,
 }  # fmt: skip
 
