@@ -195,7 +195,7 @@ def _stage(n: int, leg: int = 0) -> Callable[[RecipePaths], None]:
 
 
 def _export(p: RecipePaths) -> None:
-    export_llm(p.stage("3_cont2") / "final", p.llm)
+    export_llm(p.stage(_leg_name(3, 2)) / "final", p.llm)
 
 
 _RUNNERS: dict[str, Callable[[RecipePaths], None]] = {
@@ -219,8 +219,8 @@ def _outputs(p: RecipePaths) -> dict[str, Path]:
         "stage1": p.stage(1) / "final" / "model.safetensors",
         "stage2": p.stage(2) / "final" / "model.safetensors",
         "stage3": p.stage(3) / "final" / "model.safetensors",
-        "stage3_cont": p.stage("3_cont") / "final" / "model.safetensors",
-        "stage3_cont2": p.stage("3_cont2") / "final" / "model.safetensors",
+        "stage3_cont": p.stage(_leg_name(3, 1)) / "final" / "model.safetensors",
+        "stage3_cont2": p.stage(_leg_name(3, 2)) / "final" / "model.safetensors",
         "export": p.llm / "model.safetensors",
     }
 
