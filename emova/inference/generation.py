@@ -2,6 +2,9 @@
 
 A plain loop over the model's forward with a KV cache: the prompt (and its images) once, then one
 token per step. It is a generator, so callers (the streaming path) see every token as it is made.
+Where the language model allows it (`emova.inference.fast_decode.lean_unsupported`), the forward is the
+lean decoder (the same arithmetic, ~3x less time per step at emova-tiny's size); `settings.lean = False`, or
+any other architecture, uses the model's transformers forward and cache (`settings.cache`).
 
 With `settings.draft` (a callable: tokens generated so far → proposed next tokens, e.g.
 `emova.inference.drafting.AnswerDrafter`), a step feeds the new token *and* the proposal in one forward
@@ -49,6 +52,7 @@ class GenerationSettings:
     draft_is_constraint: bool = False  # True: the draft's tokens are emitted unchecked (structured output)
     hold_stop: Callable[[list[int]], bool] | None = None  # True: the output may not end here (stop ids masked)
     allow: Callable[[list[int]], Sequence[int] | None] | None = None  # the only ids that may come next (None: any)
+    lean: bool = True  # decode with emova.inference.fast_decode.LeanDecoder where the model allows it exactly
 
     def __post_init__(self) -> None:
         if self.cache not in ("static", "dynamic"):
@@ -132,6 +136,61 @@ def _usable(draft: list[int], room: int, stop_ids: set[int]) -> list[int]:
     return out
 
 
+class _TransformersRunner:
+    """The model's own forward with a transformers KV cache."""
+
+    def __init__(self, model: Any, inputs: dict[str, torch.Tensor], settings: GenerationSettings) -> None:
+        self.model, self.inputs = model, inputs
+        n = inputs["input_ids"].shape[1] + settings.max_new_tokens
+        text_config = model.config.get_text_config()
+        self.cache = (StaticCache(config=text_config, max_cache_len=n) if settings.cache == "static"
+                      else DynamicCache(config=text_config))
+
+    def prefill(self) -> torch.Tensor:
+        return self.model(**self.inputs, cache=self.cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+
+    def step(self, ids: list[int]) -> torch.Tensor:
+        step = torch.tensor([ids], device=self.inputs["input_ids"].device)
+        return self.model(input_ids=step, cache=self.cache, use_cache=True, logits_to_keep=len(ids)).logits[0]
+
+    def crop(self, n: int) -> None:
+        self.cache.crop(-n)
+
+
+class _LeanRunner:
+    """`emova.inference.fast_decode.LeanDecoder`: the same arithmetic without the transformers modules."""
+
+    def __init__(self, model: Any, inputs: dict[str, torch.Tensor], settings: GenerationSettings) -> None:
+        from emova.inference.fast_decode import LeanDecoder
+
+        self.model, self.inputs = model, inputs
+        self.decoder = LeanDecoder(model, inputs["input_ids"].shape[1] + settings.max_new_tokens)
+
+    def prefill(self) -> torch.Tensor:
+        ids = self.inputs["input_ids"]
+        embed = getattr(self.model, "embed_inputs", None)
+        if embed is not None:
+            embeds = embed(ids, self.inputs.get("pixel_values"), self.inputs.get("image_grid_thw"))
+        else:
+            embeds = self.model.get_input_embeddings()(ids)
+        return self.decoder.prefill(embeds[0])[-1]
+
+    def step(self, ids: list[int]) -> torch.Tensor:
+        return self.decoder.step(ids)
+
+    def crop(self, n: int) -> None:
+        self.decoder.crop(n)
+
+
+def _runner(model: Any, inputs: dict[str, torch.Tensor], settings: GenerationSettings) -> Any:
+    if settings.lean:
+        from emova.inference.fast_decode import lean_unsupported
+
+        if lean_unsupported(model) is None:
+            return _LeanRunner(model, inputs, settings)
+    return _TransformersRunner(model, inputs, settings)
+
+
 @torch.inference_mode()
 def generate_tokens(
     model: Any, inputs: dict[str, torch.Tensor], stop_ids: set[int], settings: GenerationSettings
@@ -140,21 +199,15 @@ def generate_tokens(
     output for ONE conversation (input_ids (1, T) [, pixel_values, image_grid_thw])."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    ids = inputs["input_ids"].to(device)
-    kwargs: dict[str, Any] = {}
+    prompt: dict[str, torch.Tensor] = {"input_ids": inputs["input_ids"].to(device)}
     if "pixel_values" in inputs:
-        kwargs["pixel_values"] = inputs["pixel_values"].to(device, dtype)
-        kwargs["image_grid_thw"] = inputs["image_grid_thw"].to(device)
+        prompt["pixel_values"] = inputs["pixel_values"].to(device, dtype)
+        prompt["image_grid_thw"] = inputs["image_grid_thw"].to(device)
     gen = None
     if settings.seed is not None:
         gen = torch.Generator(device=device).manual_seed(settings.seed)
-    text_config = model.config.get_text_config()
-    if settings.cache == "static":
-        cache = StaticCache(config=text_config, max_cache_len=ids.shape[1] + settings.max_new_tokens)
-    else:
-        cache = DynamicCache(config=text_config)
-    out = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1, **kwargs)
-    logits, forced = out.logits[0, -1], None
+    runner = _runner(model, prompt, settings)
+    logits, forced = runner.prefill(), None
     produced: list[int] = []
     if settings.draft is not None and settings.draft_is_constraint:  # a constraint may fix the very first tokens
         first = _usable(settings.draft(produced), settings.max_new_tokens, stop_ids)
@@ -169,17 +222,16 @@ def generate_tokens(
         if room <= 0:
             return
         draft = _usable(settings.draft(produced) if settings.draft else [], room - 1, stop_ids)
-        step = torch.tensor([[token, *draft]], device=device)
-        out = model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=step.shape[1])
-        logits, forced = out.logits[0, -1], None
+        step_logits = runner.step([token, *draft])  # (1 + len(draft), V)
+        logits, forced = step_logits[-1], None
         for i, d in enumerate(draft):
             if settings.draft_is_constraint:
                 produced.append(d)
                 yield d
                 continue
-            got = _verify(_shaped(out.logits[0, i], produced, settings, stop_ids), d, settings, gen)
+            got = _verify(_shaped(step_logits[i], produced, settings, stop_ids), d, settings, gen)
             if got != d:  # rejected: drop the cache entries of draft[i:], emit the replacement next
-                cache.crop(-(len(draft) - i))
+                runner.crop(len(draft) - i)
                 forced = got
                 break
             produced.append(d)

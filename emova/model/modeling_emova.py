@@ -105,6 +105,21 @@ class EmovaForConditionalGeneration(EmovaPreTrainedModel, GenerationMixin):
         mask3 = mask.unsqueeze(-1).expand_as(inputs_embeds)  # (B, T, D)
         return inputs_embeds.masked_scatter(mask3, image_features.to(inputs_embeds.device, inputs_embeds.dtype))
 
+    def embed_inputs(
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None, check_images: bool = True,
+    ) -> torch.Tensor:
+        """input_ids (B, T) → the LLM's input embeddings (B, T, D), image features written into the `<image>`
+        positions; without pixel_values, `<image>` tokens are an error when `check_images` (a prompt, not a
+        continuation of one)."""
+        embeds = self.get_input_embeddings()(input_ids)
+        if pixel_values is not None:
+            return self.merge_image_features(input_ids, embeds, self.get_image_features(pixel_values, image_grid_thw))
+        n_img = int((input_ids == self.config.image_token_index).sum()) if check_images else 0
+        if n_img:
+            raise ValueError(f"input_ids hold {n_img} `<image>` tokens but no pixel_values were given")
+        return embeds
+
     # ---- forward / generate ----------------------------------------------------------------------
     def forward(
         self,
@@ -125,15 +140,8 @@ class EmovaForConditionalGeneration(EmovaPreTrainedModel, GenerationMixin):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, T, D)
-            if pixel_values is not None:
-                feats = self.get_image_features(pixel_values, image_grid_thw)
-                inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, feats)
-            else:
-                prefill = cache is None or cache.get_seq_length() == 0
-                n_img = int((input_ids == self.config.image_token_index).sum())
-                if prefill and n_img:
-                    raise ValueError(f"input_ids hold {n_img} `<image>` tokens but no pixel_values were given")
+            prefill = cache is None or cache.get_seq_length() == 0
+            inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_grid_thw, check_images=prefill)
         elif pixel_values is not None:
             raise ValueError("pixel_values need input_ids (to find the `<image>` positions), not inputs_embeds")
         return self.language_model(

@@ -138,19 +138,19 @@ class NoisyOracle:
         return prop
 
 
-@pytest.mark.parametrize("cache", ["static", "dynamic"])
-def test_greedy_output_unchanged_by_drafts(emova, image, cache):
+@pytest.mark.parametrize(("cache", "lean"), [("static", True), ("static", False), ("dynamic", False)])
+def test_greedy_output_unchanged_by_drafts(emova, image, cache, lean):
     inputs = emova._encode([{"role": "user", "content": "Describe the image."}], [image])
-    plain = list(generate_tokens(emova.model, inputs, set(), GenerationSettings(max_new_tokens=24, cache=cache)))
+    plain = list(generate_tokens(emova.model, inputs, set(), GenerationSettings(max_new_tokens=24, cache=cache, lean=lean)))
     vocab = emova.model.get_input_embeddings().weight.shape[0]
     for seed in range(3):
-        s = GenerationSettings(max_new_tokens=24, cache=cache, draft=NoisyOracle(plain, vocab, seed))
+        s = GenerationSettings(max_new_tokens=24, cache=cache, lean=lean, draft=NoisyOracle(plain, vocab, seed))
         assert list(generate_tokens(emova.model, inputs, set(), s)) == plain
     # a junk drafter and one that proposes far past the budget change nothing either
-    junk = GenerationSettings(max_new_tokens=24, cache=cache, draft=lambda p: [7] * 50)
+    junk = GenerationSettings(max_new_tokens=24, cache=cache, lean=lean, draft=lambda p: [7] * 50)
     assert list(generate_tokens(emova.model, inputs, set(), junk)) == plain
     for budget in (1, 2, 5):
-        s = GenerationSettings(max_new_tokens=budget, cache=cache, draft=NoisyOracle(plain, vocab, 0))
+        s = GenerationSettings(max_new_tokens=budget, cache=cache, lean=lean, draft=NoisyOracle(plain, vocab, 0))
         assert list(generate_tokens(emova.model, inputs, set(), s)) == plain[:budget]
 
 
