@@ -1,12 +1,12 @@
 """A lean KV-cached forward for Qwen2-family language models, for token-by-token decoding at batch size 1.
 
-At emova-tiny's size (4 layers of 256) one decoding step through the transformers modules costs ~4 ms on
-this CPU, and the arithmetic in it well under 1 ms: the rest is Python — ~70 module calls, mask and cache
-bookkeeping, output objects. `LeanDecoder` does the same arithmetic with the model's own weight tensors
-(no copies, except the q/k/v and gate/up matrices fused into one matmul each, made once) and a
-preallocated cache it owns, so a step costs little more than its matmuls. The prompt — with its image
-features written in by the model itself (`EmovaForConditionalGeneration.prompt_embeddings`) — goes through
-the same lean forward.
+One decoding step of emova-tiny (4 layers of 256) through the transformers modules costs ~3.9 ms on this CPU.
+Most of a step is the matmuls, bound by reading the ~17 MB of fp32 weights they touch from memory; ~1.4 ms is
+Python: ~70 module calls, mask and cache bookkeeping, output objects. `LeanDecoder` does the same
+arithmetic with the model's own weight tensors (no copies, except the q/k/v and gate/up matrices fused into one
+matmul each, made once), a rotary table and a preallocated cache of its own, so a step costs ~2.5 ms
+(`benchmarks/decode_speed.py`). The prompt — with its image features written in by the model itself
+(`EmovaForConditionalGeneration.embed_inputs`) — goes through the same lean forward.
 
 It computes what the transformers Qwen2 does (RMSNorm in fp32, rotary embedding with the default rope,
 grouped-query attention, SiLU MLP; tests compare the logits with transformers' over a prompt, single steps,
@@ -84,11 +84,16 @@ class LeanDecoder:
         self.k = torch.zeros(shape, device=dev, dtype=dtype)
         self.v = torch.zeros(shape, device=dev, dtype=dtype)
         theta = float((getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
-        self.inv_freq = 1.0 / theta ** (torch.arange(0, self.head_dim, 2, device=dev, dtype=torch.float32) / self.head_dim)
+        inv_freq = 1.0 / theta ** (torch.arange(0, self.head_dim, 2, device=dev, dtype=torch.float32) / self.head_dim)
+        freqs = torch.arange(self.max_len, device=dev, dtype=torch.float32)[:, None] * inv_freq
+        emb = torch.cat([freqs, freqs], -1)  # (max_len, head_dim), as transformers' rotary embedding
+        self.cos, self.sin = emb.cos().to(dtype), emb.sin().to(dtype)
         self.length = 0
 
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
+        if x.dtype == torch.float32:  # one fused op (x · rsqrt(mean(x²) + eps) · w)
+            return F.rms_norm(x, w.shape, w, self.eps)
+        x32 = x.float()  # transformers' order for half precision: normalise in fp32, cast, then scale
         return w * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
 
     def _rope(self, t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -102,16 +107,15 @@ class LeanDecoder:
         start, end = self.length, self.length + n_new
         if end > self.max_len:
             raise ValueError(f"the lean decoder's cache holds {self.max_len} positions; {end} asked")
-        freqs = torch.arange(start, end, device=h.device, dtype=torch.float32)[:, None] * self.inv_freq
-        emb = torch.cat([freqs, freqs], -1)
-        cos, sin = emb.cos().to(h.dtype), emb.sin().to(h.dtype)
+        cos, sin = self.cos[start:end], self.sin[start:end]
         mask = None if n_new == 1 else torch.ones(n_new, end, dtype=torch.bool, device=h.device).tril(start)
-        sizes = [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim]
+        n_qk = self.heads + self.kv_heads
         for i, (ln1, qkv_w, qkv_b, o_w, o_b, ln2, gu_w, down_w) in enumerate(self.layers):
-            q, k, v = F.linear(self._rms(h, ln1), qkv_w, qkv_b).split(sizes, -1)
-            q = self._rope(q.view(n_new, self.heads, self.head_dim).transpose(0, 1), cos, sin)
-            self.k[i, :, start:end] = self._rope(k.view(n_new, self.kv_heads, self.head_dim).transpose(0, 1), cos, sin)
-            self.v[i, :, start:end] = v.view(n_new, self.kv_heads, self.head_dim).transpose(0, 1)
+            qkv = F.linear(self._rms(h, ln1), qkv_w, qkv_b).view(n_new, n_qk + self.kv_heads, self.head_dim).transpose(0, 1)
+            qk = self._rope(qkv[:n_qk], cos, sin)  # q and k heads rotated together
+            q = qk[: self.heads]
+            self.k[i, :, start:end] = qk[self.heads:]
+            self.v[i, :, start:end] = qkv[n_qk:]
             att = F.scaled_dot_product_attention(q[None], self.k[i, None, :, :end], self.v[i, None, :, :end],
                                                  attn_mask=mask, enable_gqa=self.kv_heads != self.heads)[0]
             h = h + F.linear(att.transpose(0, 1).reshape(n_new, -1), o_w, o_b)

@@ -166,6 +166,9 @@ class Emova:
         #: pitch values are always labels of the format (`GenerationSettings.allow`); False: the skeleton is
         #: only proposed and verified, and the model may leave the format
         self.structured_answers = True
+        #: token-by-token decoding with `emova.inference.fast_decode.LeanDecoder` where the LLM allows it (the
+        #: same logits without the transformers modules' per-call overhead); False: the transformers forward
+        self.lean_decoding = True
 
     # ------------------------------------------------------------------------------------ loading
     @classmethod
@@ -244,7 +247,8 @@ class Emova:
         return self.processor.decode(ids, skip_special_tokens=True)
 
     def _settings(self, max_new_tokens: int | None, default: int, **kw: Any) -> GenerationSettings:
-        return GenerationSettings(max_new_tokens=default if max_new_tokens is None else max_new_tokens, **kw)
+        return GenerationSettings(max_new_tokens=default if max_new_tokens is None else max_new_tokens,
+                                  lean=self.lean_decoding, **kw)
 
     def tts_units(self, text: str, settings: GenerationSettings) -> Iterator[int]:
         """Speech units for `text` via the TTS prompt, yielded as they are generated."""
