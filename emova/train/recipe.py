@@ -1,11 +1,12 @@
 """`emova train recipe tiny`: regenerate the bundled emova-tiny from a clean checkout, step by step.
 
-    speech_corpus → s2u → u2s → world → world_speech → units → vision → stage1 → stage2 → stage3
-    → stage3_cont → stage3_cont2 → export
+    speech_corpus → s2u → u2s → world → world_speech → units → world_speech_canonical → units_canonical
+    → vision → stage1 → stage2 → stage3 → stage3_cont → stage3_cont2 → stage3_cont3 → export
 
 (`stage3_cont` and `stage3_cont2` are a second and a third leg of stage 3, both `tiny_stage3_cont.yaml`: same
 data and trainable set, each from the previous leg's final weights with a fresh warmup and cosine schedule and
-its own data order, seed = the leg's number.)
+its own data order, seed = the leg number. `stage3_cont3`, `tiny_stage3_one_voice.yaml`, is a fourth leg on the
+world whose model speech is rendered in one voice and style — `world_speech_canonical` / `units_canonical`.)
 
 Each step is skipped when its output exists (delete the output, or pass `force=[step]`, to redo it);
 steps that train resume from their latest checkpoint when killed. The wall time of every step (and
@@ -28,15 +29,14 @@ import torch
 
 from emova.assets import ASSETS
 
-STEPS = ("speech_corpus", "s2u", "u2s", "world", "world_speech", "units", "vision", "stage1", "stage2", "stage3",
-         "stage3_cont", "stage3_cont2", "export")
+STEPS = ("speech_corpus", "s2u", "u2s", "world", "world_speech", "units", "world_speech_canonical", "units_canonical",
+         "vision", "stage1", "stage2", "stage3", "stage3_cont", "stage3_cont2", "stage3_cont3", "export")
 PACKAGE = Path(__file__).resolve().parents[1]
 DEFAULT_FSDD = Path(__file__).resolve().parents[3] / "shared" / "data" / "fsdd"
-# Model speech of the train split (TTS targets, spoken replies, corpus TTS pairs) rendered in one voice and
-# one style (`emova.data.world_speech.OUTPUT_VOICE` / `OUTPUT_STYLE`) rather than in every training voice and
-# the record's style: one unit sequence per sentence to learn. Off: the bundled LLM was trained without it,
-# and a recipe run with it (docs/training.md, 2026-12-03) traded ASR and the demo turn for TTS and replies.
-CANONICAL_OUTPUTS = False
+# The last stage-3 leg (`stage3_cont3`) and its data: the world whose train-split model speech (TTS targets,
+# spoken replies, corpus TTS pairs) is rendered in one voice and one style (`emova.data.world_speech.OUTPUT_VOICE`
+# / `OUTPUT_STYLE`) rather than in every training voice and the record's style: one unit sequence per sentence.
+ONE_VOICE_LEG = 3
 
 
 @dataclass
@@ -61,6 +61,17 @@ class RecipePaths:
     @property
     def world_units(self) -> Path:
         return self.work / "world_units"
+
+    @property
+    def world_speech_canonical(self) -> Path:
+        return self.work / "world_speech_canonical"
+
+    @property
+    def world_units_canonical(self) -> Path:
+        return self.work / "world_units_canonical"
+
+    def units_dir(self, canonical: bool) -> Path:
+        return self.world_units_canonical if canonical else self.world_units
 
     @property
     def tokenizer(self) -> Path:
@@ -114,15 +125,16 @@ def _world(p: RecipePaths) -> None:
         build_world(p.world, split)
 
 
-def _world_speech(p: RecipePaths) -> None:
+def _world_speech(p: RecipePaths, canonical: bool = False) -> None:
     from emova.data.world_speech import render_world_speech
 
+    out = p.world_speech_canonical if canonical else p.world_speech
     for split in ("heldout", "train"):
-        render_world_speech(p.world, split, p.world_speech, workers=2, canonical_outputs=CANONICAL_OUTPUTS)
-    (p.world_speech / "done").write_text("ok\n")
+        render_world_speech(p.world, split, out, workers=2, canonical_outputs=canonical)
+    (out / "done").write_text("ok\n")
 
 
-def _units(p: RecipePaths) -> None:
+def _units(p: RecipePaths, canonical: bool = False) -> None:
     from emova.data.world_speech import (
         FSDD_TASK,
         encode_world_speech,
@@ -133,27 +145,27 @@ def _units(p: RecipePaths) -> None:
     from emova.speech.tokenizer import SpeechTokenizer
 
     tok = SpeechTokenizer.from_pretrained(p.tokenizer)
+    speech, dest = (p.world_speech_canonical if canonical else p.world_speech), p.units_dir(canonical)
     for split, fsdd_split in (("heldout", "fsdd_val"), ("train", "fsdd_train")):
-        units = encode_world_speech(p.world_speech, split, tok, speech_requests(p.world, split),
-                                    canonical_outputs=CANONICAL_OUTPUTS)
-        out = fill_world_units(p.world, split, units, p.world_units)
+        units = encode_world_speech(speech, split, tok, speech_requests(p.world, split), canonical_outputs=canonical)
+        out = fill_world_units(p.world, split, units, dest)
         if p.fsdd:
             (out / f"{FSDD_TASK}.json").write_text(json.dumps(fsdd_asr_records(p.corpus, fsdd_split, tok)))
-    _corpus_units(p, tok)
-    (p.world_units / "done").write_text("ok\n")
+    _corpus_units(p, tok, canonical)
+    (dest / "done").write_text("ok\n")
 
 
 CORPUS_TASKS = ("corpus_asr", "corpus_tts")
 
 
-def _corpus_units(p: RecipePaths, tok: Any) -> None:
+def _corpus_units(p: RecipePaths, tok: Any, canonical: bool = False) -> None:
     """The speech corpus's training renderings as ASR/TTS pairs (EMOVA's stage-2 speech-text data): 7,000
     more sentences than the world's own, minus every sentence the world's held-out split says or answers."""
     from emova.data.world_speech import OUTPUT_VOICE, corpus_speech_records, heldout_texts
 
-    train = p.world_units / "train"
+    train = p.units_dir(canonical) / "train"
     asr, tts = corpus_speech_records(p.corpus, tok, heldout_texts(p.world),
-                                     tts_voices=[OUTPUT_VOICE] if CANONICAL_OUTPUTS else None)
+                                     tts_voices=[OUTPUT_VOICE] if canonical else None)
     for task, recs in zip(CORPUS_TASKS, (asr, tts)):
         (train / f"{task}.json").write_text(json.dumps(recs))
     print(f"[recipe] units: {len(asr)} corpus ASR and {len(tts)} corpus TTS pairs", flush=True)
@@ -172,12 +184,16 @@ def _leg_name(n: int, leg: int) -> str:
 
 def _stage(n: int, leg: int = 0) -> Callable[[RecipePaths], None]:
     """Stage n's runner (config `tiny_stage{n}`); leg k > 0 is the same stage again (`tiny_stage{n}_cont`, seed k)
-    from the previous leg's final weights."""
+    from the previous leg's final weights; stage 3's leg `ONE_VOICE_LEG` trains on the one-voice world
+    (`tiny_stage3_one_voice`)."""
+    one_voice = n == 3 and leg == ONE_VOICE_LEG
+    config = "tiny_stage3_one_voice" if one_voice else f"tiny_stage{n}_cont" if leg else f"tiny_stage{n}"
 
     def run(p: RecipePaths) -> None:
         from emova.train.omni import OmniTrainConfig, train_stage
 
-        over: dict[str, Any] = {"world_dir": str(p.world_units), "image_root": str(p.world),
+        units = p.units_dir(one_voice)
+        over: dict[str, Any] = {"world_dir": str(units), "image_root": str(p.world),
                                 "out_dir": str(p.stage(_leg_name(n, leg)))}
         if leg:
             over["init_from"] = str(p.stage(_leg_name(n, leg - 1)) / "final")
@@ -187,21 +203,22 @@ def _stage(n: int, leg: int = 0) -> Callable[[RecipePaths], None]:
         else:
             over["vision_init_from"] = str(p.vision / "final")
         if n > 1:  # FSDD digits and the corpus pairs, where the units step made them
-            extra = [p.world_units / "train" / f"{t}.json" for t in ("fsdd_asr", *CORPUS_TASKS)]
+            extra = [units / "train" / f"{t}.json" for t in ("fsdd_asr", *CORPUS_TASKS)]
             over["extra_records"] = [str(f) for f in extra if f.exists()]
-        train_stage(n, OmniTrainConfig.load(f"tiny_stage{n}_cont" if leg else f"tiny_stage{n}", **over))
+        train_stage(n, OmniTrainConfig.load(config, **over))
 
     return run
 
 
 def _export(p: RecipePaths) -> None:
-    export_llm(p.stage(_leg_name(3, 2)) / "final", p.llm)
+    export_llm(p.stage(_leg_name(3, ONE_VOICE_LEG)) / "final", p.llm)
 
 
 _RUNNERS: dict[str, Callable[[RecipePaths], None]] = {
     "speech_corpus": _speech_corpus, "s2u": _s2u, "u2s": _u2s, "world": _world, "world_speech": _world_speech,
-    "units": _units, "vision": _vision, "stage1": _stage(1), "stage2": _stage(2), "stage3": _stage(3),
-    "stage3_cont": _stage(3, leg=1), "stage3_cont2": _stage(3, leg=2),
+    "units": _units, "world_speech_canonical": lambda p: _world_speech(p, canonical=True),
+    "units_canonical": lambda p: _units(p, canonical=True), "vision": _vision, "stage1": _stage(1), "stage2": _stage(2), "stage3": _stage(3),
+    "stage3_cont": _stage(3, leg=1), "stage3_cont2": _stage(3, leg=2), "stage3_cont3": _stage(3, leg=3),
     "export": _export,
 }  # fmt: skip
 
@@ -215,12 +232,15 @@ def _outputs(p: RecipePaths) -> dict[str, Path]:
         "world": p.world / "heldout" / "tts.json",
         "world_speech": p.world_speech / "done",
         "units": p.world_units / "done",
+        "world_speech_canonical": p.world_speech_canonical / "done",
+        "units_canonical": p.world_units_canonical / "done",
         "vision": p.vision / "final" / "vision_tower.safetensors",
         "stage1": p.stage(1) / "final" / "model.safetensors",
         "stage2": p.stage(2) / "final" / "model.safetensors",
         "stage3": p.stage(3) / "final" / "model.safetensors",
         "stage3_cont": p.stage(_leg_name(3, 1)) / "final" / "model.safetensors",
         "stage3_cont2": p.stage(_leg_name(3, 2)) / "final" / "model.safetensors",
+        "stage3_cont3": p.stage(_leg_name(3, 3)) / "final" / "model.safetensors",
         "export": p.llm / "model.safetensors",
     }
 
@@ -228,7 +248,7 @@ def _outputs(p: RecipePaths) -> dict[str, Path]:
 # A cached step is redone when a step it is made from finished after it: stage 3 rerun into runs/ while the
 # assets directory still held the previous export. (Not the stages themselves: a stage directory holds its
 # checkpoints, and a stage redone there resumes from them; retrain a stage into a fresh --runs-dir.)
-_DEPENDS: dict[str, tuple[str, ...]] = {"export": ("stage3_cont2",)}
+_DEPENDS: dict[str, tuple[str, ...]] = {"export": ("stage3_cont3",)}
 
 
 class _Hook(RuntimeError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,16 +145,16 @@ def test_recipe_redoes_a_step_whose_input_is_newer(tmp_path, monkeypatch):
     monkeypatch.setattr(recipe, "_RUNNERS", {s: (lambda p, s=s: ran.append(s)) for s in recipe.STEPS})
     paths = recipe.RecipePaths(tmp_path / "w", tmp_path / "r", tmp_path / "a", None)
     outs = recipe._outputs(paths)
-    for i, step in enumerate(("stage2", "stage3", "stage3_cont", "export", "stage3_cont2")):  # export older than the last leg
+    for i, step in enumerate(("stage2", "stage3", "stage3_cont", "stage3_cont2", "export", "stage3_cont3")):  # export older than the last leg
         outs[step].parent.mkdir(parents=True, exist_ok=True)
         outs[step].write_text("x")
         os.utime(outs[step], (1000 + i, 1000 + i))
     args = ("tiny", str(tmp_path / "w"), str(tmp_path / "r"), str(tmp_path / "a"))
-    recipe.run_recipe(*args, steps=["stage3", "stage3_cont", "stage3_cont2", "export"])
+    recipe.run_recipe(*args, steps=["stage3", "stage3_cont", "stage3_cont2", "stage3_cont3", "export"])
     assert ran == ["export"]  # the stages themselves stay cached
     os.utime(outs["export"], (2000, 2000))
     ran.clear()
-    recipe.run_recipe(*args, steps=["stage3", "stage3_cont", "stage3_cont2", "export"])
+    recipe.run_recipe(*args, steps=["stage3", "stage3_cont", "stage3_cont2", "stage3_cont3", "export"])
     assert ran == []
 
 
@@ -186,6 +187,48 @@ def test_stage_runners_wire_the_pretrained_vision_tower_and_the_corpus_pairs(tmp
     third = seen[3]
     assert third.init_from == str(paths.stage("3_cont") / "final") and third.out_dir == str(paths.stage("3_cont2"))
     assert third.tasks == first.tasks and third.seed not in (first.seed, cont.seed)
+    one_voice = paths.world_units_canonical / "train"
+    one_voice.mkdir(parents=True)
+    for t in ("fsdd_asr", "corpus_asr", "corpus_tts"):
+        (one_voice / f"{t}.json").write_text("[]")
+    recipe._RUNNERS["stage3_cont3"](paths)  # the fourth leg: from the third, on the one-voice world
+    fourth = seen[3]
+    assert fourth.init_from == str(paths.stage("3_cont2") / "final") and fourth.out_dir == str(paths.stage("3_cont3"))
+    assert fourth.world_dir == str(paths.world_units_canonical) and fourth.image_root == str(paths.world)
+    assert fourth.extra_records == [str(one_voice / f"{t}.json") for t in ("fsdd_asr", "corpus_asr", "corpus_tts")]
+    assert fourth.tasks == first.tasks and fourth.task_weights == first.task_weights
+    assert fourth.seed not in (first.seed, cont.seed, third.seed)
+
+
+def test_one_voice_data_steps_write_their_own_directories(tmp_path, monkeypatch):
+    """world_speech_canonical / units_canonical render and encode with canonical outputs into their own
+    directories, leaving the everyday world's speech and units alone."""
+    import emova.data.world_speech as ws
+    import emova.speech.tokenizer as st
+
+    calls = []
+    monkeypatch.setattr(ws, "render_world_speech", lambda world, split, out, workers, canonical_outputs:
+                        calls.append(("render", split, Path(out), canonical_outputs))
+                        or Path(out).mkdir(parents=True, exist_ok=True))
+    monkeypatch.setattr(ws, "encode_world_speech", lambda speech, split, tok, reqs, canonical_outputs:
+                        calls.append(("encode", split, Path(speech), canonical_outputs)) or {})
+    monkeypatch.setattr(ws, "speech_requests", lambda world, split: [])
+    monkeypatch.setattr(ws, "fill_world_units", lambda world, split, units, dest: (Path(dest) / split).mkdir(
+        parents=True, exist_ok=True) or Path(dest) / split)
+    monkeypatch.setattr(ws, "heldout_texts", lambda world: set())
+    monkeypatch.setattr(ws, "corpus_speech_records", lambda corpus, tok, held, tts_voices:
+                        calls.append(("corpus", tts_voices)) or ([], []))
+    monkeypatch.setattr(st.SpeechTokenizer, "from_pretrained", staticmethod(lambda path: object()))
+    paths = recipe.RecipePaths(tmp_path / "w", tmp_path / "r", tmp_path / "a", None)
+    recipe._RUNNERS["world_speech_canonical"](paths)
+    recipe._RUNNERS["units_canonical"](paths)
+    canon = paths.world_speech_canonical
+    assert calls == [("render", "heldout", canon, True), ("render", "train", canon, True),
+                     ("encode", "heldout", canon, True), ("encode", "train", canon, True), ("corpus", [ws.OUTPUT_VOICE])]
+    outs = recipe._outputs(paths)
+    assert outs["world_speech_canonical"].exists() and outs["units_canonical"].exists()
+    assert not outs["world_speech"].exists() and not outs["units"].exists()
+    assert (paths.world_units_canonical / "train" / "corpus_tts.json").exists()
 
 
 def test_export_takes_the_last_leg_of_stage_3(tmp_path, monkeypatch):
@@ -193,7 +236,7 @@ def test_export_takes_the_last_leg_of_stage_3(tmp_path, monkeypatch):
     monkeypatch.setattr(recipe, "export_llm", lambda src, dst: seen.append((src, dst)))
     paths = recipe.RecipePaths(tmp_path / "w", tmp_path / "r", tmp_path / "a", None)
     recipe._RUNNERS["export"](paths)
-    assert seen == [(paths.stage("3_cont2") / "final", paths.llm)]
+    assert seen == [(paths.stage("3_cont3") / "final", paths.llm)]
 
 
 def test_missing_u2s_is_a_recorded_hook(tmp_path, monkeypatch):
