@@ -3,8 +3,8 @@
 One decoding step of emova-tiny (4 layers of 256) through the transformers modules costs ~3.9 ms on this CPU.
 Most of a step is the matmuls, bound by reading the ~17 MB of fp32 weights they touch from memory; ~1.4 ms is
 Python: ~70 module calls, mask and cache bookkeeping, output objects. `LeanDecoder` does the same
-arithmetic with the model's own weight tensors (no copies, except the q/k/v and gate/up matrices fused into one
-matmul each, made once), a rotary table and a preallocated cache of its own, so a step costs ~2.5 ms
+arithmetic with the model's own weight tensors (no copies: a 7B model's weights are not duplicated), a rotary
+table and a preallocated cache of its own, so a step costs ~2.8 ms
 (`benchmarks/decode_speed.py`). The prompt — with its image features written in by the model itself
 (`EmovaForConditionalGeneration.embed_inputs`) — goes through the same lean forward.
 
@@ -71,14 +71,9 @@ class LeanDecoder:
         self.eps = float(cfg.rms_norm_eps)
         self.embed, self.norm, self.head = base.embed_tokens.weight, base.norm.weight, head.weight
         dev, dtype = self.embed.device, self.embed.dtype
-        self.layers = []
-        for layer in base.layers:
-            a, mlp = layer.self_attn, layer.mlp
-            bias = [p.bias if p.bias is not None else torch.zeros(p.out_features, device=dev, dtype=dtype)
-                    for p in (a.q_proj, a.k_proj, a.v_proj)]
-            self.layers.append((layer.input_layernorm.weight, torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
-                                torch.cat(bias), a.o_proj.weight, a.o_proj.bias, layer.post_attention_layernorm.weight,
-                                torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), mlp.down_proj.weight))
+        self.layers = [(layer.input_layernorm, layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+                        layer.self_attn.o_proj, layer.post_attention_layernorm, layer.mlp.gate_proj, layer.mlp.up_proj,
+                        layer.mlp.down_proj) for layer in base.layers]  # modules, read for their .weight / .bias
         self.max_len = int(max_len)
         shape = (len(self.layers), self.kv_heads, self.max_len, self.head_dim)
         self.k = torch.zeros(shape, device=dev, dtype=dtype)
@@ -109,18 +104,18 @@ class LeanDecoder:
             raise ValueError(f"the lean decoder's cache holds {self.max_len} positions; {end} asked")
         cos, sin = self.cos[start:end], self.sin[start:end]
         mask = None if n_new == 1 else torch.ones(n_new, end, dtype=torch.bool, device=h.device).tril(start)
-        n_qk = self.heads + self.kv_heads
-        for i, (ln1, qkv_w, qkv_b, o_w, o_b, ln2, gu_w, down_w) in enumerate(self.layers):
-            qkv = F.linear(self._rms(h, ln1), qkv_w, qkv_b).view(n_new, n_qk + self.kv_heads, self.head_dim).transpose(0, 1)
-            qk = self._rope(qkv[:n_qk], cos, sin)  # q and k heads rotated together
-            q = qk[: self.heads]
+        for i, (ln1, q_p, k_p, v_p, o_p, ln2, gate_p, up_p, down_p) in enumerate(self.layers):
+            x = self._rms(h, ln1.weight)
+            q, k, v = (F.linear(x, p.weight, p.bias).view(n_new, -1, self.head_dim).transpose(0, 1) for p in (q_p, k_p, v_p))
+            qk = self._rope(torch.cat([q, k]), cos, sin)  # q and k heads rotated together
             self.k[i, :, start:end] = qk[self.heads:]
-            self.v[i, :, start:end] = qkv[n_qk:]
-            att = F.scaled_dot_product_attention(q[None], self.k[i, None, :, :end], self.v[i, None, :, :end],
+            self.v[i, :, start:end] = v
+            att = F.scaled_dot_product_attention(qk[None, : self.heads], self.k[i, None, :, :end], self.v[i, None, :, :end],
                                                  attn_mask=mask, enable_gqa=self.kv_heads != self.heads)[0]
-            h = h + F.linear(att.transpose(0, 1).reshape(n_new, -1), o_w, o_b)
-            gate, up = F.linear(self._rms(h, ln2), gu_w).chunk(2, -1)
-            h = h + F.linear(F.silu(gate) * up, down_w)
+            h = h + F.linear(att.transpose(0, 1).reshape(n_new, -1), o_p.weight, o_p.bias)
+            x = self._rms(h, ln2.weight)
+            h = h + F.linear(F.silu(F.linear(x, gate_p.weight, gate_p.bias)) * F.linear(x, up_p.weight, up_p.bias),
+                             down_p.weight, down_p.bias)
         self.length = end
         return F.linear(self._rms(h[-keep:], self.norm), self.head)
 

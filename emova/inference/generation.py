@@ -3,7 +3,7 @@
 A plain loop over the model's forward with a KV cache: the prompt (and its images) once, then one
 token per step. It is a generator, so callers (the streaming path) see every token as it is made.
 Where the language model allows it (`emova.inference.fast_decode.lean_unsupported`), the forward is the
-lean decoder (the same arithmetic without the modules' Python overhead: ~1.5x less time per step at
+lean decoder (the same arithmetic without the modules' Python overhead: ~1.4x less time per step at
 emova-tiny's size); `settings.lean = False`, or any other architecture, uses the model's transformers forward
 and cache (`settings.cache`).
 
