@@ -90,7 +90,7 @@ def test_unsupported_models_keep_the_transformers_forward(overrides, reason):
         LeanDecoder(model, 8)
 
 
-def test_wrapped_layers_keep_the_transformers_forward(emova):
+def test_wrapped_layers_keep_the_transformers_forward():
     torch.manual_seed(0)
     model = EmovaForConditionalGeneration(make_config()).eval()
     assert lean_unsupported(model) is None
