@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
                 r = res.setdefault("lean" if lean else "transformers", {"total": [], "generate": [], "ttfa": [], "text": []})
                 total, gen, text = _turn(m, wav, image, False)
                 _, first, _ = _turn(m, wav, image, True)
-                r["total"].append(total), r["generate"].append(gen), r["ttfa"].append(first), r["text"].append(text)
+                for key, value in (("total", total), ("generate", gen), ("ttfa", first), ("text", text)):
+                    r[key].append(value)
         med = {k: {q: statistics.median(v[q]) for q in ("total", "generate", "ttfa")} for k, v in res.items()}
         agree = res["lean"]["text"][0] == res["transformers"]["text"][0]
         same += agree

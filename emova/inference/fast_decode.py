@@ -124,10 +124,10 @@ class LeanDecoder:
         self.length = 0
         return self.forward(embeds.to(self.embed.dtype), keep=1)
 
-    def step(self, ids: list[int], keep: int | None = None) -> torch.Tensor:
-        """New token ids → logits (keep or len(ids), V) of the last positions."""
+    def step(self, ids: list[int]) -> torch.Tensor:
+        """New token ids → logits (len(ids), V), one row per new position."""
         h = F.embedding(torch.tensor(ids, device=self.embed.device), self.embed)
-        return self.forward(h, keep=len(ids) if keep is None else keep)
+        return self.forward(h, keep=len(ids))
 
     def crop(self, n: int) -> None:
         """Forget the last n positions (rejected draft tokens)."""

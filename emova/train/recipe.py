@@ -70,6 +70,9 @@ class RecipePaths:
     def world_units_canonical(self) -> Path:
         return self.work / "world_units_canonical"
 
+    def speech_dir(self, canonical: bool) -> Path:
+        return self.world_speech_canonical if canonical else self.world_speech
+
     def units_dir(self, canonical: bool) -> Path:
         return self.world_units_canonical if canonical else self.world_units
 
@@ -128,7 +131,7 @@ def _world(p: RecipePaths) -> None:
 def _world_speech(p: RecipePaths, canonical: bool = False) -> None:
     from emova.data.world_speech import render_world_speech
 
-    out = p.world_speech_canonical if canonical else p.world_speech
+    out = p.speech_dir(canonical)
     for split in ("heldout", "train"):
         render_world_speech(p.world, split, out, workers=2, canonical_outputs=canonical)
     (out / "done").write_text("ok\n")
@@ -145,7 +148,7 @@ def _units(p: RecipePaths, canonical: bool = False) -> None:
     from emova.speech.tokenizer import SpeechTokenizer
 
     tok = SpeechTokenizer.from_pretrained(p.tokenizer)
-    speech, dest = (p.world_speech_canonical if canonical else p.world_speech), p.units_dir(canonical)
+    speech, dest = p.speech_dir(canonical), p.units_dir(canonical)
     for split, fsdd_split in (("heldout", "fsdd_val"), ("train", "fsdd_train")):
         units = encode_world_speech(speech, split, tok, speech_requests(p.world, split), canonical_outputs=canonical)
         out = fill_world_units(p.world, split, units, dest)
