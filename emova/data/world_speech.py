@@ -40,6 +40,7 @@ from emova.data.speech.voices import (
     ESPEAK_TRAIN_VOICES,
     FLITE_TRAIN_VOICES,
     HELD_OUT_VOICES,
+    TRAIN_VOICES,
     Voice,
     voice_by_key,
 )
@@ -65,17 +66,23 @@ def _rng(key: str) -> random.Random:
     return random.Random(int(hashlib.md5(f"world-speech:{key}".encode()).hexdigest()[:12], 16))
 
 
+def output_style(output_voice: str = OUTPUT_VOICE) -> str:
+    """The style canonical model speech is rendered in: neutral, normal speed and pitch, the voice's gender
+    (`OUTPUT_STYLE` for `OUTPUT_VOICE`)."""
+    return str(Style(gender=voice_by_key(output_voice).gender))
+
+
 def is_canonical(split: str, role: str, canonical_outputs: bool) -> bool:
     """Whether a request is rendered as `OUTPUT_VOICE` in `OUTPUT_STYLE` (train-split model speech)."""
     return canonical_outputs and role == "output" and split != "heldout"
 
 
 def voice_for(key: str, style: str, split: str, role: str = "input",
-              canonical_outputs: bool = False) -> tuple[Voice, dict[str, float]]:
+              canonical_outputs: bool = False, output_voice: str = OUTPUT_VOICE) -> tuple[Voice, dict[str, float]]:
     """The voice (and jitter) that speaks `key`: training voices for train, held-out voices for heldout;
-    with `canonical_outputs`, the train split's model speech (`role == "output"`) in `OUTPUT_VOICE`."""
+    with `canonical_outputs`, the train split's model speech (`role == "output"`) in `output_voice`."""
     if is_canonical(split, role, canonical_outputs):
-        return voice_by_key(OUTPUT_VOICE), {}
+        return voice_by_key(output_voice), {}
     gender = Style.parse(style).gender
     if split == "heldout":
         return next(v for v in HELD_OUT_VOICES if v.gender == gender), {}
@@ -99,21 +106,29 @@ def content_digest(text: str, style: str, voice: str | None = None) -> str:
     return hashlib.sha1(f"{text}\x00{style}{tail}".encode()).hexdigest()[:16]
 
 
-def request_digest(req: SpeechRequest, split: str, canonical_outputs: bool = False) -> str:
+def request_digest(req: SpeechRequest, split: str, canonical_outputs: bool = False,
+                   output_voice: str = OUTPUT_VOICE) -> str:
     """`content_digest` of one request as rendered with these settings."""
     if is_canonical(split, req.role, canonical_outputs):
-        return content_digest(req.text, OUTPUT_STYLE, OUTPUT_VOICE)
+        return content_digest(req.text, output_style(output_voice), output_voice)
     return content_digest(req.text, req.style)
 
 
-def _render_one(args: tuple[str, str, str, str, str, str, bool]) -> str:
+def _check_output_voice(output_voice: str) -> None:
+    """The model's own speech may only be a training voice: a held-out voice stays unheard in training."""
+    if output_voice not in {v.key for v in TRAIN_VOICES}:
+        raise ValueError(f"output voice {output_voice!r} is not a training voice; "
+                         f"flite voices: {', '.join(v.key for v in FLITE_TRAIN_VOICES)}")
+
+
+def _render_one(args: tuple[str, str, str, str, str, str, bool, str]) -> str:
     from emova.data.speech.render import Jitter, synthesize
 
-    key, text, style, split, out, role, canonical = args
+    key, text, style, split, out, role, canonical, output_voice = args
     path = Path(out) / wav_name(key)
-    voice, jit = voice_for(key, style, split, role, canonical)
+    voice, jit = voice_for(key, style, split, role, canonical, output_voice)
     if is_canonical(split, role, canonical):
-        style = OUTPUT_STYLE
+        style = output_style(output_voice)
     audio = synthesize(text, voice, Style.parse(style), Jitter(**jit) if jit else Jitter())
     tmp = path.with_name(path.stem + ".tmp.wav")
     audio.save(tmp)
@@ -138,16 +153,18 @@ def speech_requests(world_dir: str | Path, split: str, tasks: Iterable[str] = TA
 
 
 def render_world_speech(world_dir: str | Path, split: str, out_dir: str | Path, workers: int = 2,
-                        progress: bool = True, canonical_outputs: bool = False) -> Path:
+                        progress: bool = True, canonical_outputs: bool = False, output_voice: str = OUTPUT_VOICE) -> Path:
     """Render every speech request of a split to `out_dir/{split}/wav/*.wav`. `wav/index.jsonl` records what
-    each file says (`content_digest`): a file is reused only while its request still says the same."""
+    each file says (`content_digest`): a file is reused only while its request still says the same.
+    `canonical_outputs`: the train split's model speech in `output_voice` (a training voice), neutral."""
+    _check_output_voice(output_voice)
     reqs = speech_requests(world_dir, split)
     wav_dir = Path(out_dir) / split / "wav"
     wav_dir.mkdir(parents=True, exist_ok=True)
     index_path = wav_dir / "index.jsonl"
     index = _read_index(index_path)
-    digest = {r.key: request_digest(r, split, canonical_outputs) for r in reqs}
-    todo = [(r.key, r.text, r.style, split, str(wav_dir), r.role, canonical_outputs) for r in reqs
+    digest = {r.key: request_digest(r, split, canonical_outputs, output_voice) for r in reqs}
+    todo = [(r.key, r.text, r.style, split, str(wav_dir), r.role, canonical_outputs, output_voice) for r in reqs
             if index.get(r.key, {}).get("digest") != digest[r.key] or not (wav_dir / wav_name(r.key)).exists()]
     bar = tqdm(total=len(reqs), initial=len(reqs) - len(todo), desc=f"rendering {split} speech", unit="utt",
                disable=not progress)
@@ -170,12 +187,12 @@ def render_world_speech(world_dir: str | Path, split: str, out_dir: str | Path, 
 
 def encode_world_speech(speech_dir: str | Path, split: str, tokenizer: Any, requests: list[SpeechRequest],
                         batch: int = 32, progress: bool = True, canonical_outputs: bool = False,
-                        ) -> dict[str, list[int]]:
+                        output_voice: str = OUTPUT_VOICE) -> dict[str, list[int]]:
     """Reduced units per speech key, cached in `speech_dir/{split}/units.jsonl` (appended; resumable) with
     the `content_digest` they were made from: a row counts only while its request still says the same."""
     base = Path(speech_dir) / split
     cache = base / "units.jsonl"
-    digest = {r.key: request_digest(r, split, canonical_outputs) for r in requests}
+    digest = {r.key: request_digest(r, split, canonical_outputs, output_voice) for r in requests}
     done = {k: row["units"] for k, row in _read_index(cache).items() if row.get("digest") == digest.get(k)}
     todo = [r.key for r in requests if r.key not in done]
     with open(cache, "a") as f, tqdm(total=len(requests), initial=len(requests) - len(todo),
@@ -276,6 +293,6 @@ def corpus_speech_records(corpus_dir: str | Path, tokenizer: Any, exclude: set[s
     return asr, tts
 
 
-__all__ = ["OUTPUT_STYLE", "OUTPUT_VOICE", "corpus_speech_records", "encode_world_speech", "fill_world_units",
+__all__ = ["OUTPUT_STYLE", "OUTPUT_VOICE", "corpus_speech_records", "output_style", "encode_world_speech", "fill_world_units",
            "fsdd_asr_records", "heldout_texts", "is_canonical", "render_world_speech", "request_digest",
            "speech_requests", "voice_for"]

@@ -7,7 +7,8 @@
     POST /v1/audio/transcriptions multipart `file` → {"text"}
     GET  /v1/models, GET /health
 
-One generation at a time per model (an asyncio lock; the blocking model call runs in a worker thread).
+One generation at a time per model (an asyncio lock; the blocking model call runs in a worker thread; a
+streamed turn runs ahead of the client on a thread of its own, `_EventPump`).
 Every bad request gets a 4xx with `{"error": {"message", "type", "param", "code"}}`.
 """
 
@@ -18,9 +19,11 @@ import base64
 import binascii
 import io
 import json
+import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from email.parser import BytesParser
 from email.policy import HTTP
 from pathlib import Path
@@ -58,6 +61,54 @@ class ApiError(Exception):
 
 
 # ------------------------------------------------------------------------------------ request parsing
+class _EventPump:
+    """A streamed turn's events, produced on one worker thread as fast as the model makes them.
+
+    The model's event iterator blocks (it generates); pulling it one event per event-loop round trip would
+    make generation wait for the loop and the client after every text delta. Here a thread drains it into an
+    asyncio queue, so the first audio chunk exists as early as it would in-process. `close()` (client gone,
+    or done) stops the thread at the next event and closes the iterator there; errors arrive as items."""
+
+    def __init__(self, make_events: Callable[[], Iterator[Any]], loop: asyncio.AbstractEventLoop) -> None:
+        self.loop, self.queue = loop, asyncio.Queue()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(make_events,), name="emova-stream", daemon=True)
+        self.thread.start()
+
+    def _put(self, kind: str, item: Any = None) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, item))
+
+    def _run(self, make_events: Callable[[], Iterator[Any]]) -> None:
+        events = None
+        try:
+            events = make_events()
+            for ev in events:
+                if self.stop.is_set():
+                    break
+                self._put("event", ev)
+        except BaseException as e:  # noqa: BLE001 — handed to the consumer, which decides what it means
+            self._put("error", e)
+        finally:
+            close = getattr(events, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 — a generator that fails to close has nothing left to send
+                    pass
+            self._put("end")
+
+    async def next(self) -> Any:
+        """The next event; None at the end; raises what the model raised."""
+        kind, item = await self.queue.get()
+        if kind == "error":
+            raise item
+        return item if kind == "event" else None
+
+    async def close(self) -> None:
+        self.stop.set()
+        await run_in_threadpool(self.thread.join)
+
+
 def _b64(data: Any, param: str) -> bytes:
     if not isinstance(data, str) or not data.strip():
         raise ApiError(400, f"{param} must be a non-empty base64 string", param, "invalid_base64")
@@ -359,13 +410,15 @@ def create_app(model: Emova, model_id: str = "emova-tiny", max_body_bytes: int =
 
     async def _stream(msgs: list, kw: dict, cid: str, created: int, audio_id: str) -> Any:
         await lock.acquire()
+        pump = _EventPump(lambda: model.chat(msgs, stream=True, **kw), asyncio.get_running_loop())
         try:
-            events = await run_in_threadpool(model.chat, msgs, stream=True, **kw)
-            first = await run_in_threadpool(next, events, None)  # validation errors surface before the headers
+            first = await pump.next()  # validation errors surface before the headers
         except ValueError as e:
+            await pump.close()
             lock.release()
             raise model_error(e) from None
         except BaseException:
+            await pump.close()
             lock.release()
             raise
 
@@ -392,15 +445,13 @@ def create_app(model: Emova, model_id: str = "emova-tiny", max_body_bytes: int =
                             yield chunk({"audio": {"id": audio_id, "transcript": result.text,
                                                    "expires_at": int(time.time()) + 3600}})
                         yield chunk({}, "stop", emova=_emova_object(result))
-                    ev = await run_in_threadpool(next, events, None)
+                    ev = await pump.next()
             except Exception as e:  # noqa: BLE001 — headers are sent: report in-band
                 err = ApiError(500, f"{type(e).__name__}: {e}", type="server_error", code="stream_error")
                 yield f"data: {json.dumps(err.body())}\n\n"
             finally:
                 try:
-                    close = getattr(events, "close", None)
-                    if close:
-                        await run_in_threadpool(close)
+                    await pump.close()
                 finally:
                     lock.release()
             yield "data: [DONE]\n\n"

@@ -30,13 +30,24 @@ import torch
 from emova.assets import ASSETS
 
 STEPS = ("speech_corpus", "s2u", "u2s", "world", "world_speech", "units", "world_speech_canonical", "units_canonical",
-         "vision", "stage1", "stage2", "stage3", "stage3_cont", "stage3_cont2", "stage3_cont3", "export")
+         "world_speech_canonical_kal16", "units_canonical_kal16", "vision", "stage1", "stage2", "stage3", "stage3_cont",
+         "stage3_cont2", "stage3_cont3", "stage3_cont4", "export")
 PACKAGE = Path(__file__).resolve().parents[1]
 DEFAULT_FSDD = Path(__file__).resolve().parents[3] / "shared" / "data" / "fsdd"
-# The last stage-3 leg (`stage3_cont3`) and its data: the world whose train-split model speech (TTS targets,
-# spoken replies, corpus TTS pairs) is rendered in one voice and one style (`emova.data.world_speech.OUTPUT_VOICE`
-# / `OUTPUT_STYLE`) rather than in every training voice and the record's style: one unit sequence per sentence.
-ONE_VOICE_LEG = 3
+# The last stage-3 legs and their data: worlds whose train-split model speech (TTS targets, spoken replies, corpus
+# TTS pairs) is rendered in one voice, neutral (`emova.data.world_speech.output_style`), rather than in every
+# training voice and the record's style: one unit sequence per sentence. Leg 3 (`stage3_cont3`) in flite slt
+# (`OUTPUT_VOICE`), leg 4 (`stage3_cont4`) in flite kal16, whose units the U2S renders most intelligibly
+# (docs/training.md, "Which voice speaks the model's speech").
+ONE_VOICE_LEGS = {3: "flite:slt", 4: "flite:kal16"}
+FINAL_LEG = max(ONE_VOICE_LEGS)
+
+
+def _suffix(voice: str) -> str:
+    """Directory suffix of a one-voice world: none for `OUTPUT_VOICE` (flite slt), else "_<voice name>"."""
+    from emova.data.world_speech import OUTPUT_VOICE
+
+    return "" if voice == OUTPUT_VOICE else "_" + voice.split(":")[-1]
 
 
 @dataclass
@@ -62,19 +73,12 @@ class RecipePaths:
     def world_units(self) -> Path:
         return self.work / "world_units"
 
-    @property
-    def world_speech_canonical(self) -> Path:
-        return self.work / "world_speech_canonical"
+    def speech_dir(self, voice: str | None = None) -> Path:
+        """The world's speech; with `voice`, the one-voice world whose model speech that voice speaks."""
+        return self.world_speech if voice is None else self.work / f"world_speech_canonical{_suffix(voice)}"
 
-    @property
-    def world_units_canonical(self) -> Path:
-        return self.work / "world_units_canonical"
-
-    def speech_dir(self, canonical: bool) -> Path:
-        return self.world_speech_canonical if canonical else self.world_speech
-
-    def units_dir(self, canonical: bool) -> Path:
-        return self.world_units_canonical if canonical else self.world_units
+    def units_dir(self, voice: str | None = None) -> Path:
+        return self.world_units if voice is None else self.work / f"world_units_canonical{_suffix(voice)}"
 
     @property
     def tokenizer(self) -> Path:
@@ -128,18 +132,21 @@ def _world(p: RecipePaths) -> None:
         build_world(p.world, split)
 
 
-def _world_speech(p: RecipePaths, canonical: bool = False) -> None:
-    from emova.data.world_speech import render_world_speech
+def _world_speech(p: RecipePaths, voice: str | None = None) -> None:
+    """The world's speech; with `voice`, its one-voice version (the train split's model speech in `voice`)."""
+    from emova.data.world_speech import OUTPUT_VOICE, render_world_speech
 
-    out = p.speech_dir(canonical)
+    out = p.speech_dir(voice)
     for split in ("heldout", "train"):
-        render_world_speech(p.world, split, out, workers=2, canonical_outputs=canonical)
+        render_world_speech(p.world, split, out, workers=2, canonical_outputs=voice is not None,
+                            output_voice=voice or OUTPUT_VOICE)
     (out / "done").write_text("ok\n")
 
 
-def _units(p: RecipePaths, canonical: bool = False) -> None:
+def _units(p: RecipePaths, voice: str | None = None) -> None:
     from emova.data.world_speech import (
         FSDD_TASK,
+        OUTPUT_VOICE,
         encode_world_speech,
         fill_world_units,
         fsdd_asr_records,
@@ -148,27 +155,29 @@ def _units(p: RecipePaths, canonical: bool = False) -> None:
     from emova.speech.tokenizer import SpeechTokenizer
 
     tok = SpeechTokenizer.from_pretrained(p.tokenizer)
-    speech, dest = p.speech_dir(canonical), p.units_dir(canonical)
+    speech, dest = p.speech_dir(voice), p.units_dir(voice)
     for split, fsdd_split in (("heldout", "fsdd_val"), ("train", "fsdd_train")):
-        units = encode_world_speech(speech, split, tok, speech_requests(p.world, split), canonical_outputs=canonical)
+        units = encode_world_speech(speech, split, tok, speech_requests(p.world, split), canonical_outputs=voice is not None,
+                                    output_voice=voice or OUTPUT_VOICE)
         out = fill_world_units(p.world, split, units, dest)
         if p.fsdd:
             (out / f"{FSDD_TASK}.json").write_text(json.dumps(fsdd_asr_records(p.corpus, fsdd_split, tok)))
-    _corpus_units(p, tok, canonical)
+    _corpus_units(p, tok, voice)
     (dest / "done").write_text("ok\n")
 
 
 CORPUS_TASKS = ("corpus_asr", "corpus_tts")
 
 
-def _corpus_units(p: RecipePaths, tok: Any, canonical: bool = False) -> None:
+def _corpus_units(p: RecipePaths, tok: Any, voice: str | None = None) -> None:
     """The speech corpus's training renderings as ASR/TTS pairs (EMOVA's stage-2 speech-text data): 7,000
-    more sentences than the world's own, minus every sentence the world's held-out split says or answers."""
-    from emova.data.world_speech import OUTPUT_VOICE, corpus_speech_records, heldout_texts
+    more sentences than the world's own, minus every sentence the world's held-out split says or answers
+    (TTS pairs only in `voice`, when given)."""
+    from emova.data.world_speech import corpus_speech_records, heldout_texts
 
-    train = p.units_dir(canonical) / "train"
+    train = p.units_dir(voice) / "train"
     asr, tts = corpus_speech_records(p.corpus, tok, heldout_texts(p.world),
-                                     tts_voices=[OUTPUT_VOICE] if canonical else None)
+                                     tts_voices=[voice] if voice is not None else None)
     for task, recs in zip(CORPUS_TASKS, (asr, tts)):
         (train / f"{task}.json").write_text(json.dumps(recs))
     print(f"[recipe] units: {len(asr)} corpus ASR and {len(tts)} corpus TTS pairs", flush=True)
@@ -187,15 +196,15 @@ def _leg_name(n: int, leg: int) -> str:
 
 def _stage(n: int, leg: int = 0) -> Callable[[RecipePaths], None]:
     """Stage n's runner (config `tiny_stage{n}`); leg k > 0 is the same stage again (`tiny_stage{n}_cont`, seed k)
-    from the previous leg's final weights; stage 3's leg `ONE_VOICE_LEG` trains on the one-voice world
+    from the previous leg's final weights; stage 3's legs in `ONE_VOICE_LEGS` train on a one-voice world
     (`tiny_stage3_one_voice`)."""
-    one_voice = n == 3 and leg == ONE_VOICE_LEG
-    config = "tiny_stage3_one_voice" if one_voice else f"tiny_stage{n}_cont" if leg else f"tiny_stage{n}"
+    voice = ONE_VOICE_LEGS.get(leg) if n == 3 else None
+    config = "tiny_stage3_one_voice" if voice else f"tiny_stage{n}_cont" if leg else f"tiny_stage{n}"
 
     def run(p: RecipePaths) -> None:
         from emova.train.omni import OmniTrainConfig, train_stage
 
-        units = p.units_dir(one_voice)
+        units = p.units_dir(voice)
         over: dict[str, Any] = {"world_dir": str(units), "image_root": str(p.world),
                                 "out_dir": str(p.stage(_leg_name(n, leg)))}
         if leg:
@@ -214,14 +223,18 @@ def _stage(n: int, leg: int = 0) -> Callable[[RecipePaths], None]:
 
 
 def _export(p: RecipePaths) -> None:
-    export_llm(p.stage(_leg_name(3, ONE_VOICE_LEG)) / "final", p.llm)
+    export_llm(p.stage(_leg_name(3, FINAL_LEG)) / "final", p.llm)
 
 
 _RUNNERS: dict[str, Callable[[RecipePaths], None]] = {
     "speech_corpus": _speech_corpus, "s2u": _s2u, "u2s": _u2s, "world": _world, "world_speech": _world_speech,
-    "units": _units, "world_speech_canonical": lambda p: _world_speech(p, canonical=True),
-    "units_canonical": lambda p: _units(p, canonical=True), "vision": _vision, "stage1": _stage(1), "stage2": _stage(2), "stage3": _stage(3),
+    "units": _units, "world_speech_canonical": lambda p: _world_speech(p, ONE_VOICE_LEGS[3]),
+    "units_canonical": lambda p: _units(p, ONE_VOICE_LEGS[3]),
+    "world_speech_canonical_kal16": lambda p: _world_speech(p, ONE_VOICE_LEGS[4]),
+    "units_canonical_kal16": lambda p: _units(p, ONE_VOICE_LEGS[4]),
+    "vision": _vision, "stage1": _stage(1), "stage2": _stage(2), "stage3": _stage(3),
     "stage3_cont": _stage(3, leg=1), "stage3_cont2": _stage(3, leg=2), "stage3_cont3": _stage(3, leg=3),
+    "stage3_cont4": _stage(3, leg=4),
     "export": _export,
 }  # fmt: skip
 
@@ -235,8 +248,10 @@ def _outputs(p: RecipePaths) -> dict[str, Path]:
         "world": p.world / "heldout" / "tts.json",
         "world_speech": p.world_speech / "done",
         "units": p.world_units / "done",
-        "world_speech_canonical": p.world_speech_canonical / "done",
-        "units_canonical": p.world_units_canonical / "done",
+        "world_speech_canonical": p.speech_dir(ONE_VOICE_LEGS[3]) / "done",
+        "units_canonical": p.units_dir(ONE_VOICE_LEGS[3]) / "done",
+        "world_speech_canonical_kal16": p.speech_dir(ONE_VOICE_LEGS[4]) / "done",
+        "units_canonical_kal16": p.units_dir(ONE_VOICE_LEGS[4]) / "done",
         "vision": p.vision / "final" / "vision_tower.safetensors",
         "stage1": p.stage(1) / "final" / "model.safetensors",
         "stage2": p.stage(2) / "final" / "model.safetensors",
@@ -244,6 +259,7 @@ def _outputs(p: RecipePaths) -> dict[str, Path]:
         "stage3_cont": p.stage(_leg_name(3, 1)) / "final" / "model.safetensors",
         "stage3_cont2": p.stage(_leg_name(3, 2)) / "final" / "model.safetensors",
         "stage3_cont3": p.stage(_leg_name(3, 3)) / "final" / "model.safetensors",
+        "stage3_cont4": p.stage(_leg_name(3, 4)) / "final" / "model.safetensors",
         "export": p.llm / "model.safetensors",
     }
 
@@ -251,7 +267,7 @@ def _outputs(p: RecipePaths) -> dict[str, Path]:
 # A cached step is redone when a step it is made from finished after it: stage 3 rerun into runs/ while the
 # assets directory still held the previous export. (Not the stages themselves: a stage directory holds its
 # checkpoints, and a stage redone there resumes from them; retrain a stage into a fresh --runs-dir.)
-_DEPENDS: dict[str, tuple[str, ...]] = {"export": ("stage3_cont3",)}
+_DEPENDS: dict[str, tuple[str, ...]] = {"export": (f"stage3_cont{FINAL_LEG}",)}
 
 
 class _Hook(RuntimeError):

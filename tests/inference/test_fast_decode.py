@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from emova.inference.fast_decode import LeanDecoder, lean_unsupported
-from emova.inference.generation import GenerationSettings, _LeanRunner, _runner, _TransformersRunner, generate_tokens
+from emova.inference.generation import (
+    GenerationSettings,
+    _LeanRunner,
+    _runner,
+    _TransformersRunner,
+    generate_tokens,
+)
 from emova.model.modeling_emova import EmovaForConditionalGeneration
 from tests.model.conftest import make_config
 

@@ -18,6 +18,7 @@ from emova.data.world_speech import (
     OUTPUT_VOICE,
     encode_world_speech,
     fill_world_units,
+    output_style,
     render_world_speech,
     speech_requests,
     voice_for,
@@ -47,6 +48,18 @@ def test_canonical_outputs_give_model_speech_one_voice():
     assert len(ins) > 5
     assert voice_for("k", MALE, "heldout", "output", canonical_outputs=True)[0].key == "flite:awb"
     assert len({voice_for(f"k{i}", FEMALE, "train", "output")[0].key for i in range(50)}) > 5
+
+
+def test_output_voice_picks_the_one_voice_and_its_neutral_style(tmp_path):
+    outs = {voice_for(f"k{i}", FEMALE, "train", "output", canonical_outputs=True, output_voice="flite:kal16")[0].key
+            for i in range(20)}
+    assert outs == {"flite:kal16"}
+    assert output_style() == OUTPUT_STYLE
+    assert output_style("flite:kal16") == "gender-male_emotion-neutral_speed-normal_pitch-normal"
+    # a held-out voice never speaks training data, and a typo is named
+    for bad in ("flite:awb", "flite:nobody"):
+        with pytest.raises(ValueError, match="not a training voice"):
+            render_world_speech(tmp_path, "train", tmp_path / "out", canonical_outputs=True, output_voice=bad)
 
 
 class _FakeTokenizer:
@@ -145,16 +158,17 @@ def test_recipe_redoes_a_step_whose_input_is_newer(tmp_path, monkeypatch):
     monkeypatch.setattr(recipe, "_RUNNERS", {s: (lambda p, s=s: ran.append(s)) for s in recipe.STEPS})
     paths = recipe.RecipePaths(tmp_path / "w", tmp_path / "r", tmp_path / "a", None)
     outs = recipe._outputs(paths)
-    for i, step in enumerate(("stage2", "stage3", "stage3_cont", "stage3_cont2", "export", "stage3_cont3")):  # export older than the last leg
+    for i, step in enumerate(("stage2", "stage3", "stage3_cont", "stage3_cont2", "stage3_cont3", "export",
+                              "stage3_cont4")):  # export older than the last leg
         outs[step].parent.mkdir(parents=True, exist_ok=True)
         outs[step].write_text("x")
         os.utime(outs[step], (1000 + i, 1000 + i))
     args = ("tiny", str(tmp_path / "w"), str(tmp_path / "r"), str(tmp_path / "a"))
-    recipe.run_recipe(*args, steps=["stage3", "stage3_cont", "stage3_cont2", "stage3_cont3", "export"])
+    recipe.run_recipe(*args, steps=["stage3", "stage3_cont", "stage3_cont2", "stage3_cont3", "stage3_cont4", "export"])
     assert ran == ["export"]  # the stages themselves stay cached
     os.utime(outs["export"], (2000, 2000))
     ran.clear()
-    recipe.run_recipe(*args, steps=["stage3", "stage3_cont", "stage3_cont2", "stage3_cont3", "export"])
+    recipe.run_recipe(*args, steps=["stage3", "stage3_cont", "stage3_cont2", "stage3_cont3", "stage3_cont4", "export"])
     assert ran == []
 
 
@@ -187,31 +201,36 @@ def test_stage_runners_wire_the_pretrained_vision_tower_and_the_corpus_pairs(tmp
     third = seen[3]
     assert third.init_from == str(paths.stage("3_cont") / "final") and third.out_dir == str(paths.stage("3_cont2"))
     assert third.tasks == first.tasks and third.seed not in (first.seed, cont.seed)
-    one_voice = paths.world_units_canonical / "train"
-    one_voice.mkdir(parents=True)
-    for t in ("fsdd_asr", "corpus_asr", "corpus_tts"):
-        (one_voice / f"{t}.json").write_text("[]")
-    recipe._RUNNERS["stage3_cont3"](paths)  # the fourth leg: from the third, on the one-voice world
-    fourth = seen[3]
-    assert fourth.init_from == str(paths.stage("3_cont2") / "final") and fourth.out_dir == str(paths.stage("3_cont3"))
-    assert fourth.world_dir == str(paths.world_units_canonical) and fourth.image_root == str(paths.world)
-    assert fourth.extra_records == [str(one_voice / f"{t}.json") for t in ("fsdd_asr", "corpus_asr", "corpus_tts")]
-    assert fourth.tasks == first.tasks and fourth.task_weights == first.task_weights
-    assert fourth.seed not in (first.seed, cont.seed, third.seed)
+    seeds = {first.seed, cont.seed, third.seed}
+    for leg, voice, prev in ((3, "flite:slt", "3_cont2"), (4, "flite:kal16", "3_cont3")):
+        world = paths.units_dir(voice)
+        (world / "train").mkdir(parents=True)
+        for t in ("fsdd_asr", "corpus_asr", "corpus_tts"):
+            (world / "train" / f"{t}.json").write_text("[]")
+        recipe._RUNNERS[f"stage3_cont{leg}"](paths)  # the fourth and fifth legs: each on its one-voice world
+        one = seen[3]
+        assert one.init_from == str(paths.stage(prev) / "final") and one.out_dir == str(paths.stage(f"3_cont{leg}"))
+        assert one.world_dir == str(world) and one.image_root == str(paths.world)
+        assert one.extra_records == [str(world / "train" / f"{t}.json") for t in ("fsdd_asr", "corpus_asr", "corpus_tts")]
+        assert one.tasks == first.tasks and one.task_weights == first.task_weights
+        assert one.seed not in seeds
+        seeds.add(one.seed)
+    assert paths.units_dir("flite:slt") != paths.units_dir("flite:kal16") != paths.world_units
 
 
-def test_one_voice_data_steps_write_their_own_directories(tmp_path, monkeypatch):
-    """world_speech_canonical / units_canonical render and encode with canonical outputs into their own
-    directories, leaving the everyday world's speech and units alone."""
+@pytest.mark.parametrize("suffix,voice", [("", "flite:slt"), ("_kal16", "flite:kal16")])
+def test_one_voice_data_steps_write_their_own_directories(tmp_path, monkeypatch, suffix, voice):
+    """world_speech_canonical[_kal16] / units_canonical[_kal16] render and encode with canonical outputs in
+    their voice into their own directories, leaving the everyday world's speech and units alone."""
     import emova.data.world_speech as ws
     import emova.speech.tokenizer as st
 
     calls = []
-    monkeypatch.setattr(ws, "render_world_speech", lambda world, split, out, workers, canonical_outputs:
-                        calls.append(("render", split, Path(out), canonical_outputs))
+    monkeypatch.setattr(ws, "render_world_speech", lambda world, split, out, workers, canonical_outputs, output_voice:
+                        calls.append(("render", split, Path(out), canonical_outputs, output_voice))
                         or Path(out).mkdir(parents=True, exist_ok=True))
-    monkeypatch.setattr(ws, "encode_world_speech", lambda speech, split, tok, reqs, canonical_outputs:
-                        calls.append(("encode", split, Path(speech), canonical_outputs)) or {})
+    monkeypatch.setattr(ws, "encode_world_speech", lambda speech, split, tok, reqs, canonical_outputs, output_voice:
+                        calls.append(("encode", split, Path(speech), canonical_outputs, output_voice)) or {})
     monkeypatch.setattr(ws, "speech_requests", lambda world, split: [])
     monkeypatch.setattr(ws, "fill_world_units", lambda world, split, units, dest: (Path(dest) / split).mkdir(
         parents=True, exist_ok=True) or Path(dest) / split)
@@ -220,15 +239,17 @@ def test_one_voice_data_steps_write_their_own_directories(tmp_path, monkeypatch)
                         calls.append(("corpus", tts_voices)) or ([], []))
     monkeypatch.setattr(st.SpeechTokenizer, "from_pretrained", staticmethod(lambda path: object()))
     paths = recipe.RecipePaths(tmp_path / "w", tmp_path / "r", tmp_path / "a", None)
-    recipe._RUNNERS["world_speech_canonical"](paths)
-    recipe._RUNNERS["units_canonical"](paths)
-    canon = paths.world_speech_canonical
-    assert calls == [("render", "heldout", canon, True), ("render", "train", canon, True),
-                     ("encode", "heldout", canon, True), ("encode", "train", canon, True), ("corpus", [ws.OUTPUT_VOICE])]
+    recipe._RUNNERS[f"world_speech_canonical{suffix}"](paths)
+    recipe._RUNNERS[f"units_canonical{suffix}"](paths)
+    canon = paths.work / f"world_speech_canonical{suffix}"
+    assert paths.speech_dir(voice) == canon
+    assert calls == [("render", "heldout", canon, True, voice), ("render", "train", canon, True, voice),
+                     ("encode", "heldout", canon, True, voice), ("encode", "train", canon, True, voice),
+                     ("corpus", [voice])]
     outs = recipe._outputs(paths)
-    assert outs["world_speech_canonical"].exists() and outs["units_canonical"].exists()
+    assert outs[f"world_speech_canonical{suffix}"].exists() and outs[f"units_canonical{suffix}"].exists()
     assert not outs["world_speech"].exists() and not outs["units"].exists()
-    assert (paths.world_units_canonical / "train" / "corpus_tts.json").exists()
+    assert (paths.work / f"world_units_canonical{suffix}" / "train" / "corpus_tts.json").exists()
 
 
 def test_export_takes_the_last_leg_of_stage_3(tmp_path, monkeypatch):
@@ -236,7 +257,7 @@ def test_export_takes_the_last_leg_of_stage_3(tmp_path, monkeypatch):
     monkeypatch.setattr(recipe, "export_llm", lambda src, dst: seen.append((src, dst)))
     paths = recipe.RecipePaths(tmp_path / "w", tmp_path / "r", tmp_path / "a", None)
     recipe._RUNNERS["export"](paths)
-    assert seen == [(paths.stage("3_cont3") / "final", paths.llm)]
+    assert seen == [(paths.stage("3_cont4") / "final", paths.llm)]
 
 
 def test_missing_u2s_is_a_recorded_hook(tmp_path, monkeypatch):
