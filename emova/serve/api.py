@@ -76,7 +76,10 @@ class _EventPump:
         self.thread.start()
 
     def _put(self, kind: str, item: Any = None) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, item))
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, item))
+        except RuntimeError:  # the event loop is gone (server shutting down): nobody is listening
+            self.stop.set()
 
     def _run(self, make_events: Callable[[], Iterator[Any]]) -> None:
         events = None
