@@ -1,12 +1,14 @@
 """`emova train recipe tiny`: regenerate the bundled emova-tiny from a clean checkout, step by step.
 
     speech_corpus → s2u → u2s → world → world_speech → units → world_speech_canonical → units_canonical
-    → vision → stage1 → stage2 → stage3 → stage3_cont → stage3_cont2 → stage3_cont3 → export
+    → world_speech_canonical_kal16 → units_canonical_kal16 → vision → stage1 → stage2 → stage3 → stage3_cont
+    → stage3_cont2 → stage3_cont3 → stage3_cont4 → export
 
 (`stage3_cont` and `stage3_cont2` are a second and a third leg of stage 3, both `tiny_stage3_cont.yaml`: same
 data and trainable set, each from the previous leg's final weights with a fresh warmup and cosine schedule and
-its own data order, seed = the leg number. `stage3_cont3`, `tiny_stage3_one_voice.yaml`, is a fourth leg on the
-world whose model speech is rendered in one voice and style — `world_speech_canonical` / `units_canonical`.)
+its own data order, seed = the leg number. `stage3_cont3` and `stage3_cont4`, `tiny_stage3_one_voice.yaml`, are a
+fourth and a fifth leg on worlds whose model speech is rendered in one voice, neutral — flite slt
+(`world_speech_canonical` / `units_canonical`), then flite kal16 (`…_kal16`); `ONE_VOICE_LEGS`.)
 
 Each step is skipped when its output exists (delete the output, or pass `force=[step]`, to redo it);
 steps that train resume from their latest checkpoint when killed. The wall time of every step (and
