@@ -74,12 +74,28 @@ def voice_prototype(detok: SpeechDetokenizer, corpus: Path, train_rows: list[dic
     return torch.nn.functional.normalize(vs.mean(0, keepdim=True), dim=-1)
 
 
+def _with_reader(u2s: torch.nn.Module, state: dict) -> torch.nn.Module:
+    """The detokenizer's U2S grown by the unit reader a checkpoint has (`U2SConfig.reader_dim`), its shape read
+    from the checkpoint: dim and layers from the weights, heads from the grouped position convolution."""
+    from dataclasses import replace
+
+    from emova.speech.u2s import U2SModel
+
+    conv = state["encoder.reader.post.pos_conv.weight"]  # (dim, dim / heads, kernel)
+    layers = len({k.split(".")[5] for k in state if k.startswith("encoder.reader.post.layers.layers.")})
+    cfg = replace(u2s.cfg, reader_dim=int(conv.shape[0]), reader_layers=layers,
+                  reader_heads=int(conv.shape[0] // conv.shape[1]), reader_kernel=int(conv.shape[2]))
+    return U2SModel(cfg).to(next(u2s.parameters()).dtype)
+
+
 def swap_u2s_weights(detok: SpeechDetokenizer, checkpoint: str | Path) -> None:
     """Put the U2S weights of a training checkpoint (`runs/u2s/<stage>/step-N`) into `detok`, keeping its
     prototypes, calibration and vocoder: a quick look at a run before exporting it."""
     from emova.train.checkpoint import load_model_tensors
 
     state = load_model_tensors(checkpoint, "u2s.", what="U2S training checkpoint")
+    if "encoder.reader_proj.weight" in state and not detok.u2s.cfg.reader_dim:
+        detok.u2s = _with_reader(detok.u2s, state)
     mine = detok.u2s.state_dict()
     bad = [k for k in mine if k not in state or state[k].shape != mine[k].shape]
     if bad or set(state) - set(mine):

@@ -28,6 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from emova.speech.fsq import FSQ
+from emova.speech.s2u import BlockConfig, TransformerBlock
+
 F0_REF = math.log(150.0)  # normalised log-F0 = (log f0 - F0_REF) / F0_SCALE
 F0_SCALE = 0.5
 
@@ -57,6 +60,15 @@ class U2SConfig:
     # and transitions can only come from the decoder's convolutions. Zero-initialised (off = the first
     # bundled architecture).
     frame_position: bool = False
+    # The S2U's unit reader: its CTC side (FSQ code values → `from_code` → `post` transformer), which reads
+    # phones from unit sequences of every training voice, copied from the S2U and frozen; its states join
+    # the unit embedding through a zero-initialised projection (0 = off, the bundled architecture). The
+    # reader sees the codes' 4 digits, so a code heard rarely still lands near its neighbours.
+    reader_dim: int = 0
+    reader_layers: int = 2
+    reader_heads: int = 4
+    reader_kernel: int = 15
+    fsq_levels: tuple[int, ...] = (8, 8, 8, 8)
     shape_gain: float = 1.0  # calibrated after training: undoes the shrinkage of the predicted F0 shape
     # Prosody calibration (fitted after training on the training corpus, `calibrate_prosody`): regression
     # towards the mean shrinks what the style asks for. Inference uses
@@ -84,6 +96,16 @@ class U2SConfig:
                 raise ValueError(f"U2SConfig.{k} must be a positive integer, got {v!r}")
         if self.dim % self.enc_heads:
             raise ValueError(f"U2SConfig.dim ({self.dim}) must be divisible by enc_heads ({self.enc_heads})")
+        if not isinstance(self.reader_dim, int) or isinstance(self.reader_dim, bool) or self.reader_dim < 0:
+            raise ValueError(f"U2SConfig.reader_dim must be an integer >= 0 (0: no reader), got {self.reader_dim!r}")
+        self.fsq_levels = tuple(int(x) for x in self.fsq_levels)
+        if self.reader_dim:
+            BlockConfig(self.reader_layers, self.reader_dim, self.reader_heads)  # validates layers/dim/heads
+            if self.reader_kernel % 2 == 0:
+                raise ValueError("U2SConfig.reader_kernel must be odd")
+            if math.prod(self.fsq_levels) != self.n_units:
+                raise ValueError(f"U2SConfig.fsq_levels {list(self.fsq_levels)} give {math.prod(self.fsq_levels)} "
+                                 f"codes, not n_units = {self.n_units}")
         if self.dec_kernel % 2 == 0 or self.predictor_kernel % 2 == 0:
             raise ValueError("U2SConfig.dec_kernel and predictor_kernel must be odd")
         if not 0 < self.f0_min < self.f0_max:
@@ -115,7 +137,9 @@ class U2SConfig:
         return cls(**d)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["fsq_levels"] = list(self.fsq_levels)
+        return d
 
     @property
     def frames_per_unit(self) -> float:
@@ -176,13 +200,51 @@ class Predictor(nn.Module):
         return self.out(x) * mask
 
 
+class UnitReader(nn.Module):
+    """The S2U's CTC side over unit ids: FSQ code values → `from_code` → `post` (the names of the S2U's own
+    modules, so `load_s2u` copies them as they are). Frozen: it keeps reading units the way the S2U learned to
+    read phones from them."""
+
+    def __init__(self, cfg: U2SConfig) -> None:
+        super().__init__()
+        self.fsq = FSQ(cfg.fsq_levels)
+        self.from_code = nn.Linear(len(cfg.fsq_levels), cfg.reader_dim)
+        self.post = TransformerBlock(BlockConfig(cfg.reader_layers, cfg.reader_dim, cfg.reader_heads), 0.0,
+                                     cfg.reader_kernel)
+        self.requires_grad_(False)
+
+    def load_s2u(self, s2u: nn.Module) -> None:
+        """Copy the reader from an `emova.speech.s2u.S2UModel` with the same code grid and post-net shape."""
+        if list(s2u.cfg.fsq_levels) != list(self.fsq.levels.tolist()):
+            raise ValueError(f"the S2U's FSQ levels {list(s2u.cfg.fsq_levels)} are not this U2S's "
+                             f"{self.fsq.levels.tolist()}")
+        for name in ("from_code", "post"):
+            mine, theirs = getattr(self, name).state_dict(), getattr(s2u, name).state_dict()
+            if {k: v.shape for k, v in mine.items()} != {k: v.shape for k, v in theirs.items()}:
+                raise ValueError(f"the S2U's {name} does not match this U2S's reader (reader_dim, reader_layers, "
+                                 f"reader_heads, reader_kernel must be the S2U's post_dim, post_layers, "
+                                 f"post_heads, pos_conv_kernel)")
+            getattr(self, name).load_state_dict({k: v.float() for k, v in theirs.items()})
+
+    def forward(self, units: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        # units (B, N) → (B, N, reader_dim)
+        codes = self.fsq.indices_to_codes(units.masked_fill(pad, 0))
+        return self.post(self.from_code(codes), pad if units.shape[0] > 1 else None)
+
+
 class UnitEncoder(nn.Module):
-    """Unit embedding + convolutional (relative) position + pre-norm transformer. Style-free."""
+    """Unit embedding (+ the frozen unit reader's states, when configured) + convolutional (relative) position
+    + pre-norm transformer. Style-free."""
 
     def __init__(self, cfg: U2SConfig) -> None:
         super().__init__()
         self.emb = nn.Embedding(cfg.n_units, cfg.dim)
         nn.init.normal_(self.emb.weight, 0.0, cfg.dim**-0.5)
+        if cfg.reader_dim:
+            self.reader = UnitReader(cfg)
+            self.reader_proj = nn.Linear(cfg.reader_dim, cfg.dim)
+            nn.init.zeros_(self.reader_proj.weight)
+            nn.init.zeros_(self.reader_proj.bias)
         self.pos = nn.Conv1d(cfg.dim, cfg.dim, 9, padding=4, groups=cfg.enc_heads)
         layer = nn.TransformerEncoderLayer(cfg.dim, cfg.enc_heads, cfg.dim * 4, cfg.dropout, activation="gelu",
                                            batch_first=True, norm_first=True)
@@ -191,7 +253,10 @@ class UnitEncoder(nn.Module):
 
     def forward(self, units: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         # units (B, N); pad (B, N) True at padding → (B, N, D)
-        x = self.emb(units).masked_fill(pad[..., None], 0.0)
+        x = self.emb(units)
+        if hasattr(self, "reader"):
+            x = x + self.reader_proj(self.reader(units, pad))
+        x = x.masked_fill(pad[..., None], 0.0)
         x = x + F.gelu(self.pos(x.transpose(1, 2))).transpose(1, 2)
         return self.norm(self.layers(x, src_key_padding_mask=pad if pad.any() else None))
 

@@ -154,8 +154,9 @@ def _keep_last(run: Path, keep: int = 2) -> None:
 def _grow_into(bundle: U2SBundle, u2s_state: dict, style_state: dict, source: str) -> list[str]:
     """Load weights into `bundle` whose architecture matches the source's or extends it without changing
     what it computes: extra decoder blocks (appended; their output projection is zeroed so each starts as
-    the identity) and the zero-initialised frame-position input. Every source weight must exist here with
-    the same shape. Returns the names of the new tensors."""
+    the identity), the zero-initialised frame-position input and the unit reader (its projection is
+    zero-initialised; `_load_reader` fills the reader itself). Every source weight must exist here with the
+    same shape. Returns the names of the new tensors."""
     added: list[str] = []
     for name, mine, theirs in (("u2s", bundle.u2s, u2s_state), ("style encoder", bundle.style_encoder, style_state)):
         a = mine.state_dict()
@@ -166,10 +167,12 @@ def _grow_into(bundle: U2SBundle, u2s_state: dict, style_state: dict, source: st
         new = [k for k in a if k not in theirs]
         n_src_blocks = len({k.split(".")[1] for k in theirs if k.startswith("decoder.")}) if name == "u2s" else 0
         bad = [k for k in new if name != "u2s" or not (
-            k.startswith("frame_pos.") or (k.startswith("decoder.") and int(k.split(".")[1]) >= n_src_blocks))]
+            k.startswith(("frame_pos.", "encoder.reader.", "encoder.reader_proj."))
+            or (k.startswith("decoder.") and int(k.split(".")[1]) >= n_src_blocks))]
         if bad:
             raise ValueError(f"{source}: this config's {name} has weights the source lacks that would change its "
-                             f"output ({bad[0]}, ...); only extra decoder blocks and frame_position may be added")
+                             f"output ({bad[0]}, ...); only extra decoder blocks, frame_position and the unit "
+                             "reader may be added")
         mine.load_state_dict({k: v.float() for k, v in theirs.items()}, strict=False)
         if name == "u2s":
             for blk in list(mine.decoder)[n_src_blocks:]:
@@ -179,19 +182,29 @@ def _grow_into(bundle: U2SBundle, u2s_state: dict, style_state: dict, source: st
     return added
 
 
-def _init_from_detokenizer(bundle: U2SBundle, spec: str) -> None:
+def _init_from_detokenizer(bundle: U2SBundle, spec: str) -> list[str]:
     """Start from a saved detokenizer's U2S and style encoder (same or grown architecture, `_grow_into`)."""
     from emova.speech.detokenizer import SpeechDetokenizer
 
     src = SpeechDetokenizer.from_pretrained(spec)
     added = _grow_into(bundle, src.u2s.state_dict(), src.style_encoder.state_dict(), f"init_from {spec}")
     print(f"u2s starts from {spec}" + (f" (+{len(added)} new tensors, identity-initialised)" if added else ""))
+    return added
 
 
-def _init_from_checkpoint(bundle: U2SBundle, ck: Path, run_name: str) -> None:
+def _init_from_checkpoint(bundle: U2SBundle, ck: Path, run_name: str) -> list[str]:
     added = _grow_into(bundle, load_model_tensors(ck, "u2s."), load_model_tensors(ck, "style_encoder."),
                        f"checkpoint {ck}")
     print(f"{run_name} starts from {ck}" + (f" (+{len(added)} new tensors, identity-initialised)" if added else ""))
+    return added
+
+
+def _load_reader(bundle: U2SBundle, tokenizer: str) -> None:
+    """Copy the frozen unit reader (`U2SConfig.reader_dim`) from the S2U whose units the U2S is trained on."""
+    from emova.speech.tokenizer import SpeechTokenizer
+
+    bundle.u2s.encoder.reader.load_s2u(SpeechTokenizer.from_pretrained(tokenizer).model)
+    print(f"u2s unit reader copied from the S2U at {tokenizer} (frozen)")
 
 
 def _save_u2s(path: Path, bundle: U2SBundle, opt, disc: MelDiscriminator | None, d_opt, state: dict) -> None:
@@ -215,10 +228,13 @@ def train_u2s_model(cfg: U2STrainConfig, progress: bool = True, run_name: str = 
         meta = load_checkpoint(ck, bundle, opt)
         step, epoch, bi0, elapsed0 = meta["step"], meta["epoch"], meta["batch_in_epoch"], meta.get("elapsed", 0.0)
         print(f"resuming u2s from {ck} (step {step})")
-    elif init_checkpoint is not None:
-        _init_from_checkpoint(bundle, init_checkpoint, run_name)
-    elif cfg.init_from:
-        _init_from_detokenizer(bundle, cfg.init_from)
+    added: list[str] | None = None  # None: a fresh model
+    if ck is None and init_checkpoint is not None:
+        added = _init_from_checkpoint(bundle, init_checkpoint, run_name)
+    elif ck is None and cfg.init_from:
+        added = _init_from_detokenizer(bundle, cfg.init_from)
+    if ck is None and bundle.u2s.cfg.reader_dim and (added is None or any(".encoder.reader." in a for a in added)):
+        _load_reader(bundle, cfg.tokenizer)
     disc, d_opt = None, None
     if cfg.uses_disc():  # its own checkpoint inside the U2S's (`step-N/disc`); a fresh one otherwise
         disc, d_opt = load_or_new_discriminator(cfg.disc_config(), cfg.disc_lr, ck / "disc" if ck else None)

@@ -699,3 +699,55 @@ def test_refiner_stage_trains_resumes_exports_and_streams(setup, capsys):
         U2STrainConfig(**{**cfg.__dict__, "refiner": {"depth": 3}})
     with pytest.raises(ValueError, match="refiner_segment"):
         U2STrainConfig(**{**cfg.__dict__, "refiner_segment": 0})
+
+
+def test_unit_reader_is_the_frozen_s2u_post_net_and_starts_as_the_identity(setup, capsys):
+    """`reader_dim`: the S2U's CTC side (FSQ codes → from_code → post) is copied into the U2S, frozen, behind a
+    zero projection: the model computes what its source did until it trains, training moves the projection and
+    never the reader, and the exported detokenizer carries it. A reader of another shape is refused."""
+    import random
+
+    from emova.speech.style_encoder import StyleEncoderConfig
+    from emova.train.u2s import U2SBundle, _init_from_detokenizer, _load_reader, u2s_losses
+
+    root, cfg = setup
+    train_u2s(cfg, stages=("prepare", "u2s", "vocoder", "export"), progress=False)
+    reader = {"reader_dim": 32, "reader_layers": 1, "reader_heads": 2}
+    rc = U2STrainConfig(**{**cfg.__dict__, "model": {**cfg.model, **reader}})
+    bundle = U2SBundle(rc.u2s_config(), StyleEncoderConfig.from_dict(rc.style_encoder))
+    added = _init_from_detokenizer(bundle, str(root / "detok"))
+    assert any(".encoder.reader." in a for a in added)
+    _load_reader(bundle, cfg.tokenizer)
+    s2u = SpeechTokenizer.from_pretrained(cfg.tokenizer).model
+    enc = bundle.u2s.encoder
+    assert torch.equal(enc.reader.from_code.weight, s2u.from_code.weight.float())
+    assert not any(p.requires_grad for p in enc.reader.parameters())
+    src = SpeechDetokenizer.from_pretrained(root / "detok")
+    ref = U2SBundle(src.u2s.cfg, src.style_encoder.cfg)
+    ref.u2s, ref.style_encoder = src.u2s.float(), src.style_encoder.float()
+    batch = U2SData(cfg.cache_dir).collate(list(range(4)), random.Random(0), 0.0)
+    with torch.no_grad():
+        a, b = u2s_losses(bundle.eval(), batch, rc), u2s_losses(ref.eval(), batch, cfg)
+    assert all(float(a[k]) == pytest.approx(float(b[k]), rel=1e-5, abs=1e-6) for k in a)
+    # a run with it: the reader is copied from the S2U, stays frozen, the projection learns, export decodes
+    run = U2STrainConfig(**{**rc.__dict__, "out_dir": str(root / "run_reader"), "export_dir": str(root / "detok_reader"),
+                            "init_from": str(root / "detok")})
+    train_u2s(run, stages=("u2s", "export"), progress=False)
+    assert "unit reader copied from the S2U" in capsys.readouterr().out
+    d = SpeechDetokenizer.from_pretrained(root / "detok_reader")
+    assert torch.allclose(d.u2s.encoder.reader.from_code.weight.float(), s2u.from_code.weight.float(), atol=1e-3)
+    assert d.u2s.encoder.reader_proj.weight.abs().sum() > 0
+    assert d.decode([5, 9, 300, 7], style=Style()).duration > 0
+    # the diagnostics score such a checkpoint inside a reader-less detokenizer, the reader's shape read from it
+    from emova.eval.u2s_diagnose import swap_u2s_weights
+
+    ck = max((root / "run_reader" / "u2s").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    plain = SpeechDetokenizer.from_pretrained(root / "detok")
+    swap_u2s_weights(plain, ck)
+    assert plain.u2s.cfg.reader_dim == 32 and plain.u2s.cfg.reader_heads == 2
+    assert plain.decode([5, 9, 300, 7], style=Style()).duration > 0
+    wrong = U2STrainConfig(**{**cfg.__dict__, "model": {**cfg.model, **reader, "reader_dim": 48, "reader_heads": 2}})
+    with pytest.raises(ValueError, match="reader"):
+        _load_reader(U2SBundle(wrong.u2s_config(), StyleEncoderConfig.from_dict(wrong.style_encoder)), cfg.tokenizer)
+    with pytest.raises(ValueError, match="reader_kernel"):
+        U2STrainConfig(**{**cfg.__dict__, "model": {**cfg.model, **reader, "reader_kernel": 4}}).u2s_config()
