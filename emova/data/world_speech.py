@@ -13,9 +13,9 @@ the speech key, so a resumed run renders the same audio; the caches also record 
 
 Model speech (`role == "output"`: TTS targets, spoken replies) is by default spoken like user speech, by a
 voice drawn per key, in the record's style. With `canonical_outputs=True` the train split's model speech is
-rendered by ONE voice in ONE style instead (`OUTPUT_VOICE`, `OUTPUT_STYLE`: neutral, no jitter), so a
-sentence has exactly one unit sequence to learn: the S2U's units of one sentence differ between voices almost
-as much as between sentences, and with jitter or another style even within a voice
+rendered by ONE voice in ONE style instead (`output_voice`, a training voice, default `OUTPUT_VOICE`; its neutral
+`output_style`, no jitter), so a sentence has exactly one unit sequence to learn: the S2U's units of one sentence
+differ between voices almost as much as between sentences, and with jitter or another style even within a voice
 (`benchmarks/unit_consistency.py`). The record keeps its style — the U2S adds voice, emotion, pitch and speed
 to the units, as it was trained to (its input units always come from neutral renderings). User speech keeps
 every voice and style either way.
@@ -73,7 +73,7 @@ def output_style(output_voice: str = OUTPUT_VOICE) -> str:
 
 
 def is_canonical(split: str, role: str, canonical_outputs: bool) -> bool:
-    """Whether a request is rendered as `OUTPUT_VOICE` in `OUTPUT_STYLE` (train-split model speech)."""
+    """Whether a request is rendered in the one output voice, neutral (train-split model speech)."""
     return canonical_outputs and role == "output" and split != "heldout"
 
 
@@ -117,8 +117,8 @@ def request_digest(req: SpeechRequest, split: str, canonical_outputs: bool = Fal
 def _check_output_voice(output_voice: str) -> None:
     """The model's own speech may only be a training voice: a held-out voice stays unheard in training."""
     if output_voice not in {v.key for v in TRAIN_VOICES}:
-        raise ValueError(f"output voice {output_voice!r} is not a training voice; "
-                         f"flite voices: {', '.join(v.key for v in FLITE_TRAIN_VOICES)}")
+        raise ValueError(f"output voice {output_voice!r} is not a training voice (e.g. "
+                         f"{', '.join(v.key for v in FLITE_TRAIN_VOICES)})")
 
 
 def _render_one(args: tuple[str, str, str, str, str, str, bool, str]) -> str:
@@ -293,6 +293,6 @@ def corpus_speech_records(corpus_dir: str | Path, tokenizer: Any, exclude: set[s
     return asr, tts
 
 
-__all__ = ["OUTPUT_STYLE", "OUTPUT_VOICE", "corpus_speech_records", "output_style", "encode_world_speech", "fill_world_units",
-           "fsdd_asr_records", "heldout_texts", "is_canonical", "render_world_speech", "request_digest",
+__all__ = ["OUTPUT_STYLE", "OUTPUT_VOICE", "corpus_speech_records", "encode_world_speech", "fill_world_units",
+           "fsdd_asr_records", "heldout_texts", "is_canonical", "output_style", "render_world_speech", "request_digest",
            "speech_requests", "voice_for"]
