@@ -7,8 +7,8 @@ The one-voice legs of stage 3 teach the LLM to answer with the units of ONE voic
 `canonical_outputs`). The U2S then renders those units in whatever style the reply asks for, so the best
 output voice is the one whose units the U2S turns back into words most reliably. For every flite training
 voice: `n` sentences from the corpus generator under a seed no corpus uses (none of the corpus's training
-sentences), rendered neutral → S2U units
-(reduced) → U2S (neutral, female and male) → pocketsphinx WER, next to the WER of the renderings themselves.
+sentences), rendered neutral → S2U units (reduced) → U2S (neutral, female and male) → pocketsphinx WER, next
+to the WER of the renderings themselves.
 Held-out voices are never probed (they never speak training data).
 """
 

@@ -5,9 +5,8 @@
 
 Takes the held-out TTS sentences, renders each as canonical model speech (`--output-voice`, default
 `world_speech.OUTPUT_VOICE`, neutral: the unit sequence an LLM trained with `canonical_outputs` in that voice
-learns to emit), encodes it with the
-bundled S2U, decodes the units with the U2S in the record's style and judges the audio with pocketsphinx
-against the sentence; the renderings themselves are judged too. A perfect LLM would score the first number.
+learns to emit), encodes it with the bundled S2U, decodes the units with the U2S in the record's style and
+judges the audio with pocketsphinx against the sentence; the renderings themselves are judged too. A perfect LLM would score the first number.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-# ------------------------------------------------------------------------------------ request parsing
+# ---------------------------------------------------------------------------------------- streaming
 class _EventPump:
     """A streamed turn's events, produced on one worker thread as fast as the model makes them.
 
@@ -112,6 +112,7 @@ class _EventPump:
         await run_in_threadpool(self.thread.join)
 
 
+# ------------------------------------------------------------------------------------ request parsing
 def _b64(data: Any, param: str) -> bytes:
     if not isinstance(data, str) or not data.strip():
         raise ApiError(400, f"{param} must be a non-empty base64 string", param, "invalid_base64")
