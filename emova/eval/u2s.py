@@ -127,14 +127,22 @@ def train_emotion_classifier(corpus: Path, per_class: int = 120, classes: tuple[
 
 
 # ----------------------------------------------------------------------------- streaming
-def log_mel_distance(a: Audio, b: Audio) -> float:
-    """Mean |Δ log-mel| (80 bins, natural log) over the common length."""
+def _log_mels(a: Audio, b: Audio) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Both clips' log-mels (80 bins, the vocoder's analysis); None when either clip is empty."""
     from emova.speech.vocoder import VocoderConfig
 
     if not len(a.samples) or not len(b.samples):
-        return float("nan")
+        return None
     c = VocoderConfig()
-    ma, mb = mel_frames(a.samples, c), mel_frames(b.samples, c)
+    return mel_frames(a.samples, c), mel_frames(b.samples, c)
+
+
+def log_mel_distance(a: Audio, b: Audio) -> float:
+    """Mean |Δ log-mel| (80 bins, natural log) over the common length."""
+    mels = _log_mels(a, b)
+    if mels is None:
+        return float("nan")
+    ma, mb = mels
     n = min(len(ma), len(mb))
     return float((ma[:n] - mb[:n]).abs().mean().clamp(max=1e3)) if n else float("nan")
 
@@ -145,12 +153,10 @@ def log_mel_dtw_distance(a: Audio, b: Audio) -> float:
     comparison with `decode` mostly measures drift in timing, not a change in what is said."""
     import librosa
 
-    from emova.speech.vocoder import VocoderConfig
-
-    if not len(a.samples) or not len(b.samples):
+    mels = _log_mels(a, b)
+    if mels is None:
         return float("nan")
-    c = VocoderConfig()
-    ma, mb = mel_frames(a.samples, c).numpy(), mel_frames(b.samples, c).numpy()
+    ma, mb = (m.numpy() for m in mels)
     cost = np.abs(ma[:, None, :] - mb[None, :, :]).mean(-1).astype(np.float64)
     acc, path = librosa.sequence.dtw(C=cost)
     return float(acc[-1, -1] / len(path))
