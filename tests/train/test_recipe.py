@@ -158,17 +158,19 @@ def test_recipe_redoes_a_step_whose_input_is_newer(tmp_path, monkeypatch):
     monkeypatch.setattr(recipe, "_RUNNERS", {s: (lambda p, s=s: ran.append(s)) for s in recipe.STEPS})
     paths = recipe.RecipePaths(tmp_path / "w", tmp_path / "r", tmp_path / "a", None)
     outs = recipe._outputs(paths)
-    for i, step in enumerate(("stage2", "stage3", "stage3_cont", "stage3_cont2", "stage3_cont3", "export",
-                              "stage3_cont4")):  # export older than the last leg
+    for i, step in enumerate(("stage2", "stage3", "stage3_cont", "stage3_cont2", "stage3_cont3", "stage3_cont4",
+                              "export", "stage3_cont5")):  # export older than the last leg
         outs[step].parent.mkdir(parents=True, exist_ok=True)
         outs[step].write_text("x")
         os.utime(outs[step], (1000 + i, 1000 + i))
     args = ("tiny", str(tmp_path / "w"), str(tmp_path / "r"), str(tmp_path / "a"))
-    recipe.run_recipe(*args, steps=["stage3", "stage3_cont", "stage3_cont2", "stage3_cont3", "stage3_cont4", "export"])
+    recipe.run_recipe(*args, steps=["stage3", "stage3_cont", "stage3_cont2", "stage3_cont3", "stage3_cont4", "stage3_cont5",
+                                         "export"])
     assert ran == ["export"]  # the stages themselves stay cached
     os.utime(outs["export"], (2000, 2000))
     ran.clear()
-    recipe.run_recipe(*args, steps=["stage3", "stage3_cont", "stage3_cont2", "stage3_cont3", "stage3_cont4", "export"])
+    recipe.run_recipe(*args, steps=["stage3", "stage3_cont", "stage3_cont2", "stage3_cont3", "stage3_cont4", "stage3_cont5",
+                                         "export"])
     assert ran == []
 
 
@@ -202,12 +204,12 @@ def test_stage_runners_wire_the_pretrained_vision_tower_and_the_corpus_pairs(tmp
     assert third.init_from == str(paths.stage("3_cont") / "final") and third.out_dir == str(paths.stage("3_cont2"))
     assert third.tasks == first.tasks and third.seed not in (first.seed, cont.seed)
     seeds = {first.seed, cont.seed, third.seed}
-    for leg, voice, prev in ((3, "flite:slt", "3_cont2"), (4, "flite:kal16", "3_cont3")):
+    for leg, voice, prev in ((3, "flite:slt", "3_cont2"), (4, "flite:kal16", "3_cont3"), (5, "flite:kal16", "3_cont4")):
         world = paths.units_dir(voice)
-        (world / "train").mkdir(parents=True)
+        (world / "train").mkdir(parents=True, exist_ok=True)
         for t in ("fsdd_asr", "corpus_asr", "corpus_tts"):
             (world / "train" / f"{t}.json").write_text("[]")
-        recipe._RUNNERS[f"stage3_cont{leg}"](paths)  # the fourth and fifth legs: each on its one-voice world
+        recipe._RUNNERS[f"stage3_cont{leg}"](paths)  # the fourth, fifth and sixth legs: each on its one-voice world
         one = seen[3]
         assert one.init_from == str(paths.stage(prev) / "final") and one.out_dir == str(paths.stage(f"3_cont{leg}"))
         assert one.world_dir == str(world) and one.image_root == str(paths.world)
@@ -257,7 +259,7 @@ def test_export_takes_the_last_leg_of_stage_3(tmp_path, monkeypatch):
     monkeypatch.setattr(recipe, "export_llm", lambda src, dst: seen.append((src, dst)))
     paths = recipe.RecipePaths(tmp_path / "w", tmp_path / "r", tmp_path / "a", None)
     recipe._RUNNERS["export"](paths)
-    assert seen == [(paths.stage("3_cont4") / "final", paths.llm)]
+    assert seen == [(paths.stage("3_cont5") / "final", paths.llm)]
 
 
 def test_missing_u2s_is_a_recorded_hook(tmp_path, monkeypatch):
@@ -291,6 +293,46 @@ def test_export_llm_fp16_when_lossless(tmp_path):
     back = EmovaForConditionalGeneration.from_pretrained(tmp_path / "llm")
     assert back.dtype == torch.float16 and (tmp_path / "llm" / "tokenizer_config.json").exists()
     shutil.rmtree(tmp_path / "src")
+
+
+@pytest.mark.parametrize("fp16_logits,dtype,ties", [
+    ([[4.99, 5.0, 0.0], [1.0, 1.03, 0.0]], "float16", 2),  # a flip where fp32 is tied (margin 0.005), in both probe rows: counted
+    ([[5.0, 4.995, 0.0], [1.02, 1.01, 0.0]], "float32", 0),  # a flip where fp32 chose (margin 0.03): fp32 kept
+])
+def test_export_llm_tells_a_tie_from_a_choice(tmp_path, monkeypatch, fp16_logits, dtype, ties):
+    """fp16 is kept when its argmax differs from fp32's only where fp32's top two logits are within rounding."""
+    from types import SimpleNamespace
+
+    import emova.model.modeling_emova as me
+    import emova.model.processor as mp
+
+    ref = torch.tensor([[[5.0, 4.995, 0.0], [1.0, 1.03, 0.0]]])  # position 0: a tie; position 1: token 1 by 0.03
+
+    class Fake:
+        def __init__(self, logits):
+            self.logits = torch.tensor([logits])
+            self.config = SimpleNamespace(text_config=SimpleNamespace(vocab_size=131))
+            self.saved = None
+
+        def eval(self):
+            return self
+
+        def float(self):
+            return self
+
+        def __call__(self, input_ids):
+            return SimpleNamespace(logits=self.logits.expand(input_ids.shape[0], -1, -1)[:, : self.logits.shape[1]])
+
+        def save_pretrained(self, d):
+            (Path(d) / "model.safetensors").write_text("x")
+
+    monkeypatch.setattr(me.EmovaForConditionalGeneration, "from_pretrained", staticmethod(
+        lambda src, dtype: Fake(ref[0].tolist() if dtype == torch.float32 else fp16_logits)))
+    monkeypatch.setattr(mp.EmovaProcessor, "from_pretrained", staticmethod(
+        lambda src: SimpleNamespace(save_pretrained=lambda d: None)))
+    info = recipe.export_llm(tmp_path / "src", tmp_path / "llm", check_tokens=2)
+    assert info["dtype"] == dtype and info["fp16_argmax_flips_at_ties"] == ties
+    assert json.loads((tmp_path / "llm" / "export_info.json").read_text()) == info
 
 
 def test_world_speech_caches_follow_what_a_key_says(tmp_path):
