@@ -51,10 +51,16 @@ def _cmd_train_s2u(a: argparse.Namespace) -> None:
 
 def _cmd_train_stage(a: argparse.Namespace) -> None:
     if a.stage is None:
-        raise ValueError("`emova train` needs --stage 1|2|3 (with --config) or a subcommand: s2u, u2s, vision, recipe")
+        raise ValueError("`emova train` needs --stage 1|2|3 (with --config) or a subcommand: s2u, u2s, vision, recipe, average")
     from emova.train.omni import train_stage_cli
 
     print(train_stage_cli(a.stage, a.stage_config, a.overrides))
+
+
+def _cmd_train_average(a: argparse.Namespace) -> None:
+    from emova.train.average import average_checkpoints
+
+    print(json.dumps(average_checkpoints(a.checkpoints, a.out, a.weights), indent=1))
 
 
 def _cmd_train_recipe(a: argparse.Namespace) -> None:
@@ -262,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--workers", type=int, default=2)
     ds.set_defaults(func=_cmd_data_speech)
 
-    trp = sub.add_parser("train", help="training: `--stage 1|2|3 --config C`, or a subcommand (s2u, u2s, vision, recipe)")
+    trp = sub.add_parser("train", help="training: `--stage 1|2|3 --config C`, or a subcommand (s2u, u2s, vision, recipe, average)")
     trp.add_argument("--stage", type=int, choices=[1, 2, 3], default=None, help="EMOVA training stage of the omni model")
     trp.add_argument("--config", dest="stage_config", default=None, help="stage config (YAML path or a name in emova/configs/train)")
     trp.add_argument("--set", dest="overrides", nargs="*", default=None, metavar="KEY=VALUE", help="config overrides")
@@ -277,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--steps", nargs="*", default=None)
     rc.add_argument("--force", nargs="*", default=None)
     rc.set_defaults(func=_cmd_train_recipe)
+    av = tr.add_parser("average", help="average the weights of checkpoints of one model (e.g. the last legs of a stage)")
+    av.add_argument("checkpoints", nargs="+", help="save_pretrained directories (at least two)")
+    av.add_argument("--out", required=True, help="directory for the averaged checkpoint (fp32)")
+    av.add_argument("--weights", nargs="*", type=float, default=None, help="one per checkpoint (default: equal)")
+    av.set_defaults(func=_cmd_train_average)
     ts = tr.add_parser("s2u", help="train the speech tokenizer (resumes from the latest checkpoint)")
     ts.add_argument("--config", default=str(Path(__file__).parent / "configs" / "s2u_tiny.yaml"))
     ts.add_argument("--corpus", default=None)
@@ -368,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except ValueError as e:  # bad input: one clear line, no traceback
+    except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
         print(f"emova: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:

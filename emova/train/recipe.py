@@ -2,14 +2,14 @@
 
     speech_corpus → s2u → u2s → world → world_speech → units → world_speech_canonical → units_canonical
     → world_speech_canonical_kal16 → units_canonical_kal16 → vision → stage1 → stage2 → stage3 → stage3_cont
-    → stage3_cont2 → stage3_cont3 → stage3_cont4 → stage3_cont5 → export
+    → stage3_cont2 → stage3_cont3 → stage3_cont4 → stage3_cont5 → stage3_cont6 → average → export
 
 (`stage3_cont` and `stage3_cont2` are a second and a third leg of stage 3, both `tiny_stage3_cont.yaml`: same
 data and trainable set, each from the previous leg's final weights with a fresh warmup and cosine schedule and
-its own data order, seed = the leg number. `stage3_cont3`, `stage3_cont4` and `stage3_cont5`,
-`tiny_stage3_one_voice.yaml`, are a fourth, fifth and sixth leg on worlds whose model speech is rendered in one
-voice, neutral — flite slt (`world_speech_canonical` / `units_canonical`), then flite kal16 (`…_kal16`) twice;
-`ONE_VOICE_LEGS`.)
+its own data order, seed = the leg number. `stage3_cont3` … `stage3_cont6`, `tiny_stage3_one_voice.yaml`, are
+the fourth to seventh legs on worlds whose model speech is rendered in one voice, neutral — flite slt
+(`world_speech_canonical` / `units_canonical`), then flite kal16 (`…_kal16`) three times; `ONE_VOICE_LEGS`.
+`average` is the mean of the last legs' weights, `AVERAGED_LEGS`; `export` writes it to the bundle.)
 
 Each step is skipped when its output exists (delete the output, or pass `force=[step]`, to redo it);
 steps that train resume from their latest checkpoint when killed. The wall time of every step (and
@@ -34,16 +34,18 @@ from emova.assets import ASSETS
 
 STEPS = ("speech_corpus", "s2u", "u2s", "world", "world_speech", "units", "world_speech_canonical", "units_canonical",
          "world_speech_canonical_kal16", "units_canonical_kal16", "vision", "stage1", "stage2", "stage3", "stage3_cont",
-         "stage3_cont2", "stage3_cont3", "stage3_cont4", "stage3_cont5", "export")
+         "stage3_cont2", "stage3_cont3", "stage3_cont4", "stage3_cont5", "stage3_cont6", "average", "export")
 PACKAGE = Path(__file__).resolve().parents[1]
 DEFAULT_FSDD = Path(__file__).resolve().parents[3] / "shared" / "data" / "fsdd"
 # The last stage-3 legs and their data: worlds whose train-split model speech (TTS targets, spoken replies, corpus
 # TTS pairs) is rendered in one voice, neutral (`emova.data.world_speech.output_style`), rather than in every
 # training voice and the record's style: one unit sequence per sentence. Leg 3 (`stage3_cont3`) in flite slt
-# (`OUTPUT_VOICE`), legs 4 and 5 (`stage3_cont4`, `stage3_cont5`) in flite kal16, whose units the U2S renders
+# (`OUTPUT_VOICE`), legs 4 to 6 (`stage3_cont4` … `stage3_cont6`) in flite kal16, whose units the U2S renders
 # most intelligibly (docs/training.md, "Which voice speaks the model's speech").
-ONE_VOICE_LEGS = {3: "flite:slt", 4: "flite:kal16", 5: "flite:kal16"}
-FINAL_LEG = max(ONE_VOICE_LEGS)
+ONE_VOICE_LEGS = {3: "flite:slt", 4: "flite:kal16", 5: "flite:kal16", 6: "flite:kal16"}
+# The bundled LLM is the mean of these legs' final weights (`emova.train.average`; docs/training.md, "Averaging
+# the last legs"): better than either leg alone on every held-out suite but one.
+AVERAGED_LEGS = (5, 6)
 
 
 def _suffix(voice: str) -> str:
@@ -225,8 +227,14 @@ def _stage(n: int, leg: int = 0) -> Callable[[RecipePaths], None]:
     return run
 
 
+def _average(p: RecipePaths) -> None:
+    from emova.train.average import average_checkpoints
+
+    average_checkpoints([p.stage(_leg_name(3, leg)) / "final" for leg in AVERAGED_LEGS], p.stage("3_avg") / "final")
+
+
 def _export(p: RecipePaths) -> None:
-    export_llm(p.stage(_leg_name(3, FINAL_LEG)) / "final", p.llm)
+    export_llm(p.stage("3_avg") / "final", p.llm)
 
 
 _RUNNERS: dict[str, Callable[[RecipePaths], None]] = {
@@ -237,8 +245,8 @@ _RUNNERS: dict[str, Callable[[RecipePaths], None]] = {
     "units_canonical_kal16": lambda p: _units(p, ONE_VOICE_LEGS[4]),
     "vision": _vision, "stage1": _stage(1), "stage2": _stage(2), "stage3": _stage(3),
     "stage3_cont": _stage(3, leg=1), "stage3_cont2": _stage(3, leg=2), "stage3_cont3": _stage(3, leg=3),
-    "stage3_cont4": _stage(3, leg=4), "stage3_cont5": _stage(3, leg=5),
-    "export": _export,
+    "stage3_cont4": _stage(3, leg=4), "stage3_cont5": _stage(3, leg=5), "stage3_cont6": _stage(3, leg=6),
+    "average": _average, "export": _export,
 }  # fmt: skip
 
 
@@ -264,6 +272,8 @@ def _outputs(p: RecipePaths) -> dict[str, Path]:
         "stage3_cont3": p.stage(_leg_name(3, 3)) / "final" / "model.safetensors",
         "stage3_cont4": p.stage(_leg_name(3, 4)) / "final" / "model.safetensors",
         "stage3_cont5": p.stage(_leg_name(3, 5)) / "final" / "model.safetensors",
+        "stage3_cont6": p.stage(_leg_name(3, 6)) / "final" / "model.safetensors",
+        "average": p.stage("3_avg") / "final" / "model.safetensors",
         "export": p.llm / "model.safetensors",
     }
 
@@ -271,7 +281,8 @@ def _outputs(p: RecipePaths) -> dict[str, Path]:
 # A cached step is redone when a step it is made from finished after it: stage 3 rerun into runs/ while the
 # assets directory still held the previous export. (Not the stages themselves: a stage directory holds its
 # checkpoints, and a stage redone there resumes from them; retrain a stage into a fresh --runs-dir.)
-_DEPENDS: dict[str, tuple[str, ...]] = {"export": (f"stage3_cont{FINAL_LEG}",)}
+_DEPENDS: dict[str, tuple[str, ...]] = {"average": tuple(f"stage3_cont{leg}" for leg in AVERAGED_LEGS),
+                                        "export": ("average",)}
 
 
 class _Hook(RuntimeError):

@@ -159,19 +159,22 @@ def test_recipe_redoes_a_step_whose_input_is_newer(tmp_path, monkeypatch):
     paths = recipe.RecipePaths(tmp_path / "w", tmp_path / "r", tmp_path / "a", None)
     outs = recipe._outputs(paths)
     for i, step in enumerate(("stage2", "stage3", "stage3_cont", "stage3_cont2", "stage3_cont3", "stage3_cont4",
-                              "export", "stage3_cont5")):  # export older than the last leg
+                              "stage3_cont5", "stage3_cont6", "export", "average")):  # export older than the average
         outs[step].parent.mkdir(parents=True, exist_ok=True)
         outs[step].write_text("x")
         os.utime(outs[step], (1000 + i, 1000 + i))
     args = ("tiny", str(tmp_path / "w"), str(tmp_path / "r"), str(tmp_path / "a"))
-    recipe.run_recipe(*args, steps=["stage3", "stage3_cont", "stage3_cont2", "stage3_cont3", "stage3_cont4", "stage3_cont5",
-                                         "export"])
+    steps = ["stage3", "stage3_cont", "stage3_cont2", "stage3_cont3", "stage3_cont4", "stage3_cont5", "stage3_cont6",
+             "average", "export"]
+    recipe.run_recipe(*args, steps=steps)
     assert ran == ["export"]  # the stages themselves stay cached
     os.utime(outs["export"], (2000, 2000))
     ran.clear()
-    recipe.run_recipe(*args, steps=["stage3", "stage3_cont", "stage3_cont2", "stage3_cont3", "stage3_cont4", "stage3_cont5",
-                                         "export"])
+    recipe.run_recipe(*args, steps=steps)
     assert ran == []
+    os.utime(outs["stage3_cont6"], (3000, 3000))  # a leg averaged in was retrained: the average is redone
+    recipe.run_recipe(*args, steps=steps)
+    assert ran == ["average"]
 
 
 def test_stage_runners_wire_the_pretrained_vision_tower_and_the_corpus_pairs(tmp_path, monkeypatch):
@@ -204,12 +207,13 @@ def test_stage_runners_wire_the_pretrained_vision_tower_and_the_corpus_pairs(tmp
     assert third.init_from == str(paths.stage("3_cont") / "final") and third.out_dir == str(paths.stage("3_cont2"))
     assert third.tasks == first.tasks and third.seed not in (first.seed, cont.seed)
     seeds = {first.seed, cont.seed, third.seed}
-    for leg, voice, prev in ((3, "flite:slt", "3_cont2"), (4, "flite:kal16", "3_cont3"), (5, "flite:kal16", "3_cont4")):
+    for leg, voice, prev in ((3, "flite:slt", "3_cont2"), (4, "flite:kal16", "3_cont3"), (5, "flite:kal16", "3_cont4"),
+                             (6, "flite:kal16", "3_cont5")):
         world = paths.units_dir(voice)
         (world / "train").mkdir(parents=True, exist_ok=True)
         for t in ("fsdd_asr", "corpus_asr", "corpus_tts"):
             (world / "train" / f"{t}.json").write_text("[]")
-        recipe._RUNNERS[f"stage3_cont{leg}"](paths)  # the fourth, fifth and sixth legs: each on its one-voice world
+        recipe._RUNNERS[f"stage3_cont{leg}"](paths)  # the fourth to seventh legs: each on its one-voice world
         one = seen[3]
         assert one.init_from == str(paths.stage(prev) / "final") and one.out_dir == str(paths.stage(f"3_cont{leg}"))
         assert one.world_dir == str(world) and one.image_root == str(paths.world)
@@ -254,12 +258,18 @@ def test_one_voice_data_steps_write_their_own_directories(tmp_path, monkeypatch,
     assert (paths.work / f"world_units_canonical{suffix}" / "train" / "corpus_tts.json").exists()
 
 
-def test_export_takes_the_last_leg_of_stage_3(tmp_path, monkeypatch):
+def test_export_takes_the_average_of_the_last_legs(tmp_path, monkeypatch):
+    import emova.train.average as average
+
     seen = []
     monkeypatch.setattr(recipe, "export_llm", lambda src, dst: seen.append((src, dst)))
+    monkeypatch.setattr(average, "average_checkpoints", lambda srcs, dst: seen.append((list(srcs), dst)))
     paths = recipe.RecipePaths(tmp_path / "w", tmp_path / "r", tmp_path / "a", None)
+    recipe._RUNNERS["average"](paths)
     recipe._RUNNERS["export"](paths)
-    assert seen == [(paths.stage("3_cont5") / "final", paths.llm)]
+    assert recipe.AVERAGED_LEGS == (5, 6)
+    assert seen == [([paths.stage("3_cont5") / "final", paths.stage("3_cont6") / "final"], paths.stage("3_avg") / "final"),
+                    (paths.stage("3_avg") / "final", paths.llm)]
 
 
 def test_missing_u2s_is_a_recorded_hook(tmp_path, monkeypatch):
