@@ -44,7 +44,8 @@ DEFAULT_FSDD = Path(__file__).resolve().parents[3] / "shared" / "data" / "fsdd"
 # most intelligibly (docs/training.md, "Which voice speaks the model's speech").
 ONE_VOICE_LEGS = {3: "flite:slt", 4: "flite:kal16", 5: "flite:kal16", 6: "flite:kal16"}
 # The bundled LLM is the mean of these legs' final weights (`emova.train.average`; docs/training.md, "Averaging
-# the last legs"): better than either leg alone on every held-out suite but one.
+# the last legs"): on the held-out suites, better than the sixth leg on all but FSDD and than the seventh on all
+# but VQA and spoken answers.
 AVERAGED_LEGS = (5, 6)
 
 
