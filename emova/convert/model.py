@@ -98,12 +98,18 @@ def read_safetensors_dir(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     index = path / "model.safetensors.index.json"
     if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{index}: not a safetensors index ({e})") from e
+        missing = [name for name in files if not (path / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{path}: no weights at {', '.join(missing)} (named in {index.name})")
     elif (path / "model.safetensors").exists():
         files = ["model.safetensors"]
     else:
         found = [p.name for p in path.iterdir()] if path.is_dir() else []
-        raise FileNotFoundError(f"{path}: no model.safetensors(.index.json); found {found[:10]}. "
+        raise FileNotFoundError(f"{path}: no weights (no model.safetensors(.index.json)); found {found[:10]}. "
                                 f"Only safetensors checkpoints are read (no .bin/.pt).")
     state: dict[str, torch.Tensor] = {}
     for name in files:

@@ -20,27 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+
+from emova.convert.model import read_safetensors_dir, write_safetensors_dir
 
 _IGNORED_CONFIG_KEYS = {"torch_dtype", "dtype", "transformers_version"}
-
-
-def _weight_files(src: Path) -> list[Path]:
-    """The safetensors files of a `save_pretrained` directory (one file, or the shards its index names)."""
-    index = src / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{index}: not a safetensors index ({e})") from e
-        files = [src / n for n in names]
-    else:
-        files = [src / "model.safetensors"]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{src}: no weights at {', '.join(missing)}")
-    return files
 
 
 def _config(src: Path) -> dict[str, Any]:
@@ -95,29 +78,22 @@ def average_checkpoints(srcs: Sequence[str | Path], dst: str | Path,
     kept: dict[str, torch.Tensor] = {}
     names: set[str] | None = None
     for p, c in zip(paths, coef):
-        seen: set[str] = set()
-        for f in _weight_files(p):
-            with safe_open(str(f), framework="pt") as sf:
-                for k in sf.keys():
-                    t = sf.get_tensor(k)
-                    seen.add(k)
-                    if names is not None and k not in names:
-                        raise ValueError(f"{p}: tensor {k!r} is not in {paths[0]}")
-                    ref = acc.get(k, kept.get(k))
-                    if ref is not None and tuple(ref.shape) != tuple(t.shape):
-                        raise ValueError(f"{p}: tensor {k!r} has shape {tuple(t.shape)}, {paths[0]} has "
-                                         f"{tuple(ref.shape)}")
-                    if t.is_floating_point():
-                        acc[k] = acc[k] + c * t.float() if k in acc else c * t.float()
-                    elif k in kept:
-                        if not torch.equal(kept[k], t):
-                            raise ValueError(f"{p}: non-float tensor {k!r} differs from {paths[0]}'s; cannot average")
-                    else:
-                        kept[k] = t
-        if names is None:
-            names = seen
-        elif seen != names:
-            raise ValueError(f"{p}: missing tensors {sorted(names - seen)[:5]} that {paths[0]} has")
+        state = read_safetensors_dir(p)
+        if names is not None and state.keys() != names:
+            extra, gone = sorted(state.keys() - names), sorted(names - state.keys())
+            raise ValueError(f"{p}: tensor {extra[0]!r} is not in {paths[0]}" if extra else
+                             f"{p}: missing tensors {gone[:5]} that {paths[0]} has")
+        names = set(state)
+        for k, t in state.items():
+            ref = acc.get(k, kept.get(k))
+            if ref is not None and tuple(ref.shape) != tuple(t.shape):
+                raise ValueError(f"{p}: tensor {k!r} has shape {tuple(t.shape)}, {paths[0]} has {tuple(ref.shape)}")
+            if t.is_floating_point():
+                acc[k] = acc[k] + c * t.float() if k in acc else c * t.float()
+            elif k not in kept:
+                kept[k] = t
+            elif not torch.equal(kept[k], t):
+                raise ValueError(f"{p}: non-float tensor {k!r} differs from {paths[0]}'s; cannot average")
 
     dst.mkdir(parents=True, exist_ok=True)
     for f in paths[-1].iterdir():
@@ -125,8 +101,8 @@ def average_checkpoints(srcs: Sequence[str | Path], dst: str | Path,
             shutil.copy2(f, dst / f.name)
     cfg_file = dst / "config.json"
     cfg_file.write_text(json.dumps(_as_fp32(json.loads(cfg_file.read_text())), indent=2) + "\n")
-    out = {k: v.contiguous() for k, v in acc.items()} | kept
-    save_file(out, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    out = acc | kept
+    write_safetensors_dir(out, dst)
     info = {"sources": [str(p) for p in paths], "weights": coef, "tensors": len(out), "dtype": "float32"}
     (dst / "average_info.json").write_text(json.dumps(info, indent=1))
     return info
