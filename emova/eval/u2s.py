@@ -37,7 +37,13 @@ MAIN_EMOTIONS = ("neutral", "happy", "sad", "angry")
 
 # ----------------------------------------------------------------------------- judge
 class Judge:
-    """pocketsphinx (bundled en-us acoustic model, LM and dictionary) on 16 kHz int16 PCM."""
+    """pocketsphinx (bundled en-us acoustic model, LM and dictionary) on 16 kHz int16 PCM.
+
+    Each clip is heard as a freshly made decoder would hear it: pocketsphinx's feature front end keeps state from
+    one utterance to the next (the same clip can be heard differently after another one), so the front end is
+    reset before every clip (`reinit_feat`, ~0.01 s; a new `Decoder` costs ~0.4 s). What a clip scores then does not
+    depend on which clips the judge heard before it, in a suite or alone (docs/training.md, "The judge has a memory").
+    """
 
     def __init__(self) -> None:
         from pocketsphinx import Decoder
@@ -47,6 +53,7 @@ class Judge:
     def transcribe(self, audio: Audio) -> str:
         a = audio.resample(16000)
         pcm = (np.clip(a.samples, -1, 1) * 32767).astype(np.int16).tobytes()
+        self.dec.reinit_feat()
         self.dec.start_utt()
         self.dec.process_raw(pcm, full_utt=True)
         self.dec.end_utt()

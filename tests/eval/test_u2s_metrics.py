@@ -29,3 +29,25 @@ def test_dtw_distance_sets_timing_aside_but_not_sound():
 def test_distances_of_an_empty_clip_are_nan():
     empty, tone = Audio(np.zeros(0, np.float32), SR), _tones([300], [0.2])
     assert np.isnan(log_mel_dtw_distance(empty, tone)) and np.isnan(log_mel_distance(tone, empty))
+
+
+def test_the_judge_hears_a_clip_the_same_whatever_it_heard_before():
+    """pocketsphinx's front end keeps state between utterances: without a reset, one FSDD clip decoded after the
+    bundled question is heard as "here are" instead of "you are". `Judge` hears every clip as a new decoder would."""
+    import pytest
+
+    pytest.importorskip("pocketsphinx")
+    from pathlib import Path
+
+    from emova.eval.u2s import Judge
+
+    fsdd = Path(__file__).resolve().parents[3] / "shared" / "data" / "fsdd" / "recordings"
+    clip = fsdd / "0_jackson_21.wav"
+    if not clip.exists():
+        pytest.skip("FSDD recordings not beside the checkout")
+    question = Audio.load(Path(__file__).resolve().parents[2] / "emova" / "assets" / "examples" / "question.wav")
+    alone = Judge().transcribe(Audio.load(clip))
+    judge = Judge()
+    judge.transcribe(question)
+    assert judge.transcribe(Audio.load(clip)) == alone
+    assert judge.transcribe(question) == Judge().transcribe(question)
