@@ -3,7 +3,7 @@ held-out voices only — so that choosing between checkpoints (legs, averages) d
 whose numbers `emova eval omni` reports.
 
     python benchmarks/choose_checkpoint.py NAME=MODEL_DIR [NAME=MODEL_DIR …] [--seed 4242] [--max-items 150]
-        [--work data_cache] [--out PATH]
+        [--work data_cache] [--out PATH] [--suites vqa dialogue …]
 
 MODEL_DIR is anything `emova eval omni --model` takes (a bundle directory with llm/, or `emova-tiny`). The validation
 world (images, speech, units) is built once under `{work}/world_val_{seed}*` and reused; FSDD is not part of it
@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-items", type=int, default=150)
     ap.add_argument("--work", default="data_cache")
     ap.add_argument("--out", default="reports/choose_checkpoint.json")
+    ap.add_argument("--suites", nargs="+", default=list(SUITES), choices=SUITES,
+                    help="a subset to compare on (tts is the slow one)")
     a = ap.parse_args(argv)
     pairs = [m.split("=", 1) for m in a.models]
     if any(len(p) != 2 or not all(p) for p in pairs):
@@ -61,15 +63,15 @@ def main(argv: list[str] | None = None) -> None:
     units, images = build_validation_world(Path(a.work), a.seed)
     table: dict[str, dict[str, float | None]] = {}
     for name, model in pairs:
-        rep = evaluate_omni(model, units, images, out=None, suites=SUITES, max_items=a.max_items)
+        rep = evaluate_omni(model, units, images, out=None, suites=a.suites, max_items=a.max_items)
         table[name] = {k: v["value"] for k, v in rep["acceptance"].items() if v["value"] is not None}
     keys = list(next(iter(table.values())))
     print(f"{'':32}" + "".join(f"{n:>12}" for n in table))
     for k in keys:
         print(f"{k:32}" + "".join(f"{table[n].get(k, float('nan')):12.3f}" for n in table))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps({"seed": a.seed, "max_items": a.max_items, "models": dict(pairs),
-                                       "acceptance": table}, indent=1))
+    Path(a.out).write_text(json.dumps({"seed": a.seed, "max_items": a.max_items, "suites": a.suites,
+                                       "models": dict(pairs), "acceptance": table}, indent=1))
 
 
 if __name__ == "__main__":

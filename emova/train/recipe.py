@@ -2,13 +2,14 @@
 
     speech_corpus → s2u → u2s → world → world_speech → units → world_speech_canonical → units_canonical
     → world_speech_canonical_kal16 → units_canonical_kal16 → vision → stage1 → stage2 → stage3 → stage3_cont
-    → stage3_cont2 → stage3_cont3 → stage3_cont4 → stage3_cont5 → stage3_cont6 → average → export
+    → stage3_cont2 → stage3_cont3 → stage3_cont4 → stage3_cont5 → stage3_cont6 → stage3_cont7 → stage3_cont8
+    → average → export
 
 (`stage3_cont` and `stage3_cont2` are a second and a third leg of stage 3, both `tiny_stage3_cont.yaml`: same
 data and trainable set, each from the previous leg's final weights with a fresh warmup and cosine schedule and
-its own data order, seed = the leg number. `stage3_cont3` … `stage3_cont6`, `tiny_stage3_one_voice.yaml`, are
-the fourth to seventh legs on worlds whose model speech is rendered in one voice, neutral — flite slt
-(`world_speech_canonical` / `units_canonical`), then flite kal16 (`…_kal16`) three times; `ONE_VOICE_LEGS`.
+its own data order, seed = the leg number. `stage3_cont3` … `stage3_cont8`, `tiny_stage3_one_voice.yaml`, are
+the fourth to ninth legs on worlds whose model speech is rendered in one voice, neutral — flite slt
+(`world_speech_canonical` / `units_canonical`), then flite kal16 (`…_kal16`) five times; `ONE_VOICE_LEGS`.
 `average` is the mean of the last legs' weights, `AVERAGED_LEGS`; `export` writes it to the bundle.)
 
 Each step is skipped when its output exists (delete the output, or pass `force=[step]`, to redo it);
@@ -34,19 +35,20 @@ from emova.assets import ASSETS
 
 STEPS = ("speech_corpus", "s2u", "u2s", "world", "world_speech", "units", "world_speech_canonical", "units_canonical",
          "world_speech_canonical_kal16", "units_canonical_kal16", "vision", "stage1", "stage2", "stage3", "stage3_cont",
-         "stage3_cont2", "stage3_cont3", "stage3_cont4", "stage3_cont5", "stage3_cont6", "average", "export")
+         "stage3_cont2", "stage3_cont3", "stage3_cont4", "stage3_cont5", "stage3_cont6", "stage3_cont7", "stage3_cont8",
+         "average", "export")
 PACKAGE = Path(__file__).resolve().parents[1]
 DEFAULT_FSDD = Path(__file__).resolve().parents[3] / "shared" / "data" / "fsdd"
 # The last stage-3 legs and their data: worlds whose train-split model speech (TTS targets, spoken replies, corpus
 # TTS pairs) is rendered in one voice, neutral (`emova.data.world_speech.output_style`), rather than in every
 # training voice and the record's style: one unit sequence per sentence. Leg 3 (`stage3_cont3`) in flite slt
-# (`OUTPUT_VOICE`), legs 4 to 6 (`stage3_cont4` … `stage3_cont6`) in flite kal16, whose units the U2S renders
+# (`OUTPUT_VOICE`), legs 4 to 8 (`stage3_cont4` … `stage3_cont8`) in flite kal16, whose units the U2S renders
 # most intelligibly (docs/training.md, "Which voice speaks the model's speech").
-ONE_VOICE_LEGS = {3: "flite:slt", 4: "flite:kal16", 5: "flite:kal16", 6: "flite:kal16"}
-# The bundled LLM is the mean of these legs' final weights (`emova.train.average`; docs/training.md, "Averaging
-# the last legs"): on the held-out suites, better than the sixth leg on all but FSDD and than the seventh on all
-# but VQA and spoken answers.
-AVERAGED_LEGS = (5, 6)
+ONE_VOICE_LEGS = {3: "flite:slt", 4: "flite:kal16", 5: "flite:kal16", 6: "flite:kal16", 7: "flite:kal16", 8: "flite:kal16"}
+# The bundled LLM is the mean of these legs' final weights, the seventh to ninth (`emova.train.average`;
+# docs/training.md, "Averaging the last legs"): chosen on the validation world (benchmarks/choose_checkpoint.py), where
+# it beat the previous bundle (legs 6-7) on every suite it was compared on.
+AVERAGED_LEGS = (6, 7, 8)
 
 
 def _suffix(voice: str) -> str:
@@ -247,6 +249,7 @@ _RUNNERS: dict[str, Callable[[RecipePaths], None]] = {
     "vision": _vision, "stage1": _stage(1), "stage2": _stage(2), "stage3": _stage(3),
     "stage3_cont": _stage(3, leg=1), "stage3_cont2": _stage(3, leg=2), "stage3_cont3": _stage(3, leg=3),
     "stage3_cont4": _stage(3, leg=4), "stage3_cont5": _stage(3, leg=5), "stage3_cont6": _stage(3, leg=6),
+    "stage3_cont7": _stage(3, leg=7), "stage3_cont8": _stage(3, leg=8),
     "average": _average, "export": _export,
 }  # fmt: skip
 
@@ -274,6 +277,8 @@ def _outputs(p: RecipePaths) -> dict[str, Path]:
         "stage3_cont4": p.stage(_leg_name(3, 4)) / "final" / "model.safetensors",
         "stage3_cont5": p.stage(_leg_name(3, 5)) / "final" / "model.safetensors",
         "stage3_cont6": p.stage(_leg_name(3, 6)) / "final" / "model.safetensors",
+        "stage3_cont7": p.stage(_leg_name(3, 7)) / "final" / "model.safetensors",
+        "stage3_cont8": p.stage(_leg_name(3, 8)) / "final" / "model.safetensors",
         "average": p.stage("3_avg") / "final" / "model.safetensors",
         "export": p.llm / "model.safetensors",
     }

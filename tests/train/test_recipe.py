@@ -159,20 +159,21 @@ def test_recipe_redoes_a_step_whose_input_is_newer(tmp_path, monkeypatch):
     paths = recipe.RecipePaths(tmp_path / "w", tmp_path / "r", tmp_path / "a", None)
     outs = recipe._outputs(paths)
     for i, step in enumerate(("stage2", "stage3", "stage3_cont", "stage3_cont2", "stage3_cont3", "stage3_cont4",
-                              "stage3_cont5", "stage3_cont6", "export", "average")):  # export older than the average
+                              "stage3_cont5", "stage3_cont6", "stage3_cont7", "stage3_cont8", "export",
+                              "average")):  # export older than the average
         outs[step].parent.mkdir(parents=True, exist_ok=True)
         outs[step].write_text("x")
         os.utime(outs[step], (1000 + i, 1000 + i))
     args = ("tiny", str(tmp_path / "w"), str(tmp_path / "r"), str(tmp_path / "a"))
     steps = ["stage3", "stage3_cont", "stage3_cont2", "stage3_cont3", "stage3_cont4", "stage3_cont5", "stage3_cont6",
-             "average", "export"]
+             "stage3_cont7", "stage3_cont8", "average", "export"]
     recipe.run_recipe(*args, steps=steps)
     assert ran == ["export"]  # the stages themselves stay cached
     os.utime(outs["export"], (2000, 2000))
     ran.clear()
     recipe.run_recipe(*args, steps=steps)
     assert ran == []
-    os.utime(outs["stage3_cont6"], (3000, 3000))  # a leg averaged in was retrained: the average is redone
+    os.utime(outs["stage3_cont7"], (3000, 3000))  # a leg averaged in was retrained: the average is redone
     recipe.run_recipe(*args, steps=steps)
     assert ran == ["average"]
 
@@ -267,8 +268,9 @@ def test_export_takes_the_average_of_the_last_legs(tmp_path, monkeypatch):
     paths = recipe.RecipePaths(tmp_path / "w", tmp_path / "r", tmp_path / "a", None)
     recipe._RUNNERS["average"](paths)
     recipe._RUNNERS["export"](paths)
-    assert recipe.AVERAGED_LEGS == (5, 6)
-    assert seen == [([paths.stage("3_cont5") / "final", paths.stage("3_cont6") / "final"], paths.stage("3_avg") / "final"),
+    assert recipe.AVERAGED_LEGS == (6, 7, 8)
+    legs = [paths.stage(f"3_cont{leg}") / "final" for leg in (6, 7, 8)]
+    assert seen == [(legs, paths.stage("3_avg") / "final"),
                     (paths.stage("3_avg") / "final", paths.llm)]
 
 
