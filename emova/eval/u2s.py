@@ -41,7 +41,7 @@ class Judge:
 
     Each clip is heard as a freshly made decoder would hear it: pocketsphinx's feature front end keeps state from
     one utterance to the next (the same clip can be heard differently after another one), so the front end is
-    reset before every clip (`reinit_feat`, ~0.01 s; a new `Decoder` costs ~0.4 s). What a clip scores then does not
+    reset before every clip (`reinit_feat`, ~0.2 ms; a new `Decoder` costs ~0.4 s). What a clip scores then does not
     depend on which clips the judge heard before it, in a suite or alone (docs/training.md, "The judge has a memory").
     """
 
