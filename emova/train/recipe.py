@@ -33,10 +33,18 @@ import torch
 
 from emova.assets import ASSETS
 
+STAGE3_LEGS = tuple(range(1, 9))  # stage 3's continuation legs, steps stage3_cont, stage3_cont2 … stage3_cont8
+
+
+def _leg_name(n: int, leg: int) -> str:
+    """The run name of stage n's leg: "3" (leg 0, the stage itself), "3_cont", "3_cont2", …"""
+    return f"{n}" if leg == 0 else f"{n}_cont" if leg == 1 else f"{n}_cont{leg}"
+
+
+LEG_STEPS = {leg: f"stage{_leg_name(3, leg)}" for leg in STAGE3_LEGS}  # leg → its recipe step
 STEPS = ("speech_corpus", "s2u", "u2s", "world", "world_speech", "units", "world_speech_canonical", "units_canonical",
-         "world_speech_canonical_kal16", "units_canonical_kal16", "vision", "stage1", "stage2", "stage3", "stage3_cont",
-         "stage3_cont2", "stage3_cont3", "stage3_cont4", "stage3_cont5", "stage3_cont6", "stage3_cont7", "stage3_cont8",
-         "average", "export")
+         "world_speech_canonical_kal16", "units_canonical_kal16", "vision", "stage1", "stage2", "stage3",
+         *LEG_STEPS.values(), "average", "export")
 PACKAGE = Path(__file__).resolve().parents[1]
 DEFAULT_FSDD = Path(__file__).resolve().parents[3] / "shared" / "data" / "fsdd"
 # The last stage-3 legs and their data: worlds whose train-split model speech (TTS targets, spoken replies, corpus
@@ -197,11 +205,6 @@ def _vision(p: RecipePaths) -> None:
     train_vision(VisionPretrainConfig.load("vision_tiny", out_dir=str(p.vision)))
 
 
-def _leg_name(n: int, leg: int) -> str:
-    """The run name of stage n's leg: "3" (leg 0, the stage itself), "3_cont", "3_cont2", …"""
-    return f"{n}" if leg == 0 else f"{n}_cont" if leg == 1 else f"{n}_cont{leg}"
-
-
 def _stage(n: int, leg: int = 0) -> Callable[[RecipePaths], None]:
     """Stage n's runner (config `tiny_stage{n}`); leg k > 0 is the same stage again (`tiny_stage{n}_cont`, seed k)
     from the previous leg's final weights; stage 3's legs in `ONE_VOICE_LEGS` train on a one-voice world
@@ -247,9 +250,7 @@ _RUNNERS: dict[str, Callable[[RecipePaths], None]] = {
     "world_speech_canonical_kal16": lambda p: _world_speech(p, ONE_VOICE_LEGS[4]),
     "units_canonical_kal16": lambda p: _units(p, ONE_VOICE_LEGS[4]),
     "vision": _vision, "stage1": _stage(1), "stage2": _stage(2), "stage3": _stage(3),
-    "stage3_cont": _stage(3, leg=1), "stage3_cont2": _stage(3, leg=2), "stage3_cont3": _stage(3, leg=3),
-    "stage3_cont4": _stage(3, leg=4), "stage3_cont5": _stage(3, leg=5), "stage3_cont6": _stage(3, leg=6),
-    "stage3_cont7": _stage(3, leg=7), "stage3_cont8": _stage(3, leg=8),
+    **{step: _stage(3, leg=leg) for leg, step in LEG_STEPS.items()},
     "average": _average, "export": _export,
 }  # fmt: skip
 
@@ -271,14 +272,7 @@ def _outputs(p: RecipePaths) -> dict[str, Path]:
         "stage1": p.stage(1) / "final" / "model.safetensors",
         "stage2": p.stage(2) / "final" / "model.safetensors",
         "stage3": p.stage(3) / "final" / "model.safetensors",
-        "stage3_cont": p.stage(_leg_name(3, 1)) / "final" / "model.safetensors",
-        "stage3_cont2": p.stage(_leg_name(3, 2)) / "final" / "model.safetensors",
-        "stage3_cont3": p.stage(_leg_name(3, 3)) / "final" / "model.safetensors",
-        "stage3_cont4": p.stage(_leg_name(3, 4)) / "final" / "model.safetensors",
-        "stage3_cont5": p.stage(_leg_name(3, 5)) / "final" / "model.safetensors",
-        "stage3_cont6": p.stage(_leg_name(3, 6)) / "final" / "model.safetensors",
-        "stage3_cont7": p.stage(_leg_name(3, 7)) / "final" / "model.safetensors",
-        "stage3_cont8": p.stage(_leg_name(3, 8)) / "final" / "model.safetensors",
+        **{step: p.stage(_leg_name(3, leg)) / "final" / "model.safetensors" for leg, step in LEG_STEPS.items()},
         "average": p.stage("3_avg") / "final" / "model.safetensors",
         "export": p.llm / "model.safetensors",
     }
@@ -287,7 +281,7 @@ def _outputs(p: RecipePaths) -> dict[str, Path]:
 # A cached step is redone when a step it is made from finished after it: stage 3 rerun into runs/ while the
 # assets directory still held the previous export. (Not the stages themselves: a stage directory holds its
 # checkpoints, and a stage redone there resumes from them; retrain a stage into a fresh --runs-dir.)
-_DEPENDS: dict[str, tuple[str, ...]] = {"average": tuple(f"stage3_cont{leg}" for leg in AVERAGED_LEGS),
+_DEPENDS: dict[str, tuple[str, ...]] = {"average": tuple(LEG_STEPS[leg] for leg in AVERAGED_LEGS),
                                         "export": ("average",)}
 
 
