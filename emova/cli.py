@@ -183,20 +183,31 @@ def _cmd_tts(a: argparse.Namespace) -> None:
 def _cmd_serve(a: argparse.Namespace) -> None:
     from emova.serve.api import serve
 
-    serve(a.model, a.host, a.port, device=a.device, max_body_bytes=a.max_body_bytes,
+    serve(a.model, a.host, a.port, device=a.device, threads=a.threads, max_body_bytes=a.max_body_bytes,
           max_audio_seconds=a.max_audio_seconds, max_image_pixels=a.max_image_pixels)
 
 
 def _cmd_web(a: argparse.Namespace) -> None:
     from emova.serve.web import launch_web
 
-    launch_web(a.model, a.host, a.port, device=a.device, share=a.share)
+    launch_web(a.model, a.host, a.port, device=a.device, share=a.share, threads=a.threads)
 
 
 def _cmd_convert(a: argparse.Namespace) -> None:
     from emova.convert.model import convert_checkpoint
 
     print(convert_checkpoint(a.src, a.dst, to=a.to))
+
+
+def _threads_arg(value: str) -> int | str:
+    from emova.serve.api import server_threads
+
+    if value == "auto":
+        return value
+    try:
+        return server_threads(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _server_parser(sub: argparse._SubParsersAction, name: str, help: str, port: int) -> argparse.ArgumentParser:
@@ -206,6 +217,8 @@ def _server_parser(sub: argparse._SubParsersAction, name: str, help: str, port: 
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=port)
     s.add_argument("--device", default="cpu")
+    s.add_argument("--threads", type=_threads_arg, default="auto",
+                   help="torch intra-op threads for the model (default auto: the usable cores minus one, at least 1)")
     return s
 
 

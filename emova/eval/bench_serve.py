@@ -381,18 +381,22 @@ def bench_serve(model: str = "emova-tiny", url: str | None = None, pid: int | No
                 concurrency: int = 20, audio: str | Path = EXAMPLE_WAV, image: str | None = None,
                 voice: str = "female", max_tokens: int | None = None, out: str | Path | None = "reports/bench_serve.json",
                 port: int | None = None, startup_timeout: float = 300.0, timeout: float = 600.0,
-                quiet: bool = False, turns: list[tuple[str, str | None]] | None = None) -> dict[str, Any]:
-    """Start `emova serve --model MODEL` (unless `url` is given), run the bench, write `out`, print a table."""
+                quiet: bool = False, turns: list[tuple[str, str | None]] | None = None,
+                server_threads: int | str | None = None) -> dict[str, Any]:
+    """Start `emova serve --model MODEL` (unless `url` is given; `server_threads` → its `--threads`, default
+    the server's own "auto"), run the bench, write `out`, print a table."""
     for wav_path, img in turns or [(str(audio), image)]:
         Audio.load(wav_path)  # bad inputs fail here, before a server is started
         _image_png(img)
     if url is None:
         t0 = time.perf_counter()
-        with server_process(model, port, startup_timeout) as (base, server_pid):
+        extra = [] if server_threads is None else ["--threads", str(server_threads)]
+        with server_process(model, port, startup_timeout, extra) as (base, server_pid):
             startup = time.perf_counter() - t0
             report = run_bench(base, server_pid, n, concurrency, audio, image, voice, max_tokens, timeout,
                                turns=turns)
-        report["server"] = {"mode": "subprocess", "model": str(model), "startup_s": round(startup, 2)}
+        report["server"] = {"mode": "subprocess", "model": str(model), "startup_s": round(startup, 2),
+                            "threads": "auto" if server_threads is None else server_threads}
     else:
         report = run_bench(url.rstrip("/"), pid, n, concurrency, audio, image, voice, max_tokens, timeout,
                            turns=turns)
@@ -458,10 +462,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--world-turns", type=int, default=None, metavar="K",
                    help="instead of --audio/--image: cycle through K held-out spoken turns of the tiny world "
                         "(dialogue and questions about images, from data_cache/world and data_cache/world_speech)")
+    p.add_argument("--server-threads", default=None, metavar="N|auto",
+                   help="the server subprocess's --threads (default: its own auto, usable cores minus one)")
     a = p.parse_args(argv)
+    if a.server_threads is not None:
+        from emova.serve.api import server_threads
+
+        try:
+            server_threads(a.server_threads)
+        except ValueError as e:
+            p.error(f"--server-threads: {e}")
     turns = world_turns(a.world_turns) if a.world_turns else None
     bench_serve(a.model, a.url, a.pid, a.n, a.concurrency, a.audio, a.image, a.voice, a.max_tokens, a.out, a.port,
-                a.startup_timeout, a.timeout, turns=turns)
+                a.startup_timeout, a.timeout, turns=turns, server_threads=a.server_threads)
 
 
 if __name__ == "__main__":  # pragma: no cover

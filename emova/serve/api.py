@@ -19,6 +19,7 @@ import base64
 import binascii
 import io
 import json
+import os
 import threading
 import time
 import uuid
@@ -516,16 +517,45 @@ def create_app(model: Emova, model_id: str = "emova-tiny", max_body_bytes: int =
     return app
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - platforms without affinity masks
+        return max(1, os.cpu_count() or 1)
+
+
+def server_threads(value: int | str | None = "auto") -> int:
+    """torch's intra-op threads for a serving process: an int >= 1, or "auto" (None) = the usable cores minus
+    one, at least 1. The core left over runs the HTTP side — the event loop, SSE framing, WAV and base64
+    encoding, the next request's parsing. On the 2-core machine the bench runs on, the model's batch-1 steps
+    on both cores stall whenever that side wakes (docs/serving.md, "Threads")."""
+    if value is None or value == "auto":
+        return max(1, usable_cores() - 1)
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"threads must be a positive integer or 'auto', got {value!r}") from None
+    if n < 1 or str(value).strip() != str(n):
+        raise ValueError(f"threads must be a positive integer or 'auto', got {value!r}")
+    return n
+
+
 def serve(model: str = "emova-tiny", host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
-          **limits: Any) -> None:
-    """Load `model` (bundled name or directory) and serve it with uvicorn until interrupted."""
+          threads: int | str | None = "auto", **limits: Any) -> None:
+    """Load `model` (bundled name or directory) and serve it with uvicorn until interrupted, with
+    `server_threads(threads)` intra-op threads."""
+    import torch
     import uvicorn
 
     from emova.inference.pipeline import Emova
 
+    n = server_threads(threads)
+    torch.set_num_threads(n)
+    print(f"emova serve: {n} intra-op thread(s) of {usable_cores()} usable core(s)", flush=True)
     m = Emova.from_pretrained(model, device=device)
     model_id = Path(str(model)).name or "emova"
     uvicorn.run(create_app(m, model_id=model_id, **limits), host=host, port=port, log_level="info")
 
 
-__all__ = ["ApiError", "convert_messages", "create_app", "serve"]
+__all__ = ["ApiError", "convert_messages", "create_app", "serve", "server_threads", "usable_cores"]

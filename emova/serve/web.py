@@ -211,10 +211,16 @@ def create_web(model: Emova, title: str = "emova", max_new_tokens: int | None = 
 
 
 def launch_web(model: str = "emova-tiny", host: str = "127.0.0.1", port: int = 7860, device: str = "cpu",
-               share: bool = False, **launch_kw: Any) -> None:
-    """Load `model` (bundled name or directory) and serve the page until interrupted."""
+               share: bool = False, threads: int | str | None = "auto", **launch_kw: Any) -> None:
+    """Load `model` (bundled name or directory) and serve the page until interrupted, with
+    `emova.serve.api.server_threads(threads)` intra-op threads (a core is left to the web server)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import torch
+
     from emova.inference.pipeline import Emova
+    from emova.serve.api import server_threads
+
+    torch.set_num_threads(server_threads(threads))
 
     m = Emova.from_pretrained(model, device=device)
     demo = create_web(m, title=f"emova ({Path(str(model)).name})")

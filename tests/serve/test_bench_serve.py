@@ -47,9 +47,10 @@ def test_run_bench_in_process(live, tmp_path):
 
 def test_cli_with_server_subprocess(ours_dir, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "bench_serve.json"
-    main(["--model", str(ours_dir), "-n", "1", "-c", "2", "--max-tokens", "16", "--out", str(out)])
+    main(["--model", str(ours_dir), "-n", "1", "-c", "2", "--max-tokens", "16", "--out", str(out), "--server-threads", "1"])
     r = json.loads(out.read_text())
     assert r["server"]["mode"] == "subprocess" and r["inputs"]["audio"] == str(EXAMPLE_WAV)
+    assert r["server"]["threads"] == "1"
     assert r["concurrent"]["requests"] == 2 and r["concurrent"]["server_errors_5xx"] == 0
     assert r["concurrent"]["connection_errors"] == 0 and r["checks"]["no_5xx"]
     pid = r["memory"]["pid"]
