@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -22,10 +23,40 @@ def _cmd_speech_encode(a: argparse.Namespace) -> None:
     print(json.dumps({"units": units}) if a.json else tok.units_to_string(units))
 
 
+def units_argument(value: str) -> str | list[int]:
+    """`--units` of `emova speech decode`: a `<|speech_N|>…` string, integers separated by spaces or commas, a
+    JSON list, or `@FILE` holding any of these or `emova speech encode --json` output ({"units": [...]})."""
+    if value.startswith("@"):
+        path = Path(value[1:])
+        if not path.is_file():
+            raise ValueError(f"--units {value}: no such file")
+        try:
+            value = path.read_text()
+        except UnicodeDecodeError:
+            raise ValueError(f"--units {value}: not a text file") from None
+    text = value.strip()
+    if text.startswith(("[", "{")):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--units: not valid JSON: {e}") from None
+        if isinstance(data, dict):
+            data = data.get("units")
+        if not isinstance(data, list):
+            raise ValueError('--units: JSON must be a list of units or {"units": [...]}')
+        return data
+    if text and re.fullmatch(r"[\d\s,]+", text):
+        return [int(t) for t in re.split(r"[\s,]+", text) if t]
+    if "<|speech_" not in text:
+        raise ValueError(f"--units: expected '<|speech_N|>…', integers ('1 2 3' or '1,2,3'), a JSON list or @FILE; "
+                         f"got {text[:40]!r}")
+    return text
+
+
 def _cmd_speech_decode(a: argparse.Namespace) -> None:
     from emova.speech.detokenizer import decode_to_file
 
-    print(decode_to_file(a.units, a.style, a.out, a.model, a.reference))
+    print(decode_to_file(units_argument(a.units), a.style, a.out, a.model, a.reference))
 
 
 def _cmd_data_speech(a: argparse.Namespace) -> None:
@@ -265,7 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_speech_encode)
 
     dd = sp.add_parser("decode", help="units → speech in a style (or a reference clip's voice)")
-    dd.add_argument("--units", required=True, help="'<|speech_1|><|speech_2|>…'")
+    dd.add_argument("--units", required=True,
+                    help="'<|speech_1|><|speech_2|>…', '1 2 3' / '1,2,3', a JSON list, or @FILE (any of these, or "
+                         "the output of `emova speech encode --json`)")
     dd.add_argument("--style", default="gender-female_emotion-neutral_speed-normal_pitch-normal")
     dd.add_argument("--reference", default=None, help="take voice and style from this clip instead")
     dd.add_argument("--out", required=True)

@@ -149,7 +149,19 @@ def write_safetensors_dir(state: dict[str, torch.Tensor], path: str | Path, max_
 
 # ---- configs -------------------------------------------------------------------------------------
 def detect_layout(path: str | Path) -> str:
-    cfg = json.loads((Path(path) / "config.json").read_text())
+    """Which layout the checkpoint directory `path` is in: "emova", "official-hf" or "official-train"."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"{path}: no such checkpoint directory")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{path}: no config.json; not a checkpoint directory (an EMOVA checkpoint has "
+                         f"config.json + *.safetensors)")
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}/config.json is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}/config.json must hold a JSON object, got {type(cfg).__name__}")
     arch = cfg.get("architectures") or []
     if cfg.get("model_type") == "emova" and "EMOVAForConditionalGeneration" in arch:
         return "official-hf"

@@ -113,3 +113,20 @@ def test_matches_reference_composition_of_transformers_classes(tmp_path, process
     torch.testing.assert_close(our_vis, ref_vis, atol=1e-5, rtol=0)
     torch.testing.assert_close(our_proj, ref_proj, atol=1e-5, rtol=0)
     torch.testing.assert_close(our_logits, ref_logits, atol=1e-5, rtol=0)
+
+
+def test_convert_names_what_is_wrong_with_the_source(tmp_path):
+    with pytest.raises(ValueError, match="no such checkpoint directory"):
+        convert_checkpoint(tmp_path / "missing", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no config.json"):
+        convert_checkpoint(tmp_path / "empty", tmp_path / "out")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        convert_checkpoint(bad, tmp_path / "out")
+    (bad / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="JSON object"):
+        convert_checkpoint(bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

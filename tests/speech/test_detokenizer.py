@@ -263,3 +263,37 @@ def test_emotion_strength_moves_emotions_away_from_neutral(tmp_path):
         SpeechDetokenizer.from_pretrained(tmp_path / "d")
     with pytest.raises(ValueError, match="emotion_strength"):
         d.emotion_strength = 4
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("<|speech_3|><|speech_7|>", "<|speech_3|><|speech_7|>"),
+    ("3 7 7 9", [3, 7, 7, 9]), ("3,7, 9", [3, 7, 9]), ("[3, 7]", [3, 7]), ('{"units": [5, 6]}', [5, 6]),
+])
+def test_cli_units_argument_forms(given, expected):
+    from emova.cli import units_argument
+
+    assert units_argument(given) == expected
+
+
+@pytest.mark.parametrize("given, match", [
+    ("1 2 x", "expected '<\\|speech_N\\|>"), ("[1, 2", "not valid JSON"), ('{"x": 1}', "JSON must be a list"),
+    ("@/nonexistent/units.txt", "no such file"), ("", "expected"),
+])
+def test_cli_units_argument_refuses_bad_forms(given, match):
+    from emova.cli import units_argument
+
+    with pytest.raises(ValueError, match=match):
+        units_argument(given)
+
+
+def test_cli_speech_decode_reads_encode_json_and_reports_errors(detok, tmp_path, capsys):
+    from emova.cli import main
+
+    d = detok.save_pretrained(tmp_path / "detok", dtype=torch.float32)
+    (tmp_path / "u.json").write_text(json.dumps({"units": UNITS[:12]}))  # what `emova speech encode --json` prints
+    out = tmp_path / "o.wav"
+    assert main(["speech", "decode", "--units", f"@{tmp_path / 'u.json'}", "--out", str(out), "--model", str(d)]) == 0
+    assert Audio.load(out).duration > 0
+    assert main(["speech", "decode", "--units", "1 2 99999", "--out", str(out), "--model", str(d)]) == 2
+    err = capsys.readouterr().err
+    assert "out of range" in err and "Traceback" not in err
