@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from transformers import AutoConfig
 
 from emova.model.configuration_emova import EmovaConfig
+from emova.yaml_io import read_yaml_mapping
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
 _TOP_KEYS = {"name", "description", "text_config", "vision_config", "mm_projector_config",
@@ -61,9 +61,7 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
 def load_model_config(name_or_path: str | Path) -> ModelSpec:
     """Load `emova/configs/model/<name>.yaml` (or a path) and validate it; unknown keys are errors."""
     path = resolve_config_path(name_or_path)
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at top level")
+    data = read_yaml_mapping(path)
     _check_keys(str(path), data, _TOP_KEYS)
     for key in ("text_config", "vision_config"):
         if not isinstance(data.get(key), dict):

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
+
+from emova.yaml_io import read_yaml_mapping
 
 FSDP_KEYS = {"wrap_classes", "reshard_after_forward"}
 
@@ -63,7 +64,7 @@ def fully_shard_module(module: nn.Module, fsdp_config: Path) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    settings = yaml.safe_load(Path(fsdp_config).read_text(encoding="utf-8")) or {}
+    settings = read_yaml_mapping(fsdp_config)
     unknown = sorted(set(settings) - FSDP_KEYS)
     if unknown:
         raise ValueError(f"{fsdp_config}: unknown keys {unknown}; known: {sorted(FSDP_KEYS)}")

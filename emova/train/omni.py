@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 from tqdm import tqdm
 
@@ -67,6 +66,7 @@ from emova.train.stages import (
     stage_spec,
     vision_depth,
 )
+from emova.yaml_io import parse_yaml, read_yaml_mapping
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "train"
 ENGINES = ("ddp", "deepspeed", "fsdp2")
@@ -154,9 +154,7 @@ def config_data(cls: type, path: str | Path | None, overrides: dict[str, Any]) -
     data: dict[str, Any] = {}
     if path is not None:
         p = resolve_config(path)
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{p}: expected a mapping of config keys")
+        data = read_yaml_mapping(p)
     data.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
@@ -183,7 +181,7 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like key=value")
         k, v = item.split("=", 1)
-        value = yaml.safe_load(v)
+        value = parse_yaml(v, f"override {item!r}")
         if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
             try:
                 value = float(value)

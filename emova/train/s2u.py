@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from tqdm import tqdm
 
 from emova.audio import SAMPLE_RATE, Audio
@@ -37,6 +36,7 @@ from emova.speech.s2u import CONFIGS, S2UConfig, S2UModel
 from emova.train.accel import fresh_accelerator
 from emova.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from emova.train.plots import plot_log
+from emova.yaml_io import read_yaml_mapping
 
 
 @dataclass
@@ -67,9 +67,7 @@ class S2UTrainConfig:
 
     @classmethod
     def load(cls, path: str | Path, **overrides) -> S2UTrainConfig:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of config keys")
+        data = read_yaml_mapping(path)
         data.update({k: v for k, v in overrides.items() if v is not None})
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known

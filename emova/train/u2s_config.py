@@ -7,8 +7,6 @@ import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import yaml
-
 from emova.data.speech.voices import PITCH_FACTOR
 from emova.speech.refiner import MelRefinerConfig
 from emova.speech.style_encoder import StyleEncoderConfig
@@ -17,6 +15,7 @@ from emova.speech.vocoder import VocoderConfig
 from emova.train.u2s_adversarial import MelDiscriminatorConfig
 from emova.train.u2s_augment import F0Augment
 from emova.train.u2s_content import PhoneJudgeConfig
+from emova.yaml_io import read_yaml_mapping
 
 FINETUNE_KEYS = {"voices", "max_minutes", "max_steps", "lr", "warmup_steps", "model", "w_content", "unit_noise",
                  "w_adv", "w_fm", "disc", "disc_lr", "adv_warmup"}
@@ -195,9 +194,7 @@ class U2STrainConfig:
 
     @classmethod
     def load(cls, path: str | Path, **overrides) -> U2STrainConfig:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of config keys")
+        data = read_yaml_mapping(path)
         data.update({k: v for k, v in overrides.items() if v is not None})
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
