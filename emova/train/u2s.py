@@ -116,6 +116,12 @@ def u2s_losses(bundle: U2SBundle, batch: dict, cfg: U2STrainConfig, judge: nn.Mo
     losses["labels"] = bundle.style_encoder.label_loss(style.float(), batch["labels"])
     losses["total"] = (losses["mel"] + cfg.w_dur * losses["dur"] + cfg.w_f0 * losses["f0"] + cfg.w_vuv * losses["vuv"]
                        + cfg.w_prosody * losses["prosody"] + cfg.w_labels * losses["labels"])
+    if cfg.w_delta > 0:  # the mel's frame-to-frame change: a smeared transition is small where the real one jumps
+        pred = o["mel"].float()
+        dm = wm[:, 1:] * fm[:, :-1]
+        d = ((pred[:, 1:] - pred[:, :-1]) - (batch["mel"][:, 1:] - batch["mel"][:, :-1])).abs().mean(-1)
+        losses["delta"] = (d * dm).sum() / dm.sum().clamp(min=1e-6)
+        losses["total"] = losses["total"] + cfg.w_delta * losses["delta"]
     if judge is not None and cfg.w_content > 0:
         fmask = o["frame_mask"].bool()
         losses["content"] = ctc_phone_loss(judge(o["mel"], fmask), fmask, batch["phones"], batch["phone_lens"])
@@ -244,7 +250,8 @@ def train_u2s_model(cfg: U2STrainConfig, progress: bool = True, run_name: str = 
     judge, phones = None, None
     if cfg.w_content > 0:
         judge, phones = load_judge(cfg), item_phones(data, cfg.corpus)
-    cols = (("total", "mel", "dur", "f0", "vuv", "prosody", "labels") + (("content",) if judge is not None else ())
+    cols = (("total", "mel", "dur", "f0", "vuv", "prosody", "labels") + (("delta",) if cfg.w_delta > 0 else ())
+            + (("content",) if judge is not None else ())
             + (("adv", "fm", "disc") if disc is not None else ()))
     logf, writer = _open_log(run / "log.csv", ["step", "epoch", "lr", *cols, "elapsed_s"], step == 0)
     bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {run_name}", unit="step", disable=not progress)

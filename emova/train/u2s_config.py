@@ -17,7 +17,7 @@ from emova.train.u2s_augment import F0Augment
 from emova.train.u2s_content import PhoneJudgeConfig
 from emova.yaml_io import read_yaml_mapping
 
-FINETUNE_KEYS = {"voices", "max_minutes", "max_steps", "lr", "warmup_steps", "model", "w_content", "unit_noise",
+FINETUNE_KEYS = {"voices", "max_minutes", "max_steps", "lr", "warmup_steps", "model", "w_content", "w_delta", "unit_noise",
                  "w_adv", "w_fm", "disc", "disc_lr", "adv_warmup"}
 
 
@@ -61,6 +61,9 @@ class U2STrainConfig:
     # weight of the mel loss on renderings timed by DTW against the neutral one (other styles); the neutral
     # rendering's own timing is exact. Below 1, misaligned frames teach the decoder less blur.
     w_mel_styled: float = 1.0
+    # temporal-change loss: L1 between the predicted and the real mel's frame-to-frame differences (weighted as
+    # the mel loss), against the smeared transitions an L1 regression draws; 0 = off
+    w_delta: float = 0.0
     # content loss: CTC of a frozen phone recogniser (the judge, `emova.train.u2s_content`) on the U2S's
     # teacher-forced mels against the phone transcript; 0 = off (and no judge stage)
     w_content: float = 0.0
@@ -152,7 +155,7 @@ class U2STrainConfig:
         if not isinstance(self.gta_steps, int) or self.gta_steps < 0:
             raise ValueError(f"U2STrainConfig.gta_steps must be an integer >= 0 (0: no vocoder_gta stage), "
                              f"got {self.gta_steps!r}")
-        for k in ("w_content", "w_adv", "w_fm"):
+        for k in ("w_content", "w_delta", "w_adv", "w_fm"):
             v = getattr(self, k)
             if not isinstance(v, (int, float)) or not 0.0 <= v <= 100.0:
                 raise ValueError(f"U2STrainConfig.{k} must be a number in [0, 100], got {v!r}")

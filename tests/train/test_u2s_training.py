@@ -751,3 +751,39 @@ def test_unit_reader_is_the_frozen_s2u_post_net_and_starts_as_the_identity(setup
         _load_reader(U2SBundle(wrong.u2s_config(), StyleEncoderConfig.from_dict(wrong.style_encoder)), cfg.tokenizer)
     with pytest.raises(ValueError, match="reader_kernel"):
         U2STrainConfig(**{**cfg.__dict__, "model": {**cfg.model, **reader, "reader_kernel": 4}}).u2s_config()
+
+
+def test_delta_loss_compares_frame_to_frame_changes(setup):
+    """`w_delta` adds the L1 between the predicted and the real mel's frame-to-frame differences: zero when the
+    prediction is the real mel shifted by a constant, positive when it is a smoothed copy."""
+    import random
+
+    from emova.speech.style_encoder import StyleEncoderConfig
+    from emova.train.u2s import U2SBundle, u2s_losses
+
+    root, cfg = setup
+    train_u2s(cfg, stages=("prepare",), progress=False)
+    data = U2SData(cfg.cache_dir)
+    batch = data.collate(list(range(min(3, len(data)))), random.Random(0), 0.0)
+    torch.manual_seed(0)
+    bundle = U2SBundle(cfg.u2s_config(), StyleEncoderConfig.from_dict(cfg.style_encoder)).eval()
+    on = U2STrainConfig(**{**cfg.__dict__, "w_delta": 2.0})
+    with torch.no_grad():
+        plain, with_delta = u2s_losses(bundle, batch, cfg), u2s_losses(bundle, batch, on)
+    assert "delta" not in plain and float(with_delta["delta"]) > 0
+    assert float(with_delta["total"]) == pytest.approx(float(plain["total"]) + 2.0 * float(with_delta["delta"]), rel=1e-4)
+
+    real = batch["mel"]
+    smooth = torch.nn.functional.avg_pool1d(real.transpose(1, 2), 5, 1, 2, count_include_pad=False).transpose(1, 2)
+    for pred, zero in ((real + 0.7, True), (smooth, False)):
+        orig = bundle.u2s.forward
+        bundle.u2s.forward = lambda *a, _p=pred, _f=orig, **k: {**_f(*a, **k), "mel": _p}
+        try:
+            with torch.no_grad():
+                d = float(u2s_losses(bundle, batch, on)["delta"])
+        finally:
+            bundle.u2s.forward = orig
+        assert (d < 1e-5) if zero else (d > 1e-2)
+    with pytest.raises(ValueError, match="w_delta"):
+        U2STrainConfig(**{**cfg.__dict__, "w_delta": -1.0})
+    assert U2STrainConfig(**{**cfg.__dict__, "finetune": {"w_delta": 0.5}}).finetune_config().w_delta == 0.5
