@@ -249,7 +249,8 @@ def _server_parser(sub: argparse._SubParsersAction, name: str, help: str, port: 
     s.add_argument("--port", type=int, default=port)
     s.add_argument("--device", default="cpu")
     s.add_argument("--threads", type=_threads_arg, default="auto",
-                   help="torch intra-op threads for the model (default auto: the usable cores minus one, at least 1)")
+                   help="torch intra-op threads for the model (default auto: OMP_NUM_THREADS if set, else the usable "
+                        "cores minus one, at least 1)")
     return s
 
 

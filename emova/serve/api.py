@@ -526,11 +526,15 @@ def usable_cores() -> int:
 
 
 def server_threads(value: int | str | None = "auto") -> int:
-    """torch's intra-op threads for a serving process: an int >= 1, or "auto" (None) = the usable cores minus
-    one, at least 1. The core left over runs the HTTP side — the event loop, SSE framing, WAV and base64
-    encoding, the next request's parsing. On the 2-core machine the bench runs on, the model's batch-1 steps
-    on both cores stall whenever that side wakes (docs/serving.md, "Threads")."""
+    """torch's intra-op threads for a serving process: an int >= 1, or "auto" (None): `OMP_NUM_THREADS` when it
+    is set to a positive integer, else the usable cores minus one, at least 1. The core left over runs the
+    HTTP side — the event loop, SSE framing, WAV and base64 encoding, the next request's parsing. On the 2-core
+    machine the bench runs on, one thread was a little faster and steadier than two (docs/serving.md,
+    "Threads")."""
     if value is None or value == "auto":
+        env = os.environ.get("OMP_NUM_THREADS", "").strip()
+        if env.isdigit() and int(env) >= 1:
+            return int(env)
         return max(1, usable_cores() - 1)
     try:
         n = int(value)

@@ -10,9 +10,14 @@ from emova.eval.bench_serve import main as bench_main
 from emova.serve.api import server_threads, usable_cores
 
 
-def test_auto_leaves_one_core_to_the_http_side():
+def test_auto_leaves_one_core_to_the_http_side(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert server_threads("auto") == server_threads(None) == max(1, usable_cores() - 1)
     assert server_threads(3) == server_threads("3") == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # an explicit environment setting wins over the guess
+    assert server_threads("auto") == 3 and server_threads(2) == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "lots")
+    assert server_threads("auto") == max(1, usable_cores() - 1)
 
 
 @pytest.mark.parametrize("bad", [0, "0", -1, "two", "1.5", "", "02"])
