@@ -23,11 +23,20 @@ def resolve_model_dir(name_or_path: str | Path, component: str | None = None) ->
 
 def read_config(directory: str | Path, what: str) -> dict:
     """`directory/config.json` as a dict; a clear ValueError when it is missing, not JSON or not an object."""
-    import json
-
     path = Path(directory) / "config.json"
     if not path.is_file():
         raise ValueError(f"{directory} is not a {what} directory (no config.json)")
+    return read_json_object(path)
+
+
+def read_json_object(path: str | Path) -> dict:
+    """A JSON file holding an object, as a dict; a clear ValueError naming the file when it is missing,
+    unreadable, not JSON or not an object."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
+from emova.assets import read_config
 from emova.model.config_loader import meta_model
 from emova.model.configuration_emova import EmovaConfig
+from emova.safetensors_io import load_tensors
 
 LAYOUTS = ("emova", "official-hf", "official-train")
 # (our prefix, their prefix); the first matching entry wins, so specific prefixes come first
@@ -113,9 +114,7 @@ def read_safetensors_dir(path: str | Path) -> dict[str, torch.Tensor]:
                                 f"Only safetensors checkpoints are read (no .bin/.pt).")
     state: dict[str, torch.Tensor] = {}
     for name in files:
-        with safe_open(str(path / name), framework="pt") as f:
-            for k in f.keys():
-                state[k] = f.get_tensor(k)
+        state.update(load_tensors(path / name))
     return state
 
 
@@ -153,15 +152,7 @@ def detect_layout(path: str | Path) -> str:
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"{path}: no such checkpoint directory")
-    if not (path / "config.json").is_file():
-        raise ValueError(f"{path}: no config.json; not a checkpoint directory (an EMOVA checkpoint has "
-                         f"config.json + *.safetensors)")
-    try:
-        cfg = json.loads((path / "config.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}/config.json is not valid JSON: {e}") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path}/config.json must hold a JSON object, got {type(cfg).__name__}")
+    cfg = read_config(path, "checkpoint")
     arch = cfg.get("architectures") or []
     if cfg.get("model_type") == "emova" and "EMOVAForConditionalGeneration" in arch:
         return "official-hf"

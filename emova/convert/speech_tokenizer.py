@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from emova.assets import read_config
+from emova.safetensors_io import load_tensors
 from emova.speech.spiral import SpiralConfig, SpiralS2U
 from emova.speech.vits.common import ChannelLayerNorm
 from emova.speech.vits.config import VitsConfig
@@ -301,16 +302,14 @@ def map_official_state_dict(
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     index = path / "model.safetensors.index.json"
     if (path / "model.safetensors").exists():
-        return load_file(str(path / "model.safetensors"))
+        return load_tensors(path / "model.safetensors")
     if index.exists():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         out: dict[str, torch.Tensor] = {}
         for shard in shards:
-            out.update(load_file(str(path / shard)))
+            out.update(load_tensors(path / shard))
         return out
     raise ValueError(f"no model.safetensors (or model.safetensors.index.json) in {path}")
 

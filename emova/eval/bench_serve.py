@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="instead of --audio/--image: cycle through K held-out spoken turns of the tiny world "
                         "(dialogue and questions about images, from data_cache/world and data_cache/world_speech)")
     p.add_argument("--server-threads", default=None, metavar="N|auto",
-                   help="the server subprocess's --threads (default: its own auto, usable cores minus one)")
+                   help="the server subprocess's --threads (default: the server's own auto)")
     a = p.parse_args(argv)
     if a.server_threads is not None:
         from emova.serve.api import server_threads

@@ -20,7 +20,6 @@ Directory layouts `from_pretrained` accepts:
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from emova.assets import resolve_model_dir
+from emova.assets import read_json_object, resolve_model_dir
 from emova.audio import Audio
 from emova.inference.drafting import AnswerDrafter, AnswerGuard
 from emova.inference.generation import GenerationSettings, generate_tokens
@@ -118,7 +117,7 @@ def _image_processor_for(model_dir: Path) -> Any:
     settings: dict[str, int] = {}
     pre = model_dir / "preprocessor_config.json"
     if pre.is_file():
-        data = json.loads(pre.read_text(encoding="utf-8"))
+        data = read_json_object(pre)
         size = data.get("size") or {}
         settings["min_pixels"] = int(data.get("min_pixels", size.get("shortest_edge", QWEN2VL_DEFAULT_PIXELS[0])))
         settings["max_pixels"] = int(data.get("max_pixels", size.get("longest_edge", QWEN2VL_DEFAULT_PIXELS[1])))
@@ -126,7 +125,7 @@ def _image_processor_for(model_dir: Path) -> Any:
             if k in data:
                 settings[k] = int(data[k])
     else:
-        cfg = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+        cfg = read_json_object(model_dir / "config.json")
         vision = cfg.get("vision_config") or cfg.get("mm_vision_tower") or {}
         settings["min_pixels"] = int(vision.get("min_pixels", QWEN2VL_DEFAULT_PIXELS[0]))
         settings["max_pixels"] = int(vision.get("max_pixels", QWEN2VL_DEFAULT_PIXELS[1]))

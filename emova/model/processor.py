@@ -26,6 +26,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (  # pill
     Qwen2VLImageProcessorPil as Qwen2VLImageProcessor,
 )
 
+from emova.assets import read_json_object
 from emova.model.prompts import DEFAULT_SYSTEM_PROMPT
 
 IGNORE_INDEX = -100
@@ -119,10 +120,15 @@ class EmovaProcessor:
     def from_pretrained(cls, path: str | Path) -> EmovaProcessor:
         """Load tokenizer (+ `emova_processor.json` image settings) from a local directory only."""
         path = Path(path)
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        try:
+            tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: cannot load the tokenizer ({e})") from None
+        except Exception as e:  # the tokenizers library raises a bare Exception for a malformed tokenizer.json
+            raise ValueError(f"{path}: cannot load the tokenizer (tokenizer.json: {e})") from None
         settings: dict[str, Any] = {}
         if (path / PROCESSOR_FILE).exists():
-            settings = json.loads((path / PROCESSOR_FILE).read_text(encoding="utf-8"))
+            settings = read_json_object(path / PROCESSOR_FILE)
         speech_ids = None
         if (path / "added_tokens.json").exists():  # official checkpoints: the ids come from here
             speech_ids = speech_token_ids_from_added_tokens(path)

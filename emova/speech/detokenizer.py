@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from emova.assets import read_config, resolve_model_dir
 from emova.audio import Audio, as_audio
+from emova.safetensors_io import load_tensors
 from emova.speech.refiner import MelRefiner, MelRefinerConfig
 from emova.speech.style_encoder import (
     ProsodyOffsets,
@@ -163,7 +164,7 @@ class SpeechDetokenizer:
         weights = d / "model.safetensors"
         if not weights.is_file():
             raise ValueError(f"{d}: missing model.safetensors")
-        state = load_file(str(weights))
+        state = load_tensors(weights)
         modules = [("u2s.", u2s), ("style_encoder.", enc), ("vocoder.", voc)]
         if refiner is not None:
             modules.append(("refiner.", refiner))

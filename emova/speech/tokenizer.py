@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from emova.assets import read_config, resolve_model_dir
 from emova.audio import SAMPLE_RATE, Audio, as_audio
+from emova.safetensors_io import load_tensors
 from emova.speech.features import s2u_features
 from emova.speech.s2u import S2UConfig, S2UModel
 
@@ -44,8 +45,13 @@ class SpeechTokenizer:
         weights = d / "model.safetensors"
         if not weights.exists():
             raise ValueError(f"{d}: missing model.safetensors")
-        state = {k: v.float() for k, v in load_file(str(weights)).items()}
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        state = {k: v.float() for k, v in load_tensors(weights).items()}
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # tensor shapes differ from what the config builds
+            lines = [x.strip() for x in str(e).splitlines() if "size mismatch" in x]
+            raise ValueError(f"{weights}: checkpoint does not match the config ({len(lines)} tensor shapes differ, "
+                             f"e.g. {lines[0] if lines else e})") from None
         if missing or unexpected:
             raise ValueError(f"{weights}: checkpoint does not match the config (missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]})")

@@ -11,7 +11,9 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from emova.safetensors_io import load_tensors
 
 
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -49,10 +51,10 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
 
 def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict:
     path = Path(path)
-    model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+    model.load_state_dict(load_tensors(path / "model.safetensors"), strict=True)
     meta = json.loads((path / "state.json").read_text())
     if optimizer is not None and "optimizer" in meta:
-        tensors = load_file(str(path / "optimizer.safetensors"))
+        tensors = load_tensors(path / "optimizer.safetensors")
         om = meta["optimizer"]
         state: dict[int, dict] = {}
         for key, v in tensors.items():
@@ -70,7 +72,7 @@ def load_model_tensors(path: str | Path, prefix: str = "", what: str = "training
     f = Path(path) / "model.safetensors"
     if not f.is_file():
         raise ValueError(f"{path}: not a {what} (no model.safetensors)")
-    return {k[len(prefix):]: v for k, v in load_file(str(f)).items() if k.startswith(prefix)}
+    return {k[len(prefix):]: v for k, v in load_tensors(f).items() if k.startswith(prefix)}
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
@@ -61,6 +61,7 @@ from emova.data.world.images import (
 from emova.model.config_loader import load_model_config
 from emova.model.processor import build_image_processor
 from emova.model.vision import build_vision_tower, encode_images
+from emova.safetensors_io import load_tensors
 from emova.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
 HEADS: dict[str, tuple[str, ...]] = {
@@ -327,7 +328,7 @@ def load_vision_tower(tower: nn.Module, path: str | Path) -> None:
     file = path / TOWER_FILE if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"no pretrained vision tower at {file} (run `python -m emova.train.vision_pretrain`)")
-    state = load_file(str(file))
+    state = load_tensors(file)
     own = tower.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)

@@ -119,3 +119,46 @@ def test_from_pretrained_bad_dtype(ours_dir):
 
     with pytest.raises(ValueError, match="dtype 'float8'"):
         Emova.from_pretrained(ours_dir, dtype="float8")
+
+
+def _broken_copy(src, dst, part, damage):
+    import shutil
+
+    shutil.copytree(src, dst)
+    damage(dst / part)
+    return dst
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:500])
+
+
+@pytest.mark.parametrize("part, damage, match", [
+    ("llm/model.safetensors", _truncate, r"llm/model.safetensors: not a readable safetensors file"),
+    ("speech_tokenizer/model.safetensors", _truncate, r"speech_tokenizer/model.safetensors: not a readable safetensors"),
+    ("speech_detokenizer/model.safetensors", _truncate, r"speech_detokenizer/model.safetensors: not a readable"),
+    ("llm/config.json", lambda p: p.write_text("{oops"), r"llm/config.json: invalid JSON"),
+    ("llm/tokenizer.json", lambda p: p.write_text("{oops"), r"llm: cannot load the tokenizer"),
+    ("speech_tokenizer/config.json", lambda p: p.write_text("[1]"), r"speech_tokenizer/config.json: expected a JSON object"),
+])  # fmt: skip
+def test_broken_checkpoints_name_the_file(ours_dir, tmp_path, part, damage, match):
+    from emova.inference.pipeline import Emova
+
+    d = _broken_copy(ours_dir, tmp_path / "broken", part, damage)
+    with pytest.raises(ValueError, match=match):
+        Emova.from_pretrained(d)
+
+
+def test_speech_tokenizer_weights_of_another_size_are_named(ours_dir, tmp_path):
+    import json
+
+    from emova.speech.tokenizer import SpeechTokenizer
+
+    def wider(p):
+        meta = json.loads(p.read_text())
+        meta["s2u"]["post_dim"] *= 2
+        p.write_text(json.dumps(meta))
+
+    d = _broken_copy(ours_dir, tmp_path / "broken", "speech_tokenizer/config.json", wider)
+    with pytest.raises(ValueError, match=r"does not match the config \(\d+ tensor shapes differ"):
+        SpeechTokenizer.from_pretrained(d / "speech_tokenizer")

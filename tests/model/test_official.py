@@ -119,14 +119,14 @@ def test_convert_names_what_is_wrong_with_the_source(tmp_path):
     with pytest.raises(ValueError, match="no such checkpoint directory"):
         convert_checkpoint(tmp_path / "missing", tmp_path / "out")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no config.json"):
+    with pytest.raises(ValueError, match="not a checkpoint directory \\(no config.json\\)"):
         convert_checkpoint(tmp_path / "empty", tmp_path / "out")
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "config.json").write_text("{not json")
-    with pytest.raises(ValueError, match="not valid JSON"):
+    with pytest.raises(ValueError, match="invalid JSON"):
         convert_checkpoint(bad, tmp_path / "out")
     (bad / "config.json").write_text("[1, 2]")
-    with pytest.raises(ValueError, match="JSON object"):
+    with pytest.raises(ValueError, match="expected a JSON object"):
         convert_checkpoint(bad, tmp_path / "out")
     assert not (tmp_path / "out").exists()
