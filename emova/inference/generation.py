@@ -33,7 +33,7 @@ same way (`AnswerDrafter.allowed`: the first token of each emotion/pitch label w
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -207,6 +207,12 @@ def generate_tokens(
     gen = None
     if settings.seed is not None:
         gen = torch.Generator(device=device).manual_seed(settings.seed)
+    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    room = None if not limit else int(limit) - int(prompt["input_ids"].shape[1])
+    if room is not None and room < 1:
+        raise ValueError(f"the prompt is {prompt['input_ids'].shape[1]} tokens; the model reads at most {limit}")
+    if room is not None and settings.max_new_tokens > room:  # the answer stops where the model's context ends
+        settings = replace(settings, max_new_tokens=room)
     runner = _runner(model, prompt, settings)
     logits, forced = runner.prefill(), None
     produced: list[int] = []

@@ -53,6 +53,10 @@ class GenerationError(RuntimeError):
     """The model produced nothing usable for the request (e.g. no speech units for `synthesize`)."""
 
 
+class ContextLengthError(ValueError):
+    """The conversation does not fit the LLM's context (`Emova.context_length` positions)."""
+
+
 @dataclass
 class ChatResult:
     """One assistant turn. Labels are None where the model gave none (text turns give none)."""
@@ -237,9 +241,19 @@ class Emova:
             messages.append({"role": t.role, "content": text})
         return messages, images
 
+    @property
+    def context_length(self) -> int | None:
+        """The most positions the LLM reads (its `max_position_embeddings`), prompt and answer together."""
+        n = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        return int(n) if n else None
+
     def _encode(self, messages: list[dict[str, Any]], images: list[Any] | None = None) -> dict[str, torch.Tensor]:
         inputs = self.processor(messages, images=images or None, add_generation_prompt=True)
         inputs.pop("labels", None)
+        n, limit = int(inputs["input_ids"].shape[1]), self.context_length
+        if limit is not None and n >= limit:  # caught here, before a prefill of that size is even tried
+            raise ContextLengthError(f"the conversation is {n} tokens long (images and speech included); this model reads "
+                             f"at most {limit} positions, prompt and answer together: shorten it")
         return inputs
 
     def _decode(self, ids: list[int]) -> str:
@@ -349,4 +363,4 @@ def concat_audio(chunks: list[Audio]) -> Audio | None:
     return Audio(np.concatenate([c.samples for c in chunks]), chunks[0].sample_rate)
 
 
-__all__ = ["ChatPlan", "ChatResult", "Emova", "GenerationError", "concat_audio"]
+__all__ = ["ChatPlan", "ChatResult", "ContextLengthError", "Emova", "GenerationError", "concat_audio"]

@@ -37,7 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from emova.audio import SAMPLE_RATE, Audio, AudioError
-from emova.inference.pipeline import GenerationError
+from emova.inference.pipeline import ContextLengthError, GenerationError
 from emova.styles import EMOTIONS, GENDERS, PITCHES, SPEEDS, Style
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -355,9 +355,11 @@ def create_app(model: Emova, model_id: str = "emova-tiny", max_body_bytes: int =
         async with lock:
             return await run_in_threadpool(fn, *args, **kw)
 
-    def model_error(e: Exception) -> ApiError:
+    def model_error(e: Exception, param: str = "messages") -> ApiError:
         if isinstance(e, GenerationError):
             return ApiError(422, str(e), None, "generation_failed", type="generation_error")
+        if isinstance(e, ContextLengthError):
+            return ApiError(400, str(e), param, "context_length_exceeded")
         return ApiError(400, str(e), None, "invalid_request")
 
     @app.get("/health")
@@ -488,7 +490,7 @@ def create_app(model: Emova, model_id: str = "emova-tiny", max_body_bytes: int =
         try:
             audio = await locked(model.synthesize, text, Style(**fields))
         except (ValueError, GenerationError) as e:
-            raise model_error(e) from None
+            raise model_error(e, "input") from None
         return Response(audio.to_wav_bytes(), media_type="audio/wav")
 
     @app.post("/v1/audio/transcriptions")
@@ -509,7 +511,7 @@ def create_app(model: Emova, model_id: str = "emova-tiny", max_body_bytes: int =
         try:
             text = await locked(model.transcribe, audio)
         except ValueError as e:
-            raise model_error(e) from None
+            raise model_error(e, "file") from None
         if fmt == "text":
             return Response(text, media_type="text/plain")
         return {"text": text}

@@ -162,3 +162,26 @@ def test_speech_tokenizer_weights_of_another_size_are_named(ours_dir, tmp_path):
     d = _broken_copy(ours_dir, tmp_path / "broken", "speech_tokenizer/config.json", wider)
     with pytest.raises(ValueError, match=r"does not match the config \(\d+ tensor shapes differ"):
         SpeechTokenizer.from_pretrained(d / "speech_tokenizer")
+
+
+def test_a_conversation_longer_than_the_context_is_refused_before_generation(strict):
+    from emova.inference.pipeline import ContextLengthError
+
+    limit = strict.context_length
+    assert limit and limit > 100
+    with pytest.raises(ContextLengthError, match=rf"tokens long .* at most {limit} positions"):
+        strict.chat([{"role": "user", "content": "hello " * (limit + 10)}], speak=False)
+
+
+def test_generation_stops_where_the_context_ends(emova, monkeypatch):
+    from emova.inference.generation import GenerationSettings, generate_tokens
+
+    inputs = emova._encode([{"role": "user", "content": "hello there"}])
+    n = int(inputs["input_ids"].shape[1])
+    no_stop: set[int] = set()  # the random test model: only the budget ends its output
+    assert len(list(generate_tokens(emova.model, inputs, no_stop, GenerationSettings(max_new_tokens=10)))) == 10
+    monkeypatch.setattr(emova.model.config.get_text_config(), "max_position_embeddings", n + 3)
+    assert len(list(generate_tokens(emova.model, inputs, no_stop, GenerationSettings(max_new_tokens=10)))) == 3
+    monkeypatch.setattr(emova.model.config.get_text_config(), "max_position_embeddings", n)
+    with pytest.raises(ValueError, match="reads at most"):
+        list(generate_tokens(emova.model, inputs, no_stop, GenerationSettings(max_new_tokens=10)))

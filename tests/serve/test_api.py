@@ -335,3 +335,14 @@ def test_speech_without_units_is_422_not_500(client, emova, monkeypatch):  # noq
     r = client.post("/v1/audio/speech", json={"input": "Hello!"})
     assert r.status_code == 422 and r.json()["error"]["code"] == "generation_failed"
     assert client.get("/health").status_code == 200
+
+
+def test_a_conversation_longer_than_the_context_is_a_400(client, emova):  # noqa: F811
+    words = "hello " * (emova.context_length + 10)
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": words}],
+                                                  "modalities": ["text"]})
+    err = assert_error(r, 400, "messages")
+    assert err["code"] == "context_length_exceeded" and "tokens long" in err["message"]
+    err = assert_error(client.post("/v1/audio/speech", json={"input": words}), 400, "input")
+    assert err["code"] == "context_length_exceeded"
+    assert client.get("/health").json()["status"] == "ok"
