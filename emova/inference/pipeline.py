@@ -116,6 +116,18 @@ def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     return _DTYPES[dtype]
 
 
+def usable_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device this process can compute on; a ValueError naming the device and why not
+    (an unknown name, a torch built without that backend, no such GPU)."""
+    try:
+        dev = torch.device(device)
+        torch.empty(1, device=dev)
+    except (RuntimeError, AssertionError, TypeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"device {str(device)!r} cannot be used here: {reason}") from None
+    return dev
+
+
 def _image_processor_for(model_dir: Path) -> Any:
     """Official directories: Qwen2-VL image settings from preprocessor_config.json or config.json."""
     settings: dict[str, int] = {}
@@ -188,7 +200,7 @@ class Emova:
         from emova.convert.model import detect_layout, load_emova_model
 
         root = resolve_model_dir(name_or_dir)
-        dev = torch.device(device)
+        dev = usable_device(device)
         dt = _as_dtype(dtype)
         if dt is None and dev.type == "cpu":
             dt = torch.float32  # checkpoints are stored in fp16; CPUs without native fp16 run it several times slower

@@ -185,3 +185,16 @@ def test_generation_stops_where_the_context_ends(emova, monkeypatch):
     monkeypatch.setattr(emova.model.config.get_text_config(), "max_position_embeddings", n)
     with pytest.raises(ValueError, match="reads at most"):
         list(generate_tokens(emova.model, inputs, no_stop, GenerationSettings(max_new_tokens=10)))
+
+
+def test_from_pretrained_names_a_device_it_cannot_use(ours_dir):
+    import torch
+
+    from emova.inference.pipeline import Emova, usable_device
+
+    with pytest.raises(ValueError, match="device 'tpu' cannot be used here"):
+        Emova.from_pretrained(ours_dir, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda:0' cannot be used here"):
+            Emova.from_pretrained(ours_dir, device="cuda:0")
+    assert usable_device("cpu") == torch.device("cpu")
