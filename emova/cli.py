@@ -8,6 +8,7 @@ import re
 import sys
 from pathlib import Path
 
+from emova.argtypes import positive_float, positive_int
 from emova.assets import ASSETS
 
 EXAMPLES = ASSETS / "examples"
@@ -357,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--model", default="emova-tiny")
     es.add_argument("--corpus", default="data_cache/speech")
     es.add_argument("--out", default="reports/eval_s2u.json")
-    es.add_argument("--max-items", type=int, default=None)
+    es.add_argument("--max-items", type=positive_int, default=None)
     es.set_defaults(func=_cmd_eval_s2u)
 
     eu = ev.add_parser("u2s", help="speech detokenizer: intelligibility, style control, streaming", add_help=False)
@@ -371,15 +372,15 @@ def build_parser() -> argparse.ArgumentParser:
     eo.add_argument("--detokenizer", default="emova-tiny")
     eo.add_argument("--out", default="reports/eval_omni.json")
     eo.add_argument("--suites", nargs="*", default=None)
-    eo.add_argument("--max-items", type=int, default=None)
+    eo.add_argument("--max-items", type=positive_int, default=None)
     eo.set_defaults(func=_cmd_eval_omni)
 
     be = sub.add_parser("bench", help="speed benchmarks").add_subparsers(dest="bench_cmd", required=True)
     bs = be.add_parser("s2u", help="speech tokenizer real-time factor")
     bs.add_argument("--model", default="emova-tiny")
-    bs.add_argument("--threads", type=int, default=2)
-    bs.add_argument("--seconds", type=float, default=10.0)
-    bs.add_argument("--repeats", type=int, default=5)
+    bs.add_argument("--threads", type=positive_int, default=2)
+    bs.add_argument("--seconds", type=positive_float, default=10.0)
+    bs.add_argument("--repeats", type=positive_int, default=5)
     bs.add_argument("--out", default="reports/bench_s2u.json")
     bs.set_defaults(func=_cmd_bench_s2u)
     sv = _server_parser(sub, "serve", "OpenAI-compatible HTTP API (chat with audio, speech, transcriptions)", 8000)

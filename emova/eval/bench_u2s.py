@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emova.argtypes import positive_int
 from emova.speech.detokenizer import SpeechDetokenizer
 from emova.styles import Style
 
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
 
     p = argparse.ArgumentParser(prog="emova bench u2s")
     p.add_argument("--model", default="emova-tiny")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--units", type=int, default=150)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default="reports/bench_u2s.json")

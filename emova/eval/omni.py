@@ -452,10 +452,17 @@ def evaluate_omni(model_dir: str | Path = "emova-tiny", world_dir: str | Path = 
     bad = [s for s in chosen if s not in SUITES]
     if bad:
         raise ValueError(f"unknown suite(s) {bad}; available: {', '.join(SUITES)}")
+    if max_items is not None and max_items < 1:
+        raise ValueError(f"max_items must be a positive integer (or None for all), got {max_items!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    world = Path(world_dir)
+    if not (world / "heldout").is_dir():
+        raise ValueError(f"no held-out world at {world} (expected {world / 'heldout'}); build it with "
+                         "`emova train recipe tiny --steps world world_speech units`")
     if threads:
         torch.set_num_threads(threads)
     model, processor = load_model(model_dir)
-    world = Path(world_dir)
     gen = Generator(model, processor, image_root if image_root is not None else world, batch_size)
     results: dict[str, Any] = {}
     timings: dict[str, float] = {}
@@ -469,10 +476,15 @@ def evaluate_omni(model_dir: str | Path = "emova-tiny", world_dir: str | Path = 
     report = {"model": str(model_dir), "world_dir": str(world), "max_items": max_items, "suites": results,
               "seconds": timings}
     report["acceptance"] = acceptance(results)
+    skipped = {s: r["skipped"] for s, r in results.items() if isinstance(r, dict) and "skipped" in r}
+    if skipped and len(skipped) == len(chosen):
+        raise ValueError("every suite was skipped: " + "; ".join(f"{s}: {why}" for s, why in skipped.items()))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(report, indent=1, ensure_ascii=False))
     print(format_table(report))
+    for s, why in skipped.items():
+        print(f"skipped {s}: {why}")
     return report
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from emova.argtypes import positive_int
 from emova.audio import Audio, f0_contour
 from emova.data.speech.corpus import read_manifest
 from emova.speech.detokenizer import SpeechDetokenizer
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="reports/eval_u2s.json")
     p.add_argument("--n-sentences", type=int, default=50)
     p.add_argument("--n-control", type=int, default=20)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=positive_int, default=2)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     evaluate_u2s(a.model, a.tokenizer, a.corpus, a.out, a.n_sentences, a.n_control)

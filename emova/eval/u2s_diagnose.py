@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emova.argtypes import positive_int
 from emova.audio import Audio
 from emova.data.speech.corpus import read_manifest
 from emova.eval.u2s import Judge, wer
@@ -157,8 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="emova-tiny")
     p.add_argument("--tokenizer", default="emova-tiny")
     p.add_argument("--corpus", default="data_cache/speech")
-    p.add_argument("-n", type=int, default=20)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("-n", type=positive_int, default=20)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--out", default="reports/u2s_diagnose.json")
     p.add_argument("--u2s-checkpoint", default=None,
                    help="a training checkpoint (runs/…/step-N) whose U2S weights replace the model's")

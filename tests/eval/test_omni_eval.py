@@ -163,7 +163,22 @@ def test_unknown_suite_and_unfilled_records(setup, tmp_path):
         omni._load(bad, "vqa", None)
 
 
-def test_missing_suite_data_is_reported_as_skipped(setup, tmp_path):
-    root, _, _, _ = setup
-    rep = evaluate_omni(root / "model", tmp_path / "nothing", None, detokenizer=None, out=None, suites=["fsdd"])
+def test_missing_suite_data_is_reported_as_skipped(setup, tmp_path, monkeypatch, capsys):
+    root, world, _, _ = setup
+    partial = tmp_path / "partial"
+    (partial / "heldout").mkdir(parents=True)
+    shutil.copy(world / "heldout" / "text_qa.json", partial / "heldout" / "text_qa.json")
+    monkeypatch.setattr(Generator, "run", lambda self, records, *a, **k: ["x"] * len(records))
+    rep = evaluate_omni(root / "model", partial, None, detokenizer=None, out=None, suites=["fsdd", "text"])
     assert "skipped" in rep["suites"]["fsdd"] and rep["acceptance"]["fsdd_accuracy"]["pass"] is None
+    assert rep["suites"]["text"]["n"] > 0 and "skipped fsdd: no held-out records" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="every suite was skipped: fsdd: no held-out records"):
+        evaluate_omni(root / "model", partial, None, detokenizer=None, out=None, suites=["fsdd"])
+
+
+def test_a_missing_world_or_bad_counts_are_errors_before_the_model_loads(setup, tmp_path):
+    root, world, _, _ = setup
+    with pytest.raises(ValueError, match="no held-out world at"):
+        evaluate_omni(root / "missing_model", tmp_path / "nothing", None, detokenizer=None, out=None)
+    with pytest.raises(ValueError, match="max_items must be a positive integer"):
+        evaluate_omni(root / "model", world, None, detokenizer=None, out=None, max_items=0)

@@ -1,0 +1,21 @@
+"""Counts on the command lines are checked by argparse: a bad one is a usage error naming the flag."""
+
+import pytest
+
+from emova.cli import main
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["eval", "omni", "--max-items", "0"], "--max-items"),
+    (["eval", "s2u", "--max-items", "-3"], "--max-items"),
+    (["bench", "s2u", "--threads", "0"], "--threads"),
+    (["bench", "s2u", "--seconds", "nan"], "--seconds"),
+    (["bench", "u2s", "--threads", "0"], "--threads"),
+    (["eval", "u2s", "--threads", "two"], "--threads"),
+])  # fmt: skip
+def test_bad_counts_are_usage_errors(argv, flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert flag in err and "expected a positive" in err and "Traceback" not in err
