@@ -173,6 +173,22 @@ def _chat_messages(a: argparse.Namespace, text: str | None) -> list[dict]:
     return [{"role": "user", "content": content}]
 
 
+_QUIT = {"exit", "quit", "/exit", "/quit", ":q"}
+
+
+def _typed_turn() -> str | None:
+    """The next typed turn of `emova chat --interactive` (blank lines skipped); None at EOF or a quit word."""
+    while True:
+        try:
+            text = input("> ").strip()
+        except EOFError:
+            return None
+        if text.lower() in _QUIT:
+            return None
+        if text:
+            return text
+
+
 def _cmd_chat(a: argparse.Namespace) -> None:
     if not (a.audio or a.text or a.interactive):
         raise ValueError("emova chat needs --audio WAV or --text T (or --interactive)")
@@ -181,8 +197,19 @@ def _cmd_chat(a: argparse.Namespace) -> None:
     history: list[dict] = []
     text = a.text
     while True:
+        if a.interactive and not (text or a.audio):
+            text = _typed_turn()
+            if text is None:
+                return
         msgs = history + _chat_messages(a, text)
-        r = m.chat(msgs, voice=a.voice, style_override=override)
+        try:
+            r = m.chat(msgs, voice=a.voice, style_override=override)
+        except ValueError as e:
+            if not a.interactive or a.image or a.audio:  # the command's own inputs are wrong: stop
+                raise
+            print(f"emova: error: {e}", file=sys.stderr)  # a typed turn the model refused: the session goes on
+            text = None
+            continue
         if r.audio is not None and a.out:
             r.audio.save(a.out)
         if a.json:
@@ -194,13 +221,7 @@ def _cmd_chat(a: argparse.Namespace) -> None:
         if not a.interactive:
             return
         history = msgs + [r.as_message()]
-        a.image = a.audio = None  # the image opens the first turn only
-        try:
-            text = input("> ").strip()
-        except EOFError:
-            return
-        if not text or text in {"exit", "quit"}:
-            return
+        a.image = a.audio = text = None  # the image opens the first turn only
 
 
 def _cmd_asr(a: argparse.Namespace) -> None:
