@@ -387,7 +387,10 @@ def create_app(model: Emova, model_id: str = "emova-tiny", max_body_bytes: int =
                 raise ApiError(400, "temperature must be a number in [0, 2]", "temperature", "invalid_value")
             kw["temperature"] = float(temp)
         if body.get("seed") is not None:
-            kw["seed"] = _int_opt(body, "seed")
+            seed = body["seed"]
+            if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+                raise ApiError(400, "seed must be an integer in [0, 2^63)", "seed", "invalid_value")
+            kw["seed"] = seed
         n = body.get("n", 1)
         if n != 1:
             raise ApiError(400, "only n=1 is supported", "n", "invalid_value")

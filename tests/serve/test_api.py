@@ -346,3 +346,14 @@ def test_a_conversation_longer_than_the_context_is_a_400(client, emova):  # noqa
     err = assert_error(client.post("/v1/audio/speech", json={"input": words}), 400, "input")
     assert err["code"] == "context_length_exceeded"
     assert client.get("/health").json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("seed, ok", [(0, True), (7, True), (2**63 - 1, True), (-1, False), (2**63, False),
+                                      ("x", False), (True, False)])
+def test_seed_is_any_integer_openai_accepts(client, emova, monkeypatch, seed, ok):  # noqa: F811
+    monkeypatch.setattr(emova, "_tokens", Feed(emova, "Hello there.", UNITS))
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], "seed": seed})
+    if ok:
+        assert r.status_code == 200, r.text
+    else:
+        assert_error(r, 400, "seed")
