@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -296,9 +296,15 @@ def suite_fsdd(gen: Generator, world_dir: Path, max_items: int | None) -> dict[s
     recs = _load(world_dir, "fsdd_asr", max_items)
     preds = gen.run(recs, MAX_NEW["fsdd"], "fsdd")
     flags = [digit_of(p) == digit_of(_answer_of(r)) for r, p in zip(recs, preds)]
+    speakers: dict[str, list[bool]] = defaultdict(list)
+    for r, ok in zip(recs, flags):
+        speakers[str((r.get("meta") or {}).get("speaker", "?"))].append(ok)
+    errors = [{"id": r["id"], "expected": _answer_of(r), "got": p} for r, p, ok in zip(recs, preds, flags) if not ok]
     return {"n": len(recs), "accuracy": _rate(flags),
-            "errors": [{"id": r["id"], "expected": _answer_of(r), "got": p}
-                       for r, p, ok in zip(recs, preds, flags) if not ok][:8]}
+            **{f"speaker/{k}": {"accuracy": _rate(v), "n": len(v)} for k, v in sorted(speakers.items())},
+            "confusions": dict(Counter(f"{e['expected']} → {e['got'].strip().lower()[:24]}" for e in errors)
+                               .most_common()),
+            "errors": errors[:50]}
 
 
 def suite_tts(gen: Generator, world_dir: Path, max_items: int | None, detokenizer: str | None) -> dict[str, Any]:

@@ -25,7 +25,7 @@ def setup(tmp_path_factory):
     shutil.copytree(world / "train", world / "heldout")
     asr = json.loads((world / "train" / "asr.json").read_text())
     fsdd = [{"id": f"fsdd-{i}", "conversations": [r["conversations"][0], {"from": "gpt", "value": "seven"}],
-             "meta": {"answer": "seven"}} for i, r in enumerate(asr)]
+             "meta": {"answer": "seven", "speaker": ["george", "lucas"][i % 2]}} for i, r in enumerate(asr)]
     (world / "heldout" / "fsdd_asr.json").write_text(json.dumps(fsdd))
     torch.manual_seed(0)
     model = EmovaForConditionalGeneration(load_model_config(write_micro_model(root / "micro.yaml")).config)
@@ -149,6 +149,16 @@ def test_wrong_answers_fail_acceptance(setup, monkeypatch):
     rep = evaluate_omni(root / "model", world, None, detokenizer=None, out=None, suites=["vqa", "dialogue"])
     assert rep["suites"]["vqa"]["accuracy"] == 0.0
     assert rep["acceptance"]["dialogue_valid_json"]["pass"] is False
+
+
+def test_fsdd_reports_speakers_and_confusions(setup, monkeypatch):
+    root, world, _, _ = setup
+    answers = iter(["Seven.", "eight", "seven"] * 10)
+    monkeypatch.setattr(Generator, "run", lambda self, records, *a, **k: [next(answers) for _ in records])
+    f = evaluate_omni(root / "model", world, None, detokenizer=None, out=None, suites=["fsdd"])["suites"]["fsdd"]
+    assert f["n"] == 3 and f["accuracy"] == pytest.approx(2 / 3, abs=1e-3)
+    assert f["speaker/george"] == {"accuracy": 1.0, "n": 2} and f["speaker/lucas"] == {"accuracy": 0.0, "n": 1}
+    assert f["confusions"] == {"seven → eight": 1} and f["errors"][0]["got"] == "eight"
 
 
 def test_unknown_suite_and_unfilled_records(setup, tmp_path):
