@@ -264,8 +264,8 @@ class Emova:
         inputs.pop("labels", None)
         n, limit = int(inputs["input_ids"].shape[1]), self.context_length
         if limit is not None and n >= limit:  # caught here, before a prefill of that size is even tried
-            raise ContextLengthError(f"the conversation is {n} tokens long (images and speech included); this model reads "
-                             f"at most {limit} positions, prompt and answer together: shorten it")
+            raise ContextLengthError(f"the conversation is {n} tokens long (images and speech included); this model "
+                                     f"reads at most {limit} positions, prompt and answer together: shorten it")
         return inputs
 
     def _decode(self, ids: list[int]) -> str:
