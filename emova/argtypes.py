@@ -26,4 +26,17 @@ def positive_float(value: str) -> float:
     return x
 
 
-__all__ = ["positive_float", "positive_int"]
+def threads_or_auto(value: str) -> int | str:
+    """`--threads` of the serving commands: "auto" as it is, else a positive integer
+    (`emova.serve.api.server_threads` says what each means)."""
+    from emova.serve.api import server_threads
+
+    if value == "auto":
+        return value
+    try:
+        return server_threads(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+__all__ = ["positive_float", "positive_int", "threads_or_auto"]

@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from emova.argtypes import positive_float, positive_int
+from emova.argtypes import positive_float, positive_int, threads_or_auto
 from emova.assets import ASSETS
 
 EXAMPLES = ASSETS / "examples"
@@ -252,17 +252,6 @@ def _cmd_convert(a: argparse.Namespace) -> None:
     print(convert_checkpoint(a.src, a.dst, to=a.to))
 
 
-def _threads_arg(value: str) -> int | str:
-    from emova.serve.api import server_threads
-
-    if value == "auto":
-        return value
-    try:
-        return server_threads(value)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def _server_parser(sub: argparse._SubParsersAction, name: str, help: str, port: int) -> argparse.ArgumentParser:
     """A subcommand that serves a model on a local port (`serve`, `web`): their common flags."""
     s = sub.add_parser(name, help=help)
@@ -270,7 +259,7 @@ def _server_parser(sub: argparse._SubParsersAction, name: str, help: str, port: 
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=port)
     s.add_argument("--device", default="cpu")
-    s.add_argument("--threads", type=_threads_arg, default="auto",
+    s.add_argument("--threads", type=threads_or_auto, default="auto",
                    help="torch intra-op threads for the model (default auto: OMP_NUM_THREADS if set, else the usable "
                         "cores minus one, at least 1)")
     return s

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from emova.assets import read_config
 from emova.model.config_loader import meta_model
 from emova.model.configuration_emova import EmovaConfig
-from emova.safetensors_io import load_tensors
+from emova.safetensors_io import read_safetensors_dir
 
 LAYOUTS = ("emova", "official-hf", "official-train")
 # (our prefix, their prefix); the first matching entry wins, so specific prefixes come first
@@ -94,30 +94,6 @@ def to_their_keys(state: dict[str, torch.Tensor], layout: str) -> dict[str, torc
 
 
 # ---- reading / writing safetensors ---------------------------------------------------------------
-def read_safetensors_dir(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of `model.safetensors` or of the shards named in `model.safetensors.index.json`."""
-    path = Path(path)
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        try:
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{index}: not a safetensors index ({e})") from e
-        missing = [name for name in files if not (path / name).is_file()]
-        if missing:
-            raise FileNotFoundError(f"{path}: no weights at {', '.join(missing)} (named in {index.name})")
-    elif (path / "model.safetensors").exists():
-        files = ["model.safetensors"]
-    else:
-        found = [p.name for p in path.iterdir()] if path.is_dir() else []
-        raise FileNotFoundError(f"{path}: no weights (no model.safetensors(.index.json)); found {found[:10]}. "
-                                f"Only safetensors checkpoints are read (no .bin/.pt).")
-    state: dict[str, torch.Tensor] = {}
-    for name in files:
-        state.update(load_tensors(path / name))
-    return state
-
-
 def write_safetensors_dir(state: dict[str, torch.Tensor], path: str | Path, max_shard_bytes: int = SHARD_BYTES) -> None:
     """Write tensors (sharded with an index json when larger than max_shard_bytes)."""
     path = Path(path)

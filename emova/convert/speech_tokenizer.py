@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from emova.assets import read_config
-from emova.safetensors_io import load_tensors
+from emova.safetensors_io import read_safetensors_dir
 from emova.speech.spiral import SpiralConfig, SpiralS2U
 from emova.speech.vits.common import ChannelLayerNorm
 from emova.speech.vits.config import VitsConfig
@@ -301,25 +301,12 @@ def map_official_state_dict(
     return {k: v.to(expected[k].dtype) for k, v in mapped.items()}, report
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    index = path / "model.safetensors.index.json"
-    if (path / "model.safetensors").exists():
-        return load_tensors(path / "model.safetensors")
-    if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        out: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            out.update(load_tensors(path / shard))
-        return out
-    raise ValueError(f"no model.safetensors (or model.safetensors.index.json) in {path}")
-
-
 def load_official_speech_tokenizer(path: str | Path, device: str = "cpu") -> OfficialSpeechTokenizer:
     """Load a speech-tokenizer directory strictly (see the module docstring for the accepted renames)."""
     path = Path(path)
     config = SpeechTokenizerConfig.from_dict(read_config(path, "speech tokenizer"))
     model = build_official_speech_tokenizer(config, "meta")
-    state, report = map_official_state_dict(_read_safetensors(path), model)
+    state, report = map_official_state_dict(read_safetensors_dir(path), model)
     model.load_state_dict(state, strict=True, assign=True)
     model.load_report = report  # type: ignore[attr-defined]
     return model.to(device).eval()

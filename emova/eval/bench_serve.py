@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from emova.argtypes import threads_or_auto
 from emova.assets import ASSETS
 from emova.audio import Audio
 
@@ -396,7 +397,7 @@ def bench_serve(model: str = "emova-tiny", url: str | None = None, pid: int | No
             report = run_bench(base, server_pid, n, concurrency, audio, image, voice, max_tokens, timeout,
                                turns=turns)
         report["server"] = {"mode": "subprocess", "model": str(model), "startup_s": round(startup, 2),
-                            "threads": "auto" if server_threads is None else server_threads}
+                            "threads": "auto" if server_threads is None else str(server_threads)}
     else:
         report = run_bench(url.rstrip("/"), pid, n, concurrency, audio, image, voice, max_tokens, timeout,
                            turns=turns)
@@ -462,16 +463,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--world-turns", type=int, default=None, metavar="K",
                    help="instead of --audio/--image: cycle through K held-out spoken turns of the tiny world "
                         "(dialogue and questions about images, from data_cache/world and data_cache/world_speech)")
-    p.add_argument("--server-threads", default=None, metavar="N|auto",
+    p.add_argument("--server-threads", type=threads_or_auto, default=None, metavar="N|auto",
                    help="the server subprocess's --threads (default: the server's own auto)")
     a = p.parse_args(argv)
-    if a.server_threads is not None:
-        from emova.serve.api import server_threads
-
-        try:
-            server_threads(a.server_threads)
-        except ValueError as e:
-            p.error(f"--server-threads: {e}")
     turns = world_turns(a.world_turns) if a.world_turns else None
     bench_serve(a.model, a.url, a.pid, a.n, a.concurrency, a.audio, a.image, a.voice, a.max_tokens, a.out, a.port,
                 a.startup_timeout, a.timeout, turns=turns, server_threads=a.server_threads)

@@ -192,6 +192,12 @@ def _runner(model: Any, inputs: dict[str, torch.Tensor], settings: GenerationSet
     return _TransformersRunner(model, inputs, settings)
 
 
+def context_length(model: Any) -> int | None:
+    """The most positions `model`'s LLM reads (its `max_position_embeddings`), prompt and answer together."""
+    n = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    return int(n) if n else None
+
+
 @torch.inference_mode()
 def generate_tokens(
     model: Any, inputs: dict[str, torch.Tensor], stop_ids: set[int], settings: GenerationSettings
@@ -207,8 +213,8 @@ def generate_tokens(
     gen = None
     if settings.seed is not None:
         gen = torch.Generator(device=device).manual_seed(settings.seed)
-    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-    room = None if not limit else int(limit) - int(prompt["input_ids"].shape[1])
+    limit = context_length(model)
+    room = None if limit is None else limit - int(prompt["input_ids"].shape[1])
     if room is not None and room < 1:
         raise ValueError(f"the prompt is {prompt['input_ids'].shape[1]} tokens; the model reads at most {limit}")
     if room is not None and settings.max_new_tokens > room:  # the answer stops where the model's context ends
@@ -245,4 +251,4 @@ def generate_tokens(
             yield d
 
 
-__all__ = ["GenerationSettings", "generate_tokens"]
+__all__ = ["GenerationSettings", "context_length", "generate_tokens"]

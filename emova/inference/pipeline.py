@@ -33,7 +33,7 @@ import torch
 from emova.assets import read_json_object, resolve_model_dir
 from emova.audio import Audio
 from emova.inference.drafting import AnswerDrafter, AnswerGuard
-from emova.inference.generation import GenerationSettings, generate_tokens
+from emova.inference.generation import GenerationSettings, context_length, generate_tokens
 from emova.inference.json_repair import parse_answer, units_in
 from emova.inference.messages import Turn, check_messages, load_audio, load_image, resolve_style
 from emova.inference.speech_io import Detokenizer, UnitEncoder, load_speech_pair
@@ -256,8 +256,7 @@ class Emova:
     @property
     def context_length(self) -> int | None:
         """The most positions the LLM reads (its `max_position_embeddings`), prompt and answer together."""
-        n = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
-        return int(n) if n else None
+        return context_length(self.model)
 
     def _encode(self, messages: list[dict[str, Any]], images: list[Any] | None = None) -> dict[str, torch.Tensor]:
         inputs = self.processor(messages, images=images or None, add_generation_prompt=True)

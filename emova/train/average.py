@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from emova.convert.model import read_safetensors_dir, write_safetensors_dir
+from emova.convert.model import write_safetensors_dir
+from emova.safetensors_io import read_safetensors_dir
 
 _IGNORED_CONFIG_KEYS = {"torch_dtype", "dtype", "transformers_version"}
 

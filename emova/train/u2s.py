@@ -103,7 +103,8 @@ def u2s_losses(bundle: U2SBundle, batch: dict, cfg: U2STrainConfig, judge: nn.Mo
     o = bundle.u2s(batch["units"], batch["n_units"], style, batch["durs"], batch["lf0"], batch["vuv"])
     fm, um = o["frame_mask"].float(), o["unit_mask"].float()
     # the regulated length equals the true length by construction (durations sum to the frame count)
-    mel = (o["mel"].float() - batch["mel"]).abs().mean(-1)
+    pred = o["mel"].float()
+    mel = (pred - batch["mel"]).abs().mean(-1)
     wm = fm * torch.where(batch["exact"], 1.0, cfg.w_mel_styled)[:, None]
     losses = {"mel": (mel * wm).sum() / wm.sum().clamp(min=1e-6)}
     dur_t = torch.log1p(batch["durs"])
@@ -117,7 +118,6 @@ def u2s_losses(bundle: U2SBundle, batch: dict, cfg: U2STrainConfig, judge: nn.Mo
     losses["total"] = (losses["mel"] + cfg.w_dur * losses["dur"] + cfg.w_f0 * losses["f0"] + cfg.w_vuv * losses["vuv"]
                        + cfg.w_prosody * losses["prosody"] + cfg.w_labels * losses["labels"])
     if cfg.w_delta > 0:  # the mel's frame-to-frame change: a smeared transition is small where the real one jumps
-        pred = o["mel"].float()
         dm = wm[:, 1:] * fm[:, :-1]
         d = ((pred[:, 1:] - pred[:, :-1]) - (batch["mel"][:, 1:] - batch["mel"][:, :-1])).abs().mean(-1)
         losses["delta"] = (d * dm).sum() / dm.sum().clamp(min=1e-6)
