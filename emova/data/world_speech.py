@@ -1,7 +1,7 @@
 """The tiny world's speech: render every utterance its records ask for, encode it to units, fill the records.
 
     render_world_speech("data_cache/world", "train", "data_cache/world_speech")      # wav per speech key
-    encode_world_speech("data_cache/world_speech", "train", tokenizer)                 # units.jsonl
+    encode_world_speech("data_cache/world_speech", "train", tokenizer)                 # units-<tokenizer>.jsonl
     fill_world_units("data_cache/world", "train", "data_cache/world_speech", "data_cache/world_units")
 
 Voices: the train split is spoken by `TRAIN_VOICES` (flite and espeak-ng, ~45% flite, the speaker
@@ -188,10 +188,11 @@ def render_world_speech(world_dir: str | Path, split: str, out_dir: str | Path, 
 def encode_world_speech(speech_dir: str | Path, split: str, tokenizer: Any, requests: list[SpeechRequest],
                         batch: int = 32, progress: bool = True, canonical_outputs: bool = False,
                         output_voice: str = OUTPUT_VOICE) -> dict[str, list[int]]:
-    """Reduced units per speech key, cached in `speech_dir/{split}/units.jsonl` (appended; resumable) with
-    the `content_digest` they were made from: a row counts only while its request still says the same."""
+    """Reduced units per speech key, cached in `speech_dir/{split}/units-<tokenizer fingerprint>.jsonl` (appended;
+    resumable; one file per tokenizer) with the `content_digest` they were made from: a row counts only while its
+    request still says the same."""
     base = Path(speech_dir) / split
-    cache = base / "units.jsonl"
+    cache = base / f"units-{tokenizer.fingerprint}.jsonl"
     digest = {r.key: request_digest(r, split, canonical_outputs, output_voice) for r in requests}
     done = {k: row["units"] for k, row in _read_index(cache).items() if row.get("digest") == digest.get(k)}
     todo = [r.key for r in requests if r.key not in done]

@@ -29,6 +29,20 @@ class SpeechTokenizer:
         self.max_seconds = max_seconds
         self.chunk_units = int(chunk_seconds * 25)
         self.context_units = int(context_seconds * 25)
+        self._fingerprint: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """12 hex digits of a hash of the weights and config: which tokenizer made a cached unit sequence."""
+        if self._fingerprint is None:
+            import hashlib
+
+            h = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+            for k, v in sorted(self.model.state_dict().items()):
+                h.update(k.encode())
+                h.update(v.detach().float().contiguous().numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:12]
+        return self._fingerprint
 
     @property
     def codebook_size(self) -> int:

@@ -65,6 +65,8 @@ def test_output_voice_picks_the_one_voice_and_its_neutral_style(tmp_path):
 class _FakeTokenizer:
     """Duration-dependent units: enough to check the plumbing (encode → reduce → fill)."""
 
+    fingerprint = "fake"
+
     def encode_batch(self, paths):
         from emova.audio import Audio
 
@@ -84,8 +86,21 @@ def test_render_encode_fill_a_tiny_world(tmp_path):
     assert sorted(p.name for p in wav_dir.glob("*.wav")) == sorted(r.key.replace("/", "__") + ".wav" for r in reqs)
     units = encode_world_speech(tmp_path / "speech", "heldout", _FakeTokenizer(), reqs, progress=False)
     assert set(units) == {r.key for r in reqs} and all(u[-1] == 7 and u[-2] != 7 for u in units.values())
-    again = encode_world_speech(tmp_path / "speech", "heldout", None, reqs, progress=False)  # cached: no tokenizer
+    class Cached(_FakeTokenizer):
+        def encode_batch(self, paths):
+            raise AssertionError("cached units were encoded again")
+
+    again = encode_world_speech(tmp_path / "speech", "heldout", Cached(), reqs, progress=False)
     assert again == units
+
+    class Other(_FakeTokenizer):  # another tokenizer's units are its own: nothing cached is reused
+        fingerprint = "other"
+
+        def encode_batch(self, paths):
+            return [[1, 2, 2, 3] for _ in paths]
+
+    assert set(map(tuple, encode_world_speech(tmp_path / "speech", "heldout", Other(), reqs,
+                                              progress=False).values())) == {(1, 2, 3)}
     out = fill_world_units(tmp_path / "world", "heldout", units, tmp_path / "units")
     dlg = json.loads((out / "dialogue_speech.json").read_text())[0]
     assert "<<speech:" not in json.dumps(dlg) and "<|speech_" in dlg["conversations"][0]["value"]
