@@ -81,9 +81,22 @@ def _cmd_train_s2u(a: argparse.Namespace) -> None:
         print("exported to", SpeechTokenizer(model).save_pretrained(a.export))
 
 
+def _cmd_train_s2u_anchor(a: argparse.Namespace) -> None:
+    from emova.data.speech.anchor import render_anchor_corpus
+    from emova.train.s2u import export_s2u
+    from emova.train.s2u_anchor import S2UAnchorConfig, train_s2u_anchor
+
+    cfg = S2UAnchorConfig.load(a.config, corpus=a.corpus, init=a.init, out_dir=a.out, max_steps=a.max_steps)
+    if cfg.target == "anchor":
+        render_anchor_corpus(cfg.corpus, cfg.anchor_corpus, tuple(cfg.splits))
+    run = train_s2u_anchor(cfg)
+    if a.export:
+        print("exported to", export_s2u(run / "final", a.export))
+
+
 def _cmd_train_stage(a: argparse.Namespace) -> None:
     if a.stage is None:
-        raise ValueError("`emova train` needs --stage 1|2|3 (with --config) or a subcommand: s2u, u2s, vision, recipe, average")
+        raise ValueError("`emova train` needs --stage 1|2|3 (with --config) or a subcommand: s2u, s2u-anchor, u2s, vision, recipe, average")
     from emova.train.omni import train_stage_cli
 
     print(train_stage_cli(a.stage, a.stage_config, a.overrides))
@@ -326,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--workers", type=int, default=2)
     ds.set_defaults(func=_cmd_data_speech)
 
-    trp = sub.add_parser("train", help="training: `--stage 1|2|3 --config C`, or a subcommand (s2u, u2s, vision, recipe, average)")
+    trp = sub.add_parser("train", help="training: `--stage 1|2|3 --config C`, or a subcommand (s2u, s2u-anchor, u2s, vision, recipe, average)")
     trp.add_argument("--stage", type=int, choices=[1, 2, 3], default=None, help="EMOVA training stage of the omni model")
     trp.add_argument("--config", dest="stage_config", default=None, help="stage config (YAML path or a name in emova/configs/train)")
     trp.add_argument("--set", dest="overrides", nargs="*", default=None, metavar="KEY=VALUE", help="config overrides")
@@ -353,6 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--max-steps", type=int, default=None)
     ts.add_argument("--export", default=None, help="write the trained tokenizer to this directory")
     ts.set_defaults(func=_cmd_train_s2u)
+    ta = tr.add_parser("s2u-anchor", help="fine-tune a speech tokenizer to hear every voice in one anchor voice's "
+                                          "units (renders the anchor corpus first; resumes)")
+    ta.add_argument("--config", default=str(Path(__file__).parent / "configs" / "s2u_anchor.yaml"))
+    ta.add_argument("--corpus", default=None)
+    ta.add_argument("--init", default=None, help="the tokenizer to start from (name or directory)")
+    ta.add_argument("--out", default=None)
+    ta.add_argument("--max-steps", type=positive_int, default=None)
+    ta.add_argument("--export", default=None, help="write the fine-tuned tokenizer to this directory")
+    ta.set_defaults(func=_cmd_train_s2u_anchor)
 
     tu = tr.add_parser("u2s", help="train the speech detokenizer (args: see `python -m emova.train.u2s --help`)",
                        add_help=False)

@@ -6,12 +6,14 @@ from emova.model.config_loader import load_model_config
 from emova.train.engines import fully_shard_module
 from emova.train.omni import OmniTrainConfig, config_data, parse_overrides
 from emova.train.s2u import S2UTrainConfig
+from emova.train.s2u_anchor import S2UAnchorConfig
 from emova.train.u2s_config import U2STrainConfig
 from emova.yaml_io import parse_yaml, read_yaml_mapping
 
 LOADERS = {
     "omni": lambda p: config_data(OmniTrainConfig, p, {}),
     "s2u": S2UTrainConfig.load,
+    "s2u_anchor": S2UAnchorConfig.load,
     "u2s": U2STrainConfig.load,
     "model": load_model_config,
     "fsdp": lambda p: fully_shard_module(None, p),
