@@ -83,10 +83,12 @@ def _cmd_train_s2u(a: argparse.Namespace) -> None:
 
 def _cmd_train_s2u_anchor(a: argparse.Namespace) -> None:
     from emova.data.speech.anchor import render_anchor_corpus
+    from emova.speech.tokenizer import SpeechTokenizer
     from emova.train.s2u import export_s2u
     from emova.train.s2u_anchor import S2UAnchorConfig, train_s2u_anchor
 
     cfg = S2UAnchorConfig.load(a.config, corpus=a.corpus, init=a.init, out_dir=a.out, max_steps=a.max_steps)
+    SpeechTokenizer.from_pretrained(cfg.init)  # a missing or damaged teacher is named before anything is rendered
     if cfg.target == "anchor":
         render_anchor_corpus(cfg.corpus, cfg.anchor_corpus, tuple(cfg.splits))
     run = train_s2u_anchor(cfg)
