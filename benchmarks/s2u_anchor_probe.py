@@ -27,7 +27,6 @@ from emova.data.speech.render import synthesize
 from emova.data.speech.voices import voice_by_key
 from emova.eval.metrics import edit_distance
 from emova.eval.u2s import Judge, wer
-from emova.audio import Audio
 from emova.speech.detokenizer import SpeechDetokenizer
 from emova.speech.tokenizer import SpeechTokenizer
 from emova.styles import Style

@@ -38,3 +38,16 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
 
 
 __all__ = ["parse_yaml", "read_yaml_mapping"]
+
+
+def load_dataclass_config(cls, path, overrides: dict | None = None):
+    """`cls(**mapping)` from a YAML file, with `overrides` (None values ignored) on top; unknown keys are named."""
+    from dataclasses import fields
+
+    data = read_yaml_mapping(path)
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    return cls(**data)

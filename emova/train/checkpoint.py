@@ -49,6 +49,16 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     return path
 
 
+def save_step_checkpoint(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                         state: dict, keep: int) -> Path:
+    """Save `run_dir/step-{state['step']}` and delete all but the newest `keep` step checkpoints."""
+    run_dir = Path(run_dir)
+    path = save_checkpoint(run_dir / f"step-{state['step']}", model, optimizer, state)
+    for old in sorted(run_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
 def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict:
     path = Path(path)
     model.load_state_dict(load_tensors(path / "model.safetensors"), strict=True)

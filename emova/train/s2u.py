@@ -18,10 +18,10 @@ import csv
 import json
 import math
 import random
-import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,9 +34,9 @@ from emova.data.speech.phones import VOCAB_SIZE, phones_to_ids
 from emova.speech.features import s2u_features
 from emova.speech.s2u import CONFIGS, S2UConfig, S2UModel
 from emova.train.accel import fresh_accelerator
-from emova.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from emova.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_step_checkpoint
 from emova.train.plots import plot_log
-from emova.yaml_io import read_yaml_mapping
+from emova.yaml_io import load_dataclass_config
 
 
 @dataclass
@@ -67,13 +67,7 @@ class S2UTrainConfig:
 
     @classmethod
     def load(cls, path: str | Path, **overrides) -> S2UTrainConfig:
-        data = read_yaml_mapping(path)
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**data)
+        return load_dataclass_config(cls, path, overrides)
 
     def model_config(self) -> S2UConfig:
         if isinstance(self.model, str):
@@ -184,19 +178,23 @@ def make_batch(corpus: GroupedCorpus, idx: list[int], rng: random.Random, cfg: S
 
 def dtw_pairs(hidden: torch.Tensor, lengths: torch.Tensor, groups: list[list[int]]) -> list[tuple[int, int, np.ndarray]]:
     """For every pair of batch items in the same group: the DTW path between their frames."""
-    import librosa
-
     h = F.normalize(hidden.detach().float(), dim=-1)
     out = []
     for g in groups:
         for a in range(len(g)):
             for b in range(a + 1, len(g)):
                 ia, ib = g[a], g[b]
-                ha, hb = h[ia, : lengths[ia]], h[ib, : lengths[ib]]
-                cost = (1 - ha @ hb.T).numpy().astype(np.float64)
-                _, wp = librosa.sequence.dtw(C=cost, backtrack=True)
-                out.append((ia, ib, wp[::-1].copy()))
+                out.append((ia, ib, dtw_path(h[ia, : lengths[ia]], h[ib, : lengths[ib]])))
     return out
+
+
+def dtw_path(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """DTW path (N, 2) of frame index pairs between two (T, D) L2-normalised feature sequences, cosine cost."""
+    import librosa
+
+    cost = (1 - a @ b.T).numpy().astype(np.float64)
+    _, wp = librosa.sequence.dtw(C=cost, backtrack=True)
+    return wp[::-1].copy()
 
 
 def consistency_loss(z: torch.Tensor, pairs: list[tuple[int, int, np.ndarray]]) -> torch.Tensor:
@@ -226,7 +224,8 @@ def usage_entropy_deficit(z: torch.Tensor, levels: list[int], tau: float) -> tor
     return math.log(p.numel()) - h
 
 
-def lr_at(step: int, cfg: S2UTrainConfig) -> float:
+def lr_at(step: int, cfg: Any) -> float:
+    """Linear warmup to `cfg.lr` over `cfg.warmup_steps`, then cosine down to 5 % of it at `cfg.max_steps`."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     p = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
@@ -307,10 +306,8 @@ def train_s2u(cfg: S2UTrainConfig, progress: bool = True) -> Path:
                 t_last = now
                 bar.set_postfix(ctc=f"{ctc.item():.3f}", cons=f"{cons.item():.3f}")
             if step % cfg.save_every == 0 or step == cfg.max_steps:
-                state = {"step": step, "epoch": epoch, "batch_in_epoch": bi + 1}
-                save_checkpoint(out / f"step-{step}", accelerator.unwrap_model(model), opt, state)
-                for old in sorted(out.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[: -cfg.keep_checkpoints]:
-                    shutil.rmtree(old, ignore_errors=True)
+                save_step_checkpoint(out, accelerator.unwrap_model(model), opt,
+                                     {"step": step, "epoch": epoch, "batch_in_epoch": bi + 1}, cfg.keep_checkpoints)
         else:
             epoch += 1
             batch_in_epoch = 0

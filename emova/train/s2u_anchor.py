@@ -30,14 +30,11 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import math
 import random
-import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -46,10 +43,10 @@ from emova.speech.features import s2u_features
 from emova.speech.s2u import S2UModel
 from emova.speech.tokenizer import SpeechTokenizer
 from emova.train.accel import fresh_accelerator
-from emova.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from emova.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_step_checkpoint
 from emova.train.plots import plot_log
-from emova.train.s2u import GroupedCorpus, _augment_wave, _freq_warp
-from emova.yaml_io import read_yaml_mapping
+from emova.train.s2u import GroupedCorpus, _augment_wave, _freq_warp, dtw_path, lr_at
+from emova.yaml_io import load_dataclass_config
 
 
 @dataclass
@@ -80,13 +77,7 @@ class S2UAnchorConfig:
 
     @classmethod
     def load(cls, path: str | Path, **overrides) -> S2UAnchorConfig:
-        data = read_yaml_mapping(path)
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**data)
+        return load_dataclass_config(cls, path, overrides)
 
     def __post_init__(self) -> None:
         if self.target not in ("anchor", "self"):
@@ -108,22 +99,6 @@ def teacher_view(teacher: S2UModel, mel: torch.Tensor, mel_lens: torch.Tensor) -
     pad = o["pad_mask"]
     phon = teacher.post(teacher.from_code(o["q"]), pad if mel.shape[0] > 1 else None)
     return {"codes": o["q"].float(), "phon": F.normalize(phon.float(), dim=-1), "lengths": o["lengths"]}
-
-
-def dtw_path(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-    """DTW path (N, 2) between two (T, D) L2-normalised feature sequences, cosine cost."""
-    import librosa
-
-    cost = (1 - a @ b.T).numpy().astype(np.float64)
-    _, wp = librosa.sequence.dtw(C=cost, backtrack=True)
-    return wp[::-1].copy()
-
-
-def lr_at(step: int, cfg: S2UAnchorConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    p = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
 
 
 class AnchoredCorpus:
@@ -236,10 +211,8 @@ def train_s2u_anchor(cfg: S2UAnchorConfig, progress: bool = True) -> Path:
                 t_last = now
                 bar.set_postfix(map=f"{loss_map.item():.3f}", anchor=f"{loss_self.item():.3f}", ctc=f"{ctc.item():.3f}")
             if step % cfg.save_every == 0 or step == cfg.max_steps:
-                state = {"step": step, "epoch": epoch, "batch_in_epoch": bi + 1}
-                save_checkpoint(out / f"step-{step}", accelerator.unwrap_model(model), opt, state)
-                for old in sorted(out.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[: -cfg.keep_checkpoints]:
-                    shutil.rmtree(old, ignore_errors=True)
+                save_step_checkpoint(out, accelerator.unwrap_model(model), opt,
+                                     {"step": step, "epoch": epoch, "batch_in_epoch": bi + 1}, cfg.keep_checkpoints)
         else:
             epoch += 1
             batch_in_epoch = 0

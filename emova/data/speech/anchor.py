@@ -9,12 +9,9 @@ split `anchor`, one group per distinct text, named `anchor_<index>`.
 from __future__ import annotations
 
 import json
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from tqdm import tqdm
-
-from emova.data.speech.corpus import GroupPlan, _render_group, read_manifest
+from emova.data.speech.corpus import GroupPlan, read_manifest, render_plans
 from emova.data.speech.voices import HELD_OUT_KEYS, voice_by_key
 from emova.styles import Style
 
@@ -37,30 +34,12 @@ def render_anchor_corpus(corpus: str | Path, out_dir: str | Path, splits: tuple[
         raise ValueError(f"{voice} is a held-out voice; the anchor must be a training voice")
     v = voice_by_key(voice)
     style = str(Style(gender=v.gender))
-    out = Path(out_dir)
-    (out / "wav").mkdir(parents=True, exist_ok=True)
-    (out / "parts").mkdir(exist_ok=True)
     texts = anchor_texts(corpus, splits)
     if not texts:
         raise ValueError(f"corpus {corpus} has no rows in splits {list(splits)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "anchor_config.json").write_text(json.dumps({"corpus": str(corpus), "splits": list(splits),
                                                         "voice": voice, "n_texts": len(texts)}, indent=1))
     plans = [GroupPlan(f"anchor_{i:05d}", "anchor", t, voice, [style]) for i, t in enumerate(texts)]
-    todo = [p for p in plans if not (out / "parts" / f"{p.group}.json").exists()]
-    with tqdm(total=len(plans), initial=len(plans) - len(todo), desc=f"rendering anchor ({voice})", unit="utt",
-              disable=not progress) as bar:
-        if workers <= 1:
-            for p in todo:
-                _render_group((p, str(out)))
-                bar.update()
-        elif todo:
-            with ProcessPoolExecutor(workers) as ex:
-                for _ in ex.map(_render_group, [(p, str(out)) for p in todo], chunksize=16):
-                    bar.update()
-    manifest = out / "manifest.jsonl"
-    with open(manifest.with_suffix(".tmp"), "w") as f:
-        for p in plans:
-            for row in json.loads((out / "parts" / f"{p.group}.json").read_text()):
-                f.write(json.dumps(row) + "\n")
-    manifest.with_suffix(".tmp").replace(manifest)
-    return manifest
+    return render_plans(out, plans, workers, progress, f"rendering anchor ({voice})")

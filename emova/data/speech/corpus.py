@@ -177,13 +177,20 @@ def _render_group(args: tuple[GroupPlan, str]) -> list[dict]:
 def render_corpus(out_dir: str | Path, cfg: CorpusConfig, workers: int = 2, progress: bool = True) -> Path:
     """Render every planned group not yet rendered, then write manifest.jsonl. Safe to re-run after a kill."""
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "corpus_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    return render_plans(out, plan_corpus(cfg), workers, progress, "rendering speech")
+
+
+def render_plans(out_dir: str | Path, plans: list[GroupPlan], workers: int = 2, progress: bool = True,
+                 desc: str = "rendering speech") -> Path:
+    """Render every group of `plans` not yet rendered into `out_dir` (wav/ + parts/), then write manifest.jsonl in
+    plan order. Safe to re-run after a kill."""
+    out = Path(out_dir)
     (out / "wav").mkdir(parents=True, exist_ok=True)
     (out / "parts").mkdir(exist_ok=True)
-    (out / "corpus_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    plans = plan_corpus(cfg)
     todo = [p for p in plans if not (out / "parts" / f"{p.group}.json").exists()]
-    bar = tqdm(total=len(plans), initial=len(plans) - len(todo), desc="rendering speech", unit="group",
-               disable=not progress)
+    bar = tqdm(total=len(plans), initial=len(plans) - len(todo), desc=desc, unit="group", disable=not progress)
     if todo:
         if workers <= 1:
             for p in todo:
