@@ -88,10 +88,10 @@ def _cmd_train_s2u_anchor(a: argparse.Namespace) -> None:
     from emova.train.s2u_anchor import S2UAnchorConfig, train_s2u_anchor
 
     cfg = S2UAnchorConfig.load(a.config, corpus=a.corpus, init=a.init, out_dir=a.out, max_steps=a.max_steps)
-    SpeechTokenizer.from_pretrained(cfg.init)  # a missing or damaged teacher is named before anything is rendered
+    teacher = SpeechTokenizer.from_pretrained(cfg.init).model  # a bad teacher is named before anything is rendered
     if cfg.target == "anchor":
         render_anchor_corpus(cfg.corpus, cfg.anchor_corpus, tuple(cfg.splits))
-    run = train_s2u_anchor(cfg)
+    run = train_s2u_anchor(cfg, teacher=teacher)
     if a.export:
         print("exported to", export_s2u(run / "final", a.export))
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+
+T = TypeVar("T")
 
 
 def parse_yaml(text: str, where: str) -> Any:
@@ -37,17 +40,21 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     return data
 
 
-__all__ = ["parse_yaml", "read_yaml_mapping"]
 
-
-def load_dataclass_config(cls, path, overrides: dict | None = None):
-    """`cls(**mapping)` from a YAML file, with `overrides` (None values ignored) on top; unknown keys are named."""
-    from dataclasses import fields
-
-    data = read_yaml_mapping(path)
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+def config_kwargs(cls: type, data: dict[str, Any], overrides: dict[str, Any] | None, where: Any) -> dict[str, Any]:
+    """`data` with `overrides` (None values ignored) on top, as keyword arguments of dataclass `cls`; an unknown
+    key is a ValueError naming `where` (the config file) and the keys `cls` knows."""
+    data = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     known = {f.name for f in fields(cls)}
-    unknown = set(data) - known
+    unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
-    return cls(**data)
+        raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+    return data
+
+
+def load_dataclass_config(cls: type[T], path: str | Path, overrides: dict[str, Any] | None = None) -> T:
+    """Dataclass `cls` from the mapping in YAML file `path`, `overrides` on top (`config_kwargs`)."""
+    return cls(**config_kwargs(cls, read_yaml_mapping(path), overrides, path))
+
+
+__all__ = ["config_kwargs", "load_dataclass_config", "parse_yaml", "read_yaml_mapping"]

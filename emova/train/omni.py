@@ -30,7 +30,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ from emova.train.stages import (
     stage_spec,
     vision_depth,
 )
-from emova.yaml_io import parse_yaml, read_yaml_mapping
+from emova.yaml_io import config_kwargs, parse_yaml, read_yaml_mapping
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "train"
 ENGINES = ("ddp", "deepspeed", "fsdp2")
@@ -151,16 +151,8 @@ class OmniTrainConfig:
 def config_data(cls: type, path: str | Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments of dataclass `cls` from a YAML file (or a name in emova/configs/train/) and
     overrides (None values ignored); a non-mapping file or an unknown key is an error naming it."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = resolve_config(path)
-        data = read_yaml_mapping(p)
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
-    return data
+    data = read_yaml_mapping(resolve_config(path)) if path is not None else {}
+    return config_kwargs(cls, data, overrides, path)
 
 
 def resolve_config(name_or_path: str | Path) -> Path:

@@ -159,13 +159,18 @@ def _freq_warp(mel: torch.Tensor, rng: random.Random, amount: float) -> torch.Te
     return out
 
 
-def make_batch(corpus: GroupedCorpus, idx: list[int], rng: random.Random, cfg: S2UTrainConfig, train: bool = True):
-    waves = [_augment_wave(corpus.waveform(i), rng, cfg.speed_perturb if train else 0.0) for i in idx]
+def batch_mels(waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Waveforms of different lengths → the S2U's normalised log-mels (B, M, F), zero-padded, and their lengths."""
     lens = torch.tensor([len(w) for w in waves])
     batch = torch.zeros(len(waves), int(lens.max()))
     for b, w in enumerate(waves):
         batch[b, : len(w)] = w
-    mel, mel_lens = s2u_features(batch, lens)
+    return s2u_features(batch, lens)
+
+
+def make_batch(corpus: GroupedCorpus, idx: list[int], rng: random.Random, cfg: S2UTrainConfig, train: bool = True):
+    mel, mel_lens = batch_mels([_augment_wave(corpus.waveform(i), rng, cfg.speed_perturb if train else 0.0)
+                                for i in idx])
     if train:
         mel = _freq_warp(mel, rng, cfg.freq_warp)
         if cfg.time_mask_frames > 0:

@@ -39,13 +39,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from emova.speech.features import s2u_features
 from emova.speech.s2u import S2UModel
 from emova.speech.tokenizer import SpeechTokenizer
 from emova.train.accel import fresh_accelerator
 from emova.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_step_checkpoint
 from emova.train.plots import plot_log
-from emova.train.s2u import GroupedCorpus, _augment_wave, _freq_warp, dtw_path, lr_at
+from emova.train.s2u import GroupedCorpus, _augment_wave, _freq_warp, batch_mels, dtw_path, lr_at
 from emova.yaml_io import load_dataclass_config
 
 
@@ -84,14 +83,6 @@ class S2UAnchorConfig:
             raise ValueError(f"target must be 'anchor' or 'self', got {self.target!r}")
 
 
-def _mels(waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    lens = torch.tensor([len(w) for w in waves])
-    batch = torch.zeros(len(waves), int(lens.max()))
-    for b, w in enumerate(waves):
-        batch[b, : len(w)] = w
-    return s2u_features(batch, lens)
-
-
 @torch.no_grad()
 def teacher_view(teacher: S2UModel, mel: torch.Tensor, mel_lens: torch.Tensor) -> dict[str, torch.Tensor]:
     """The teacher's quantised codes (in bins) and its phonetic features (CTC side's hidden states)."""
@@ -119,13 +110,14 @@ class AnchoredCorpus:
         self.anchor_of = [by_text[r["text"]] for r in self.train.rows]
 
 
-def train_s2u_anchor(cfg: S2UAnchorConfig, progress: bool = True) -> Path:
-    """Train (or resume) the voice-normalising fine-tune; returns the run directory (`final/` at the end)."""
+def train_s2u_anchor(cfg: S2UAnchorConfig, progress: bool = True, teacher: S2UModel | None = None) -> Path:
+    """Train (or resume) the voice-normalising fine-tune; returns the run directory (`final/` at the end).
+    `teacher`: the model of `cfg.init` when the caller has it loaded already."""
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    teacher = SpeechTokenizer.from_pretrained(cfg.init).model.eval()
+    teacher = (teacher or SpeechTokenizer.from_pretrained(cfg.init).model).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     (out / "model_config.json").write_text(json.dumps(teacher.cfg.to_dict(), indent=1))
@@ -167,9 +159,9 @@ def train_s2u_anchor(cfg: S2UAnchorConfig, progress: bool = True) -> Path:
             anchors = sorted({data.anchor_of[i] for i in idx})
             a_pos = {a: k for k, a in enumerate(anchors)}
             waves = [_augment_wave(corpus.waveform(i), rng, cfg.speed_perturb) for i in idx]
-            mel, mel_lens = _mels(waves)
+            mel, mel_lens = batch_mels(waves)
             mel = _freq_warp(mel, rng, cfg.freq_warp)
-            a_mel, a_lens = _mels([torch.from_numpy(data.anchor.waveform(a)) for a in anchors])
+            a_mel, a_lens = batch_mels([torch.from_numpy(data.anchor.waveform(a)) for a in anchors])
             tv_s = teacher_view(teacher, mel, mel_lens)
             tv_a = teacher_view(teacher, a_mel, a_lens)
             for g in opt.param_groups:

@@ -4,7 +4,7 @@ on construction; `U2STrainConfig.load` reads a YAML file (`emova/configs/u2s_tin
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from emova.data.speech.voices import PITCH_FACTOR
@@ -15,7 +15,7 @@ from emova.speech.vocoder import VocoderConfig
 from emova.train.u2s_adversarial import MelDiscriminatorConfig
 from emova.train.u2s_augment import F0Augment
 from emova.train.u2s_content import PhoneJudgeConfig
-from emova.yaml_io import read_yaml_mapping
+from emova.yaml_io import load_dataclass_config
 
 FINETUNE_KEYS = {"voices", "max_minutes", "max_steps", "lr", "warmup_steps", "model", "w_content", "w_delta", "unit_noise",
                  "w_adv", "w_fm", "disc", "disc_lr", "adv_warmup"}
@@ -197,12 +197,7 @@ class U2STrainConfig:
 
     @classmethod
     def load(cls, path: str | Path, **overrides) -> U2STrainConfig:
-        data = read_yaml_mapping(path)
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(f.name for f in fields(cls))}")
-        return cls(**data)
+        return load_dataclass_config(cls, path, overrides)
 
     def finetune_config(self) -> U2STrainConfig:
         """The config the finetune stage trains with (this one, with the finetune overrides)."""
