@@ -67,6 +67,28 @@ def _cmd_data_speech(a: argparse.Namespace) -> None:
     print(render_corpus(a.out, cfg, workers=a.workers))
 
 
+def _cmd_data_fsdd_augment(a: argparse.Namespace) -> None:
+    """Augmented ASR records of the speech corpus' FSDD recordings (an experiment's data: docs/training.md)."""
+    from emova.data.speech.wave_augment import WaveAugment
+    from emova.data.world_speech import fsdd_asr_records
+    from emova.speech.tokenizer import SpeechTokenizer
+    from emova.yaml_io import read_yaml_mapping
+
+    if a.copies < 1:
+        raise ValueError(f"--copies must be at least 1, got {a.copies}")
+    aug = WaveAugment.from_dict(read_yaml_mapping(a.augment) if a.augment else None)
+    out = Path(a.out)
+    if out.exists() and not a.overwrite:
+        raise ValueError(f"{out} exists (pass --overwrite to replace it)")
+    recs = fsdd_asr_records(a.corpus, a.split, SpeechTokenizer.from_pretrained(a.tokenizer), copies=a.copies,
+                            augment=aug, seed=a.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(recs))
+    tmp.replace(out)
+    print(f"{len(recs)} augmented FSDD ASR records ({a.split}, {a.copies} per recording) → {out}")
+
+
 def _cmd_train_s2u(a: argparse.Namespace) -> None:
     from emova.speech.s2u import S2UModel
     from emova.speech.tokenizer import SpeechTokenizer
@@ -340,6 +362,18 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--fsdd", default=None, help="FSDD directory (training split) to include")
     ds.add_argument("--workers", type=int, default=2)
     ds.set_defaults(func=_cmd_data_speech)
+    fa = data.add_parser("fsdd-augment", help="augmented copies of the corpus' FSDD recordings as ASR records "
+                                               "(speed, PSOLA pitch/tempo, noise)")
+    fa.add_argument("--corpus", default="data_cache/speech", help="speech corpus rendered with --fsdd")
+    fa.add_argument("--split", default="fsdd_train", choices=["fsdd_train"],
+                    help="only the training recordings: validation and test stay held out")
+    fa.add_argument("--tokenizer", default="emova-tiny", help="speech tokenizer (bundled name or directory)")
+    fa.add_argument("--copies", type=int, default=8)
+    fa.add_argument("--seed", type=int, default=0)
+    fa.add_argument("--augment", default=None, help="YAML of WaveAugment ranges (speed, pitch, tempo, noise_snr_db, p_*)")
+    fa.add_argument("--out", default="data_cache/world_units_canonical_kal16/train/fsdd_asr_aug.json")
+    fa.add_argument("--overwrite", action="store_true")
+    fa.set_defaults(func=_cmd_data_fsdd_augment)
 
     trp = sub.add_parser("train", help="training: `--stage 1|2|3 --config C`, or a subcommand (s2u, s2u-anchor, u2s, vision, recipe, average)")
     trp.add_argument("--stage", type=int, choices=[1, 2, 3], default=None, help="EMOVA training stage of the omni model")

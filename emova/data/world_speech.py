@@ -226,21 +226,44 @@ def fill_world_units(world_dir: str | Path, split: str, units: dict[str, list[in
     return out
 
 
-def fsdd_asr_records(corpus_dir: str | Path, split: str, tokenizer: Any) -> list[dict[str, Any]]:
-    """ASR records from the speech corpus' FSDD rows (`fsdd_train` or `fsdd_val`): digit word as answer."""
-    from emova.data.speech.corpus import read_manifest
+def fsdd_asr_records(corpus_dir: str | Path, split: str, tokenizer: Any, copies: int = 0,
+                     augment: Any = None, seed: int = 0) -> list[dict[str, Any]]:
+    """ASR records from the speech corpus' FSDD rows (`fsdd_train` or `fsdd_val`): digit word as answer.
 
+    With `copies` > 0, instead `copies` augmented versions of every recording (`emova.data.speech.wave_augment`;
+    `augment` a `WaveAugment`, default ranges when None), ids `…-aug<k>`, each record's transformation in its meta."""
+    from emova.audio import Audio
+    from emova.data.speech.corpus import read_manifest
+    from emova.data.speech.wave_augment import WaveAugment, augment_wave
+
+    if not isinstance(copies, int) or copies < 0:
+        raise ValueError(f"copies must be a non-negative integer, got {copies!r}")
     rows = read_manifest(corpus_dir, (split,))
     if not rows:
         raise ValueError(f"the speech corpus at {corpus_dir} has no {split} rows (render it with --fsdd)")
-    units = tokenizer.encode_batch([Path(corpus_dir) / r["path"] for r in rows])
+    if not copies:
+        items = [(r, f"{FSDD_TASK}-{r['id']}", None) for r in rows]
+        units = tokenizer.encode_batch([Path(corpus_dir) / r["path"] for r in rows])
+    else:
+        aug = augment if augment is not None else WaveAugment()
+        items, units = [], []
+        for start in tqdm(range(0, len(rows), 64), desc=f"augment {split} x{copies}", unit="batch"):
+            clips = []
+            for r in rows[start : start + 64]:
+                audio = Audio.load(Path(corpus_dir) / r["path"])
+                for k in range(copies):
+                    t = aug.draw(f"{r['id']}/{k}", seed)
+                    items.append((r, f"{FSDD_TASK}-{r['id']}-aug{k}", t))
+                    clips.append(augment_wave(audio, t))
+            units += tokenizer.encode_batch(clips)
     out = []
-    for r, u in zip(rows, units):
+    for (r, rid, t), u in zip(items, units):
         unit_str = units_to_string([int(k) for k in tokenizer.reduce(u)])
-        out.append({"id": f"{FSDD_TASK}-{r['id']}",
-                    "conversations": [{"from": "human", "value": ASR_PROMPT + unit_str},
-                                      {"from": "gpt", "value": r["text"]}],
-                    "meta": {"source": "fsdd", "split": split, "speaker": r["voice"], "answer": r["text"]}})
+        meta = {"source": "fsdd", "split": split, "speaker": r["voice"], "answer": r["text"]}
+        if t is not None:
+            meta["augment"] = {k: round(v, 4) for k, v in t.items() if k != "seed"}
+        out.append({"id": rid, "conversations": [{"from": "human", "value": ASR_PROMPT + unit_str},
+                                                 {"from": "gpt", "value": r["text"]}], "meta": meta})
     return out
 
 
