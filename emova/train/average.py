@@ -24,7 +24,9 @@ import torch
 from emova.convert.model import write_safetensors_dir
 from emova.safetensors_io import read_safetensors_dir
 
-_IGNORED_CONFIG_KEYS = {"torch_dtype", "dtype", "transformers_version"}
+# how a checkpoint was stored or last run, not which model it is: a training checkpoint (fp32, use_cache set) and an
+# fp16 export of the same model average
+_IGNORED_CONFIG_KEYS = {"torch_dtype", "dtype", "transformers_version", "use_cache"}
 
 
 def _config(src: Path) -> dict[str, Any]:

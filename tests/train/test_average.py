@@ -51,6 +51,15 @@ def test_average_of_identical_checkpoints_is_the_checkpoint(tmp_path):
                for k in sa)
 
 
+def test_a_training_checkpoint_averages_with_an_fp16_export_of_the_same_model(tmp_path):
+    a = _plain(tmp_path, "a", {"w": torch.ones(2)}, {"model_type": "x", "dtype": "float32", "use_cache": True,
+                                                    "text_config": {"dtype": "float32"}})
+    b = _plain(tmp_path, "b", {"w": torch.zeros(2, dtype=torch.float16)},
+               {"model_type": "x", "dtype": "float16", "text_config": {"dtype": "float16"}})
+    average_checkpoints([a, b], tmp_path / "avg")
+    torch.testing.assert_close(load_file(str(tmp_path / "avg" / "model.safetensors"))["w"], torch.full((2,), 0.5))
+
+
 def _plain(tmp_path: Path, name: str, tensors: dict[str, torch.Tensor], config: dict | None = None) -> Path:
     d = tmp_path / name
     d.mkdir()
