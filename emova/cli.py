@@ -70,6 +70,7 @@ def _cmd_data_speech(a: argparse.Namespace) -> None:
 def _cmd_data_fsdd_augment(a: argparse.Namespace) -> None:
     """Augmented ASR records of the speech corpus' FSDD recordings (an experiment's data: docs/training.md)."""
     from emova.data.speech.wave_augment import WaveAugment
+    from emova.data.world.formats import save_records
     from emova.data.world_speech import fsdd_asr_records
     from emova.speech.tokenizer import SpeechTokenizer
     from emova.yaml_io import read_yaml_mapping
@@ -83,9 +84,7 @@ def _cmd_data_fsdd_augment(a: argparse.Namespace) -> None:
     recs = fsdd_asr_records(a.corpus, a.split, SpeechTokenizer.from_pretrained(a.tokenizer), copies=a.copies,
                             augment=aug, seed=a.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(recs))
-    tmp.replace(out)
+    save_records(out, recs)
     print(f"{len(recs)} augmented FSDD ASR records ({a.split}, {a.copies} per recording) → {out}")
 
 

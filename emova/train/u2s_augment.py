@@ -18,9 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,21 +87,34 @@ class F0Augment:
         return str(Style(gender=st.gender, emotion=st.emotion, speed=st.speed, pitch=self.to_pitch))
 
 
-def shift_f0(wave: np.ndarray, sr: int, factor: float, floor: float = 60.0, ceiling: float = 600.0) -> np.ndarray:
-    """The waveform with every F0 point multiplied by `factor` (Praat PSOLA); same length, same formants."""
+def psola(wave: np.ndarray, sr: int, edit: Callable[[Any, Any], None], floor: float = 60.0,
+          ceiling: float = 600.0) -> np.ndarray:
+    """Praat PSOLA resynthesis of `wave` after `edit(sound, manipulation)` has changed the manipulation's tiers;
+    float32, scaled down only where it would clip."""
     import parselmouth
     from parselmouth.praat import call
 
     snd = parselmouth.Sound(wave.astype(np.float64), sampling_frequency=sr)
     manip = call(snd, "To Manipulation", 0.01, floor, ceiling)
-    tier = call(manip, "Extract pitch tier")
-    call(tier, "Multiply frequencies", snd.xmin, snd.xmax, float(factor))
-    call([tier, manip], "Replace pitch tier")
+    edit(snd, manip)
     out = call(manip, "Get resynthesis (overlap-add)").values[0].astype(np.float32)
-    if len(out) != len(wave):  # Praat keeps the duration; guard the sample count anyway
-        out = np.pad(out, (0, max(0, len(wave) - len(out))))[: len(wave)]
     peak = float(np.abs(out).max()) if len(out) else 0.0
     return out / peak * 0.99 if peak > 0.99 else out
+
+
+def shift_f0(wave: np.ndarray, sr: int, factor: float, floor: float = 60.0, ceiling: float = 600.0) -> np.ndarray:
+    """The waveform with every F0 point multiplied by `factor` (Praat PSOLA); same length, same formants."""
+    from parselmouth.praat import call
+
+    def edit(snd: Any, manip: Any) -> None:
+        tier = call(manip, "Extract pitch tier")
+        call(tier, "Multiply frequencies", snd.xmin, snd.xmax, float(factor))
+        call([tier, manip], "Replace pitch tier")
+
+    out = psola(wave, sr, edit, floor, ceiling)
+    if len(out) != len(wave):  # Praat keeps the duration; guard the sample count anyway
+        out = np.pad(out, (0, max(0, len(wave) - len(out))))[: len(wave)]
+    return out
 
 
 def _aug_shard(args: tuple[list[dict], str, str, str, dict, dict]) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -57,11 +57,9 @@ class WaveAugment:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> WaveAugment:
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown wave augment key(s) {unknown}; known: {sorted(known)}")
+        from emova.yaml_io import config_kwargs
+
+        d = config_kwargs(cls, dict(d or {}), None, "wave augment")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,17 +92,16 @@ def change_speed(wave: np.ndarray, factor: float) -> np.ndarray:
 def change_tempo(wave: np.ndarray, sr: int, factor: float, floor: float = 60.0, ceiling: float = 600.0) -> np.ndarray:
     """Duration × `factor`, pitch kept: Praat PSOLA with a constant duration tier. Praat places the pulses of unvoiced
     stretches at random: seed it (`augment_wave` does) for a reproducible copy."""
-    import parselmouth
     from parselmouth.praat import call
 
-    snd = parselmouth.Sound(wave.astype(np.float64), sampling_frequency=sr)
-    manip = call(snd, "To Manipulation", 0.01, floor, ceiling)
-    tier = call("Create DurationTier", "tempo", snd.xmin, snd.xmax)
-    call(tier, "Add point", (snd.xmin + snd.xmax) / 2, float(factor))
-    call([manip, tier], "Replace duration tier")
-    out = call(manip, "Get resynthesis (overlap-add)").values[0].astype(np.float32)
-    peak = float(np.abs(out).max()) if len(out) else 0.0
-    return out / peak * 0.99 if peak > 0.99 else out
+    from emova.train.u2s_augment import psola
+
+    def edit(snd: Any, manip: Any) -> None:
+        tier = call("Create DurationTier", "tempo", snd.xmin, snd.xmax)
+        call(tier, "Add point", (snd.xmin + snd.xmax) / 2, float(factor))
+        call([manip, tier], "Replace duration tier")
+
+    return psola(wave, sr, edit, floor, ceiling)
 
 
 def augment_wave(audio: Audio, t: dict[str, float]) -> Audio:
