@@ -68,3 +68,31 @@ def test_log_mel_shape_and_frame_rate(tone):
     assert m.shape == (128, 16000 // 160 + 1)
     # the 150 Hz harmonic stack puts most energy in low bins
     assert m[:20].mean() > m[-20:].mean()
+
+
+def _burst(sr: int = 16000, seconds: float = 0.8) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.3 * np.sin(2 * np.pi * 180 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+
+
+@pytest.mark.parametrize("noise_db", [None, -45.0, -30.0])
+def test_speech_span_finds_the_sound_in_silence_or_background(noise_db):
+    sr, x = 16000, _burst()
+    y = np.concatenate([np.zeros(sr), x, np.zeros(int(1.5 * sr))]).astype(np.float32)
+    if noise_db is not None:
+        y = y + np.random.default_rng(0).normal(0, 10 ** (noise_db / 20), len(y)).astype(np.float32)
+    start, end = Audio(y, sr).speech_span()
+    assert abs(start - 1.0) < 0.03 and abs(end - 1.8) < 0.03
+    trimmed = Audio(y, sr).trim_silence(lead_s=0.1, trail_s=0.2)
+    assert abs(trimmed.duration - (0.8 + 0.1 + 0.2)) < 0.06
+
+
+def test_trim_silence_keeps_clips_that_are_already_cut_and_refuses_nothing():
+    sr, x = 16000, _burst()
+    tight = Audio(np.concatenate([np.zeros(int(0.03 * sr)), x, np.zeros(int(0.08 * sr))]).astype(np.float32), sr)
+    assert tight.trim_silence() is tight  # lead and trail within the default 0.05 / 0.1 s: untouched, bit for bit
+    silent = Audio(np.zeros(sr, np.float32), sr)
+    assert silent.speech_span() is None and silent.trim_silence() is silent
+    assert Audio(np.zeros(10, np.float32), sr).trim_silence().duration == 10 / sr  # shorter than a frame
+    long_lead = Audio(np.concatenate([np.zeros(2 * sr), x]).astype(np.float32), sr).trim_silence()
+    assert abs(long_lead.duration - (0.05 + 0.8)) < 0.03 and np.array_equal(long_lead.samples[-len(x):], x)

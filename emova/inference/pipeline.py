@@ -184,6 +184,12 @@ class Emova:
         #: token-by-token decoding with `emova.inference.fast_decode.LeanDecoder` where the LLM allows it (the
         #: same logits without the transformers modules' per-call overhead); False: the transformers forward
         self.lean_decoding = True
+        #: user speech is cut to its sound (`Audio.trim_silence`) before the speech tokenizer reads it: the models
+        #: learned from tightly cut clips, and a recording's second of silence or room noise would be heard as
+        #: content (benchmarks/asr_padding_probe.py; docs/python_api.md, "Silence around user speech")
+        self.trim_silence = True
+        #: seconds of that silence kept before and after the sound (lead, trail)
+        self.silence_margins = (0.05, 0.1)
 
     # ------------------------------------------------------------------------------------ loading
     @classmethod
@@ -238,6 +244,12 @@ class Emova:
         return generate_tokens(self.model, inputs, self.stop_ids, settings)
 
     def _units_string(self, audio: Audio) -> str:
+        if self.trim_silence:
+            margins = self.silence_margins
+            if (not isinstance(margins, (tuple, list)) or len(margins) != 2
+                    or not all(isinstance(v, (int, float)) and 0 <= v <= 5 for v in margins)):
+                raise ValueError(f"Emova.silence_margins must be (lead, trail) seconds in [0, 5], got {margins!r}")
+            audio = audio.trim_silence(*margins)
         units = reduce_units(self.speech_tokenizer.encode(audio))
         if not units:
             raise ValueError("the speech tokenizer returned no units for this audio (too short?)")
