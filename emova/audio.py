@@ -29,6 +29,74 @@ class AudioError(ValueError):
     """Raised for audio input that cannot be used; the message says what was wrong."""
 
 
+#: `Audio.to_bytes` formats written through libsndfile: name → (container, subtype)
+ENCODINGS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III"),
+             "opus": ("OGG", "OPUS")}
+
+
+#: `Audio.save` file extensions → encodings
+SAVE_EXTENSIONS = {".wav": "wav", ".flac": "flac", ".mp3": "mp3", ".ogg": "opus", ".opus": "opus"}
+
+
+def check_audio_path(path: str | Path) -> Path:
+    """A path `Audio.save` can write (its extension names an encoding); checked before any work is done."""
+    path = Path(path)
+    if path.suffix.lower() not in SAVE_EXTENSIONS:
+        raise AudioError(f"cannot save audio as {path.name!r}: use one of {', '.join(SAVE_EXTENSIONS)}")
+    if path.is_dir():
+        raise AudioError(f"cannot save audio as {path}: it is a directory")
+    return path
+
+
+def pcm16_bytes(x: np.ndarray) -> bytes:
+    """float samples in [-1, 1] → raw little-endian int16 bytes."""
+    return (np.clip(x, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
+
+
+class StreamResampler:
+    """Resamples a stream of chunks so that, joined, they equal the whole signal resampled at once (no seams).
+
+    Each call returns the output for the input received so far, less the last `hold` input samples, which wait
+    for the next chunk (their filter needs what follows); `flush()` returns the rest. ~2 ms of delay."""
+
+    def __init__(self, rate_in: int, rate_out: int, hold: int = 64) -> None:
+        g = math.gcd(int(rate_in), int(rate_out))
+        self.up, self.down = int(rate_out) // g, int(rate_in) // g
+        self.hold = hold - hold % self.down + self.down  # a multiple of `down`, so outputs stay on the grid
+        self._buf = np.zeros(0, np.float64)  # input not yet fully emitted, from `_start`
+        self._ctx = np.zeros(0, np.float64)  # input already emitted, kept as left context
+        self._done = False
+
+    def _run(self, x: np.ndarray, n_out_in: int) -> np.ndarray:
+        """Resample context + x; return the output of x's first `n_out_in` samples (a multiple of `down`)."""
+        full = np.concatenate([self._ctx, x])
+        y = resample_poly(full, self.up, self.down)
+        a = len(self._ctx) * self.up // self.down
+        return y[a: a + n_out_in * self.up // self.down]
+
+    def push(self, x: np.ndarray) -> np.ndarray:
+        if self._done:
+            raise RuntimeError("StreamResampler: push after flush")
+        self._buf = np.concatenate([self._buf, np.asarray(x, np.float64)])
+        n = len(self._buf) - self.hold
+        n -= n % self.down
+        if n <= 0:
+            return np.zeros(0, np.float32)
+        y = self._run(self._buf, n)
+        self._ctx = np.concatenate([self._ctx, self._buf[:n]])[-self.hold:]
+        self._buf = self._buf[n:]
+        return y.astype(np.float32)
+
+    def flush(self) -> np.ndarray:
+        self._done = True
+        n = len(self._buf)
+        if n == 0:
+            return np.zeros(0, np.float32)
+        pad = (-n) % self.down
+        y = self._run(np.concatenate([self._buf, np.zeros(pad)]), n + pad)
+        return y[: int(math.ceil(n * self.up / self.down))].astype(np.float32)
+
+
 @dataclass
 class Audio:
     samples: np.ndarray  # (T,) float32 in [-1, 1]
@@ -89,14 +157,26 @@ class Audio:
         return audio.resample(sample_rate) if sample_rate else audio
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
+        """Write the clip; the extension picks the encoding: .wav (16-bit), .flac, .mp3, .ogg / .opus (Opus)."""
+        path = check_audio_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(str(path), np.clip(self.samples, -1.0, 1.0), self.sample_rate, subtype="PCM_16")
+        path.write_bytes(self.to_bytes(SAVE_EXTENSIONS[path.suffix.lower()]))
         return path
 
     def to_wav_bytes(self) -> bytes:
+        return self.to_bytes("wav")
+
+    def to_bytes(self, fmt: str = "wav") -> bytes:
+        """Encode as `fmt`: "wav" (16-bit PCM), "flac", "mp3", "opus" (in Ogg), or "pcm16" (raw little-endian
+        16-bit samples, no header, at this clip's rate)."""
+        x = np.clip(self.samples, -1.0, 1.0)
+        if fmt == "pcm16":
+            return pcm16_bytes(x)
+        if fmt not in ENCODINGS:
+            raise AudioError(f"unknown audio encoding {fmt!r}; accepted: {', '.join([*ENCODINGS, 'pcm16'])}")
+        container, subtype = ENCODINGS[fmt]
         buf = io.BytesIO()
-        sf.write(buf, np.clip(self.samples, -1.0, 1.0), self.sample_rate, format="WAV", subtype="PCM_16")
+        sf.write(buf, x, self.sample_rate, format=container, subtype=subtype)
         return buf.getvalue()
 
     # ------------------------------------------------------------ transforms

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from emova.argtypes import positive_float, positive_int, threads_or_auto
 from emova.assets import ASSETS
+from emova.audio import check_audio_path
 
 EXAMPLES = ASSETS / "examples"
 
@@ -228,6 +229,8 @@ def _typed_turn() -> str | None:
 def _cmd_chat(a: argparse.Namespace) -> None:
     if not (a.audio or a.text or a.interactive):
         raise ValueError("emova chat needs --audio WAV or --text T (or --interactive)")
+    if a.out:
+        check_audio_path(a.out)
     m = _load_emova(a.model)
     override = {k: v for k, v in {"emotion": a.emotion, "pitch": a.pitch, "speed": a.speed}.items() if v} or None
     history: list[dict] = []
@@ -265,6 +268,7 @@ def _cmd_asr(a: argparse.Namespace) -> None:
 
 
 def _cmd_tts(a: argparse.Namespace) -> None:
+    check_audio_path(a.out)
     audio = _load_emova(a.model).synthesize(a.text, style=a.style)
     print(audio.save(a.out))
 

@@ -96,3 +96,52 @@ def test_trim_silence_keeps_clips_that_are_already_cut_and_refuses_nothing():
     assert Audio(np.zeros(10, np.float32), sr).trim_silence().duration == 10 / sr  # shorter than a frame
     long_lead = Audio(np.concatenate([np.zeros(2 * sr), x]).astype(np.float32), sr).trim_silence()
     assert abs(long_lead.duration - (0.05 + 0.8)) < 0.03 and np.array_equal(long_lead.samples[-len(x):], x)
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "opus"])
+def test_encodings_read_back(fmt):
+    x = _burst()
+    a = Audio.from_bytes(Audio(x, 16000).to_bytes(fmt))
+    assert a.sample_rate == 16000 and abs(a.duration - 0.8) < 0.08
+    assert abs(median_f0(a) - 180) < 5
+
+
+def test_pcm16_and_unknown_encodings():
+    x = np.array([0.0, 0.5, -1.0, 2.0], np.float32)
+    assert np.array_equal(np.frombuffer(Audio(x, 16000).to_bytes("pcm16"), "<i2"), [0, 16384, -32767, 32767])
+    with pytest.raises(AudioError, match="aac"):
+        Audio(x, 16000).to_bytes("aac")
+
+
+@pytest.mark.parametrize("rates", [(16000, 24000), (22050, 24000), (24000, 16000)])
+def test_stream_resampler_equals_resampling_the_whole(rates):
+    from scipy.signal import resample_poly
+
+    from emova.audio import StreamResampler
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 0.3, 20011)
+    r, out, i = StreamResampler(*rates), [], 0
+    for n in (1, 3, 700, 5000, 64, 9000):
+        out.append(r.push(x[i:i + n]))
+        i += n
+    out.append(r.push(x[i:]))
+    out.append(r.flush())
+    g = np.gcd(*rates)
+    ref = resample_poly(x, rates[1] // g, rates[0] // g)
+    y = np.concatenate(out)
+    assert len(y) == len(ref) and np.abs(y - ref).max() < 1e-5
+    with pytest.raises(RuntimeError):
+        r.push(x[:10])
+
+
+@pytest.mark.parametrize("ext", [".wav", ".flac", ".mp3", ".ogg", ".opus", ".WAV"])
+def test_save_encodes_by_extension(tmp_path, ext):
+    p = Audio(_burst(), 16000).save(tmp_path / f"reply{ext}")
+    assert abs(Audio.load(p).duration - 0.8) < 0.08
+
+
+def test_save_refuses_an_unknown_extension(tmp_path):
+    with pytest.raises(AudioError, match="reply.txt"):
+        Audio(_burst(), 16000).save(tmp_path / "reply.txt")
+    assert not (tmp_path / "reply.txt").exists()

@@ -66,3 +66,11 @@ def test_eof_ends_the_session_and_a_first_text_is_answered_first(fake, monkeypat
 def test_without_interactive_a_refused_turn_is_an_error(fake, capsys):
     assert cli.main(["chat", "--text", "too long", "--out", ""]) == 2
     assert "9999 tokens long" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["tts", "hello", "--out"], ["chat", "--text", "hi", "--out"],
+                                  ["speech", "decode", "--units", "1 2 3", "--out"]])
+def test_an_output_file_audio_cannot_be_written_to_is_refused_before_any_work(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_load_emova", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert cli.main([*argv, str(tmp_path / "reply.txt")]) == 2
+    assert "reply.txt" in capsys.readouterr().err and not (tmp_path / "reply.txt").exists()

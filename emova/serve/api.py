@@ -3,7 +3,7 @@
     POST /v1/chat/completions    OpenAI Chat Completions; `input_audio` / `image_url` (data: URL) parts,
                                  `modalities: ["text", "audio"]`, `audio: {voice, format, emotion, pitch,
                                  speed}`, `stream: true` (SSE text and audio deltas, then `data: [DONE]`)
-    POST /v1/audio/speech        {"input", "voice", "emotion", "pitch", "speed"} → audio/wav
+    POST /v1/audio/speech        {"input", "voice", "emotion", "pitch", "speed", "response_format"} → audio
     POST /v1/audio/transcriptions multipart `file` → {"text"}
     GET  /v1/models, GET /health
 
@@ -36,14 +36,21 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from emova.audio import SAMPLE_RATE, Audio, AudioError
+from emova.audio import SAMPLE_RATE, Audio, AudioError, StreamResampler, pcm16_bytes
 from emova.inference.pipeline import ContextLengthError, GenerationError
 from emova.styles import EMOTIONS, GENDERS, PITCHES, SPEEDS, Style
 
 if TYPE_CHECKING:  # pragma: no cover
     from emova.inference.pipeline import Emova
 
-AUDIO_FORMATS = ("wav", "flac", "ogg")
+AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg")  # input_audio.format (libsndfile reads each; the bytes decide)
+#: reply audio: `audio.format` of a chat request (OpenAI's names); a stream sends wav or pcm16 chunks
+REPLY_FORMATS = ("wav", "pcm16", "mp3", "flac", "opus")
+STREAM_FORMATS = ("wav", "pcm16")
+#: `/v1/audio/speech` `response_format` → (Audio.to_bytes encoding, media type); "pcm" is OpenAI's raw PCM
+SPEECH_FORMATS = {"wav": ("wav", "audio/wav"), "mp3": ("mp3", "audio/mpeg"), "flac": ("flac", "audio/flac"),
+                  "opus": ("opus", "audio/ogg"), "pcm": ("pcm16", "audio/pcm")}
+PCM_RATE = 24_000  # raw PCM is 24 kHz, 16-bit, mono, little-endian, as OpenAI sends it
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 ROLE_MAP = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 _REPLY_CACHE = 256  # assistant audio ids remembered for multi-turn (`{"role": "assistant", "audio": {"id"}}`)
@@ -224,19 +231,20 @@ def convert_messages(messages: Any, limits: dict[str, Any], replies: dict[str, s
     return out
 
 
-def _style_override(audio: Any) -> tuple[str, dict[str, str] | None]:
-    """`audio: {voice, format, emotion, pitch, speed}` → (voice, style override)."""
+def _style_override(audio: Any, stream: bool = False) -> tuple[str, dict[str, str] | None, str]:
+    """`audio: {voice, format, emotion, pitch, speed}` → (voice, style override, reply audio format)."""
     if audio is None:
-        return "female", None
+        return "female", None, "wav"
     if not isinstance(audio, dict):
         raise ApiError(400, "audio must be an object {'voice', 'format'}", "audio", "invalid_audio_options")
     voice = audio.get("voice", "female")
     if voice not in GENDERS:
         raise ApiError(400, f"unknown voice {voice!r}; accepted: {', '.join(GENDERS)}", "audio.voice", "invalid_voice")
     fmt = audio.get("format", "wav")
-    if fmt != "wav":
-        raise ApiError(400, f"audio.format {fmt!r} is not supported; accepted: wav", "audio.format",
-                       "unsupported_audio_format")
+    accepted = STREAM_FORMATS if stream else REPLY_FORMATS
+    if fmt not in accepted:
+        raise ApiError(400, f"audio.format {fmt!r} is not supported{' when streaming' if stream else ''}; "
+                       f"accepted: {', '.join(accepted)}", "audio.format", "unsupported_audio_format")
     override = {}
     for name, allowed in (("emotion", EMOTIONS), ("pitch", PITCHES), ("speed", SPEEDS)):
         v = audio.get(name)
@@ -246,7 +254,7 @@ def _style_override(audio: Any) -> tuple[str, dict[str, str] | None]:
             raise ApiError(400, f"unknown {name} {v!r}; accepted: {', '.join(allowed)}", f"audio.{name}",
                            f"invalid_{name}")
         override[name] = v
-    return voice, override or None
+    return voice, override or None, fmt
 
 
 def _int_opt(body: dict, *names: str) -> int | None:
@@ -288,10 +296,17 @@ def _multipart_file(content_type: str, raw: bytes) -> tuple[bytes, dict[str, str
 
 
 # ---------------------------------------------------------------------------------------- responses
-def _audio_object(result: Any, audio_id: str) -> dict[str, Any] | None:
+def encode_reply(audio: Audio, fmt: str) -> bytes:
+    """Reply audio in a chat `audio.format` / speech `response_format` encoding; raw PCM at 24 kHz (OpenAI's)."""
+    if fmt in ("pcm16", "pcm"):
+        return audio.resample(PCM_RATE).to_bytes("pcm16")
+    return audio.to_bytes(fmt)
+
+
+def _audio_object(result: Any, audio_id: str, fmt: str = "wav") -> dict[str, Any] | None:
     if result.audio is None:
         return None
-    return {"id": audio_id, "data": base64.b64encode(result.audio.to_wav_bytes()).decode("ascii"),
+    return {"id": audio_id, "data": base64.b64encode(encode_reply(result.audio, fmt)).decode("ascii"),
             "expires_at": int(time.time()) + 3600, "transcript": result.text}
 
 
@@ -378,7 +393,10 @@ def create_app(model: Emova, model_id: str = "emova-tiny", max_body_bytes: int =
         if not isinstance(modalities, list) or not modalities or any(m not in ("text", "audio") for m in modalities):
             raise ApiError(400, "modalities must be a list of 'text' and/or 'audio'", "modalities", "invalid_value")
         speak = "audio" in modalities
-        voice, override = _style_override(body.get("audio"))
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise ApiError(400, "stream must be a boolean", "stream", "invalid_value")
+        voice, override, audio_fmt = _style_override(body.get("audio"), stream)
         kw = {"voice": voice, "style_override": override, "speak": speak,
               "max_new_tokens": _int_opt(body, "max_completion_tokens", "max_tokens")}
         temp = body.get("temperature")
@@ -396,18 +414,15 @@ def create_app(model: Emova, model_id: str = "emova-tiny", max_body_bytes: int =
             raise ApiError(400, "only n=1 is supported", "n", "invalid_value")
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         audio_id = f"audio_{uuid.uuid4().hex[:24]}"
-        stream = body.get("stream", False)
-        if not isinstance(stream, bool):
-            raise ApiError(400, "stream must be a boolean", "stream", "invalid_value")
         if stream:
-            return await _stream(msgs, kw, cid, created, audio_id)
+            return await _stream(msgs, kw, cid, created, audio_id, audio_fmt)
         try:
             result = await locked(model.chat, msgs, **kw)
         except ValueError as e:
             raise model_error(e) from None
         _remember(audio_id, result)
         message = {"role": "assistant", "content": result.text, "refusal": None,
-                   "audio": _audio_object(result, audio_id) if speak else None}
+                   "audio": _audio_object(result, audio_id, audio_fmt) if speak else None}
         return {"id": cid, "object": "chat.completion", "created": created, "model": model_id,
                 "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
                 "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
@@ -418,7 +433,7 @@ def create_app(model: Emova, model_id: str = "emova-tiny", max_body_bytes: int =
         while len(replies) > _REPLY_CACHE:
             replies.popitem(last=False)
 
-    async def _stream(msgs: list, kw: dict, cid: str, created: int, audio_id: str) -> Any:
+    async def _stream(msgs: list, kw: dict, cid: str, created: int, audio_id: str, fmt: str = "wav") -> Any:
         await lock.acquire()
         pump = _EventPump(lambda: model.chat(msgs, stream=True, **kw), asyncio.get_running_loop())
         try:
@@ -437,20 +452,43 @@ def create_app(model: Emova, model_id: str = "emova-tiny", max_body_bytes: int =
                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
             return f"data: {json.dumps(c)}\n\n"
 
+        pcm: StreamResampler | None = None  # pcm16 chunks: one 24 kHz stream, resampled without seams
+
+        def audio_delta(a: Audio | None, index: int) -> str | None:
+            nonlocal pcm
+            if fmt != "pcm16":
+                return None if a is None else chunk({"audio": {"id": audio_id, "index": index,
+                                                               "data": base64.b64encode(a.to_bytes(fmt)).decode("ascii")}})
+            if a is not None and pcm is None:
+                pcm = StreamResampler(a.sample_rate, PCM_RATE)
+            if pcm is None:
+                return None
+            y = pcm.push(a.samples) if a is not None else pcm.flush()
+            if len(y) == 0:
+                return None
+            return chunk({"audio": {"id": audio_id, "index": index,
+                                    "data": base64.b64encode(pcm16_bytes(y)).decode("ascii")}})
+
         async def sse() -> Any:
             try:
                 yield chunk({"role": "assistant", "content": ""})
+                n_audio = 0
                 ev = first
                 while ev is not None:
                     if ev.type == "text":
                         if ev.text:
                             yield chunk({"content": ev.text})
                     elif ev.type == "audio":
-                        data = base64.b64encode(ev.audio.to_wav_bytes()).decode("ascii")
-                        yield chunk({"audio": {"id": audio_id, "data": data, "index": ev.index}})
+                        delta = audio_delta(ev.audio, ev.index)
+                        n_audio = ev.index + 1
+                        if delta is not None:
+                            yield delta
                     else:
                         result = ev.result
                         _remember(audio_id, result)
+                        tail = audio_delta(None, n_audio)
+                        if tail is not None:
+                            yield tail
                         if kw["speak"]:
                             yield chunk({"audio": {"id": audio_id, "transcript": result.text,
                                                    "expires_at": int(time.time()) + 3600}})
@@ -476,9 +514,9 @@ def create_app(model: Emova, model_id: str = "emova-tiny", max_body_bytes: int =
         if not isinstance(text, str) or not text.strip():
             raise ApiError(400, "input must be a non-empty string", "input", "invalid_value")
         fmt = body.get("response_format", "wav")
-        if fmt != "wav":
-            raise ApiError(400, f"response_format {fmt!r} is not supported; accepted: wav", "response_format",
-                           "unsupported_audio_format")
+        if fmt not in SPEECH_FORMATS:
+            raise ApiError(400, f"response_format {fmt!r} is not supported; accepted: {', '.join(SPEECH_FORMATS)}",
+                           "response_format", "unsupported_audio_format")
         voice = body.get("voice", "female")
         if voice not in GENDERS:
             raise ApiError(400, f"unknown voice {voice!r}; accepted: {', '.join(GENDERS)}", "voice", "invalid_voice")
@@ -494,7 +532,8 @@ def create_app(model: Emova, model_id: str = "emova-tiny", max_body_bytes: int =
             audio = await locked(model.synthesize, text, Style(**fields))
         except (ValueError, GenerationError) as e:
             raise model_error(e, "input") from None
-        return Response(audio.to_wav_bytes(), media_type="audio/wav")
+        encoding, media_type = SPEECH_FORMATS[fmt]
+        return Response(encode_reply(audio, encoding), media_type=media_type)
 
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(request: Request) -> Any:

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import save_file
 
 from emova.assets import read_config, resolve_model_dir
-from emova.audio import Audio, as_audio
+from emova.audio import Audio, as_audio, check_audio_path
 from emova.safetensors_io import load_tensors
 from emova.speech.refiner import MelRefiner, MelRefinerConfig
 from emova.speech.style_encoder import (
@@ -356,5 +356,6 @@ class SpeechDetokenizer:
 def decode_to_file(units: str | list[int], style: str | Style | None, out: str | Path,
                    model: str | Path = "emova-tiny", reference: str | Path | None = None) -> Path:
     """What `emova speech decode --units … --style … [--reference WAV] --out WAV` runs."""
+    check_audio_path(out)
     detok = SpeechDetokenizer.from_pretrained(model)
     return detok.decode(units, style=style, reference=reference).save(out)

@@ -92,7 +92,9 @@ def _bad_cases(speech_):  # noqa: F811
         "bad_base64": (user(audio_part("@@not base64!!")), 400, "messages[0].content[0].input_audio.data"),
         "non_audio_bytes": (user(audio_part(b64(b"hello, I am not a wav file" * 20))), 400,
                             "messages[0].content[0].input_audio.data"),
-        "unsupported_format": (user(audio_part(wav, "mp3")), 400, "messages[0].content[0].input_audio.format"),
+        "unsupported_format": (user(audio_part(wav, "aac")), 400, "messages[0].content[0].input_audio.format"),
+        "format_not_the_bytes": (user(audio_part(b64(b"ID3 this is not an mp3 at all" * 20), "mp3")), 400,
+                                 "messages[0].content[0].input_audio.data"),
         "oversized_audio": (user(audio_part(wav_b64(long))), 413, "messages[0].content[0].input_audio.data"),
         "oversized_image": (user({"type": "image_url", "image_url": {"url": png_url(big_img)}},
                                  {"type": "text", "text": "what is this?"}), 413,
@@ -105,8 +107,10 @@ def _bad_cases(speech_):  # noqa: F811
         "unknown_emotion": ({**user(audio_part(wav)), "audio": {"voice": "male", "emotion": "ecstatic"}}, 400,
                             "audio.emotion"),
         "unknown_pitch": ({**user(audio_part(wav)), "audio": {"voice": "male", "pitch": "ultra"}}, 400, "audio.pitch"),
-        "unsupported_output_format": ({**user(audio_part(wav)), "audio": {"voice": "male", "format": "mp3"}}, 400,
+        "unsupported_output_format": ({**user(audio_part(wav)), "audio": {"voice": "male", "format": "aac"}}, 400,
                                       "audio.format"),
+        "unstreamable_output_format": ({**user(audio_part(wav)), "stream": True,
+                                        "audio": {"voice": "male", "format": "mp3"}}, 400, "audio.format"),
         "empty_messages": ({"messages": []}, 400, "messages"),
         "missing_messages": ({"model": "emova-tiny"}, 400, "messages"),
         "wrong_role": ({"messages": [{"role": "tool", "content": "hi"}]}, 400, "messages[0].role"),
@@ -138,7 +142,7 @@ def test_oversized_body(client):
 
 @pytest.mark.parametrize("body,param", [
     ({"input": ""}, "input"), ({"input": "hi", "voice": "alloy"}, "voice"),
-    ({"input": "hi", "emotion": "ecstatic"}, "emotion"), ({"input": "hi", "response_format": "mp3"}, "response_format"),
+    ({"input": "hi", "emotion": "ecstatic"}, "emotion"), ({"input": "hi", "response_format": "aac"}, "response_format"),
 ])  # fmt: skip
 def test_bad_speech_request(client, body, param):
     assert_error(client.post("/v1/audio/speech", json=body), 400, param)
@@ -239,6 +243,55 @@ def test_speech(client, emova, monkeypatch):  # noqa: F811
     assert Audio.from_bytes(r.content).duration > 0
 
 
+@pytest.mark.parametrize("fmt,media,rate", [("mp3", "audio/mpeg", 16000), ("flac", "audio/flac", 16000),
+                                             ("opus", "audio/ogg", 16000), ("pcm", "audio/pcm", 24000)])
+def test_speech_formats(client, emova, monkeypatch, fmt, media, rate):  # noqa: F811
+    """OpenAI's response formats: encoded files, or raw 16-bit PCM at 24 kHz (OpenAI's rate) for "pcm"."""
+    monkeypatch.setattr(emova, "_tokens", Feed(emova, UNITS))
+    wav = client.post("/v1/audio/speech", json={"input": "Hello!", "voice": "male"})
+    monkeypatch.setattr(emova, "_tokens", Feed(emova, UNITS))
+    r = client.post("/v1/audio/speech", json={"input": "Hello!", "voice": "male", "response_format": fmt})
+    assert r.status_code == 200 and r.headers["content-type"] == media
+    ref = Audio.from_bytes(wav.content)
+    if fmt == "pcm":
+        got = Audio(np.frombuffer(r.content, "<i2").astype(np.float32) / 32767, rate)
+    else:
+        got = Audio.from_bytes(r.content)
+    assert got.sample_rate == rate and abs(got.duration - ref.duration) < 0.08
+
+
+def test_mp3_input_and_pcm16_reply_chunks_join_without_seams(client, emova, speech, monkeypatch):  # noqa: F811
+    """An mp3 question (OpenAI's other input format) is heard; a pcm16 stream is one 24 kHz signal: its chunks
+    joined equal the wav stream's chunks joined and resampled as a whole (no seam at any chunk boundary)."""
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    buf = io.BytesIO()
+    sf.write(buf, speech.samples, speech.sample_rate, format="MP3")
+    body = chat_body(speech, audio={"voice": "female", "format": "pcm16"})
+    body["messages"][0]["content"] = [audio_part(b64(buf.getvalue()), "mp3")]
+    monkeypatch.setattr(emova, "_tokens", Feed(emova, format_answer(ANSWER)))
+    whole = client.post("/v1/chat/completions", json=body)
+    assert whole.status_code == 200, whole.text
+    pcm_whole = np.frombuffer(base64.b64decode(whole.json()["choices"][0]["message"]["audio"]["data"]), "<i2")
+    assert pcm_whole.size > 0
+
+    def stream_chunks(fmt: str) -> list[bytes]:
+        monkeypatch.setattr(emova, "_tokens", Feed(emova, format_answer(ANSWER)))
+        b = {**body, "stream": True, "audio": {"voice": "female", "format": fmt}}
+        with client.stream("POST", "/v1/chat/completions", json=b) as r:
+            events = _sse(r.read().decode())
+        data = [e["choices"][0]["delta"].get("audio", {}).get("data") for e in events if "choices" in e]
+        return [base64.b64decode(d) for d in data if d]
+
+    wav = [Audio.from_bytes(c) for c in stream_chunks("wav")]
+    pcm = np.concatenate([np.frombuffer(c, "<i2") for c in stream_chunks("pcm16")]).astype(np.float64) / 32767
+    assert len(wav) > 1 and all(a.sample_rate == 16000 for a in wav)
+    ref = resample_poly(np.concatenate([a.samples for a in wav]).astype(np.float64), 3, 2)
+    assert len(pcm) == len(ref)
+    assert np.abs(pcm - np.clip(ref, -1, 1)).max() < 3e-4  # 16-bit steps (the wav chunks are 16-bit too)
+
+
 def test_transcriptions(client, emova, speech, monkeypatch):  # noqa: F811
     monkeypatch.setattr(emova, "_tokens", Feed(emova, "what color is the circle"))
     r = client.post("/v1/audio/transcriptions", data={"model": "emova-tiny"},
@@ -282,6 +335,16 @@ def test_openai_client(live_server, emova, speech, monkeypatch):  # noqa: F811
             assert Audio.from_bytes(base64.b64decode(data)).duration > 0
             n_audio += 1
     assert text == ANSWER["assistant response text"] and n_audio > 0
+    monkeypatch.setattr(emova, "_tokens", Feed(emova, format_answer(ANSWER)))
+    stream = client.chat.completions.create(  # OpenAI's streaming audio format: raw 24 kHz pcm16 deltas
+        model="emova-tiny", modalities=["text", "audio"], audio={"voice": "female", "format": "pcm16"}, stream=True,
+        messages=[{"role": "user", "content": [audio_part(wav_b64(speech))]}])
+    pcm = b""
+    for c in stream:
+        audio = getattr(c.choices[0].delta, "audio", None) or (c.choices[0].delta.model_extra or {}).get("audio")
+        data = audio.get("data") if isinstance(audio, dict) else getattr(audio, "data", None)
+        pcm += base64.b64decode(data) if data else b""
+    assert len(pcm) > 0 and len(pcm) % 2 == 0
     with pytest.raises(BadRequestError) as e:
         client.chat.completions.create(model="emova-tiny", messages=[])
     assert e.value.status_code == 400
