@@ -360,15 +360,19 @@ class Emova:
         return _UNIT_TOKEN.sub("", raw).strip()
 
     def synthesize(self, text: str, style: Style | str = Style(), max_new_tokens: int = 1024,
-                   reference: Audio | None = None) -> Audio:
-        """Text → speech units (TTS prompt) → U2S in `style`."""
+                   reference: Audio | None = None, rate: float = 1.0) -> Audio:
+        """Text → speech units (TTS prompt) → U2S in `style`. `rate` (0.25–4, OpenAI's `speed`) then plays the
+        speech that many times faster, pitch kept (Praat PSOLA), on top of the style's own speed label."""
         if not isinstance(text, str) or not text.strip():
             raise ValueError("text to synthesize is empty")
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.25 <= rate <= 4.0:
+            raise ValueError(f"rate must be a number in [0.25, 4], got {rate!r}")
         style = Style.parse(style)
         units = list(self.tts_units(text.strip(), self._settings(max_new_tokens, 1024)))
         if not units:
             raise GenerationError("the model generated no speech units for this text")
-        return self.detokenizer.decode(units, style=style, reference=reference)
+        audio = self.detokenizer.decode(units, style=style, reference=reference)
+        return audio if rate == 1.0 else retime(audio, rate)
 
     def answer(self, image: Any, question: str, max_new_tokens: int = 256) -> str:
         """A typed question about an image → the text answer."""
@@ -378,6 +382,23 @@ class Emova:
         inputs = self._encode([{"role": "user", "content": question.strip()}], [img])
         raw = self._decode(list(self._tokens(inputs, self._settings(max_new_tokens, 256))))
         return _UNIT_TOKEN.sub("", raw).strip()
+
+
+def retime(audio: Audio, rate: float) -> Audio:
+    """`audio` played `rate` times faster with its pitch kept (Praat PSOLA; seeded, so the same call gives the same
+    samples)."""
+    import parselmouth
+
+    from emova.data.speech.wave_augment import change_speed, change_tempo
+
+    if audio.duration < 0.06:  # too short for Praat's pitch analysis (3 periods of 60 Hz): plain resampling
+        return Audio(change_speed(audio.samples, rate), audio.sample_rate)
+    parselmouth.praat.run("random_initializeWithSeedUnsafelyButPredictably (0)")
+    try:
+        w = change_tempo(audio.samples, audio.sample_rate, 1.0 / rate)
+    finally:
+        parselmouth.praat.run("random_initializeSafelyAndUnpredictably ()")
+    return Audio(w, audio.sample_rate)
 
 
 def concat_audio(chunks: list[Audio]) -> Audio | None:

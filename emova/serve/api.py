@@ -3,7 +3,8 @@
     POST /v1/chat/completions    OpenAI Chat Completions; `input_audio` / `image_url` (data: URL) parts,
                                  `modalities: ["text", "audio"]`, `audio: {voice, format, emotion, pitch,
                                  speed}`, `stream: true` (SSE text and audio deltas, then `data: [DONE]`)
-    POST /v1/audio/speech        {"input", "voice", "emotion", "pitch", "speed", "response_format"} → audio
+    POST /v1/audio/speech        {"input", "voice", "emotion", "pitch", "speed" (label or OpenAI's 0.25-4 rate),
+                                 "response_format"} → audio
     POST /v1/audio/transcriptions multipart `file` → {"text"}
     GET  /v1/models, GET /health
 
@@ -520,16 +521,23 @@ def create_app(model: Emova, model_id: str = "emova-tiny", max_body_bytes: int =
         voice = body.get("voice", "female")
         if voice not in GENDERS:
             raise ApiError(400, f"unknown voice {voice!r}; accepted: {', '.join(GENDERS)}", "voice", "invalid_voice")
-        fields = {"gender": voice}
+        fields, rate = {"gender": voice}, 1.0
+        speed = body.get("speed")
+        if isinstance(speed, (int, float)) and not isinstance(speed, bool):  # OpenAI's speed: a rate, 0.25-4
+            if not 0.25 <= speed <= 4.0:
+                raise ApiError(400, f"speed {speed!r} is out of range; a number in [0.25, 4] or one of "
+                               f"{', '.join(SPEEDS)}", "speed", "invalid_speed")
+            rate, body = float(speed), {k: v for k, v in body.items() if k != "speed"}
         for name, allowed in (("emotion", EMOTIONS), ("pitch", PITCHES), ("speed", SPEEDS)):
             v = body.get(name)
             if v is not None:
                 if v not in allowed:
-                    raise ApiError(400, f"unknown {name} {v!r}; accepted: {', '.join(allowed)}", name,
+                    raise ApiError(400, f"unknown {name} {v!r}; accepted: {', '.join(allowed)}"
+                                   + (" or a number in [0.25, 4]" if name == "speed" else ""), name,
                                    f"invalid_{name}")
                 fields[name] = v
         try:
-            audio = await locked(model.synthesize, text, Style(**fields))
+            audio = await locked(model.synthesize, text, Style(**fields), rate=rate)
         except (ValueError, GenerationError) as e:
             raise model_error(e, "input") from None
         encoding, media_type = SPEECH_FORMATS[fmt]

@@ -143,6 +143,8 @@ def test_oversized_body(client):
 @pytest.mark.parametrize("body,param", [
     ({"input": ""}, "input"), ({"input": "hi", "voice": "alloy"}, "voice"),
     ({"input": "hi", "emotion": "ecstatic"}, "emotion"), ({"input": "hi", "response_format": "aac"}, "response_format"),
+    ({"input": "hi", "speed": 4.5}, "speed"), ({"input": "hi", "speed": 0.1}, "speed"), ({"input": "hi", "speed": "warp"}, "speed"),
+    ({"input": "hi", "speed": True}, "speed"),
 ])  # fmt: skip
 def test_bad_speech_request(client, body, param):
     assert_error(client.post("/v1/audio/speech", json=body), 400, param)
@@ -241,6 +243,21 @@ def test_speech(client, emova, monkeypatch):  # noqa: F811
                                               "emotion": "happy", "pitch": "high"})
     assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
     assert Audio.from_bytes(r.content).duration > 0
+
+
+def test_speech_openai_speed_is_a_rate(client, emova, monkeypatch):  # noqa: F811
+    """OpenAI's `speed` is a number (0.25-4): the speech is that many times faster, pitch kept; our labels still
+    work (`"speed": "fast"`)."""
+    long_units = "".join(f"<|speech_{u}|>" for u in range(10, 130))
+    durations = {}
+    for speed in (1.0, 2.0, 0.5, "fast"):
+        monkeypatch.setattr(emova, "_tokens", Feed(emova, long_units))
+        r = client.post("/v1/audio/speech", json={"input": "Hello there!", "voice": "male", "speed": speed})
+        assert r.status_code == 200, r.text
+        durations[speed] = Audio.from_bytes(r.content).duration
+    assert durations[1.0] > 0.06  # long enough for the PSOLA path (shorter clips are resampled)
+    assert durations[2.0] == pytest.approx(durations[1.0] / 2, rel=0.1)
+    assert durations[0.5] == pytest.approx(durations[1.0] * 2, rel=0.1)
 
 
 @pytest.mark.parametrize("fmt,media,rate", [("mp3", "audio/mpeg", 16000), ("flac", "audio/flac", 16000),
