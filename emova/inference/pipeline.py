@@ -74,6 +74,9 @@ class ChatResult:
     mode: str = "spoken"  # "spoken" (audio in, JSON answer) or "text"
     repairs: list[str] = field(default_factory=list)  # what json_repair fixed in `raw`
     timings: dict[str, float] = field(default_factory=dict)
+    #: tokens read and written: `prompt_tokens` (images and speech units included), `completion_tokens` (the
+    #: answer; for a text turn that is spoken, plus the speech units of its TTS pass)
+    usage: dict[str, int] = field(default_factory=dict)
 
     @property
     def repaired(self) -> bool:
@@ -91,7 +94,7 @@ class ChatResult:
             "style": str(self.style) if self.style else None, "mode": self.mode, "repairs": self.repairs,
             "audio": None if self.audio is None else {"sample_rate": self.audio.sample_rate,
                                                       "seconds": round(self.audio.duration, 3)},
-            "raw": self.raw, "timings": self.timings,
+            "raw": self.raw, "timings": self.timings, "usage": self.usage,
         }  # fmt: skip
 
 
@@ -325,20 +328,22 @@ class Emova:
             return stream_chat(self, plan)
         ids = list(self._tokens(plan.inputs, plan.settings))
         t_gen = time.perf_counter()
-        result = self.finish(plan, self._decode(ids))
+        result = self.finish(plan, self._decode(ids), n_generated=len(ids))
         if plan.speak and result.units:
             result.audio = self.detokenizer.decode(result.units, style=result.style)
         result.timings.update(generate_s=t_gen - plan.started, total_s=time.perf_counter() - plan.started)
         return result
 
-    def finish(self, plan: ChatPlan, raw: str, units: list[int] | None = None) -> ChatResult:
-        """Turn the raw answer into a ChatResult (no audio yet). Text turns get their TTS units here
-        unless `units` are given."""
+    def finish(self, plan: ChatPlan, raw: str, units: list[int] | None = None, n_generated: int = 0) -> ChatResult:
+        """Turn the raw answer (`n_generated` tokens) into a ChatResult (no audio yet). Text turns get their TTS
+        units here unless `units` are given."""
+        usage = {"prompt_tokens": int(plan.inputs["input_ids"].shape[-1]), "completion_tokens": n_generated}
         if plan.mode == "spoken":
             p = parse_answer(raw)
             style = resolve_style(plan.voice, p.emotion, p.pitch, plan.style_override)
             return ChatResult(p.transcript, p.user_emotion, p.user_pitch, p.text or "", p.emotion, p.pitch,
-                              p.units if units is None else units, None, raw, style, "spoken", p.repairs)
+                              p.units if units is None else units, None, raw, style, "spoken", p.repairs,
+                              usage=usage)
         found, _ = units_in(raw)
         text = raw.replace("<image>", "")
         repairs = []
@@ -349,7 +354,8 @@ class Emova:
         style = resolve_style(plan.voice, None, None, plan.style_override)
         if units is None:
             units = list(self.tts_units(text, plan.settings)) if plan.speak and text else []
-        return ChatResult(None, None, None, text, None, None, units, None, raw, style, "text", repairs)
+            usage["completion_tokens"] += len(units)
+        return ChatResult(None, None, None, text, None, None, units, None, raw, style, "text", repairs, usage=usage)
 
     # ------------------------------------------------------------------------------- single tasks
     def transcribe(self, audio: str | Path | Audio, max_new_tokens: int = 256) -> str:

@@ -135,7 +135,7 @@ def _stream_spoken(m: Emova, plan: ChatPlan, clock: _Clock, chunks: list[Audio])
     for tok in tokens:  # whatever follows the speech field
         ids.append(tok)
     raw = m._decode(ids)
-    result = m.finish(plan, raw, units=streamed if first_unit_tok is not None else None)
+    result = m.finish(plan, raw, units=streamed if first_unit_tok is not None else None, n_generated=len(ids))
     if style is not None:
         result.style = style
     elif plan.speak and result.units:  # units the repair found outside the speech field: speak them now
@@ -154,7 +154,7 @@ def _stream_text(m: Emova, plan: ChatPlan, clock: _Clock, chunks: list[Audio]) -
         delta, emitted = _text_delta(current, emitted, clock)
         if delta is not None:
             yield delta
-    result = m.finish(plan, m._decode(ids), units=[])
+    result = m.finish(plan, m._decode(ids), units=[], n_generated=len(ids))
     if plan.speak and result.text:
         units: list[int] = []
         source = iter(m.tts_units(result.text, plan.settings))
@@ -162,6 +162,7 @@ def _stream_text(m: Emova, plan: ChatPlan, clock: _Clock, chunks: list[Audio]) -
         if first is not None:
             yield from _audio_events(m, _collect(chain([first], source), units), result.style, clock, chunks)
         result.units = units
+        result.usage["completion_tokens"] += len(units)
     return result
 
 

@@ -311,6 +311,12 @@ def _audio_object(result: Any, audio_id: str, fmt: str = "wav") -> dict[str, Any
             "expires_at": int(time.time()) + 3600, "transcript": result.text}
 
 
+def _usage(result: Any) -> dict[str, int]:
+    """OpenAI's usage object from `ChatResult.usage` (prompt: text, image and speech-unit tokens)."""
+    p, c = int(result.usage.get("prompt_tokens", 0)), int(result.usage.get("completion_tokens", 0))
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
 def _emova_object(result: Any) -> dict[str, Any]:
     return {"transcript": result.transcript, "user_emotion": result.user_emotion, "user_pitch": result.user_pitch,
             "emotion": result.emotion, "pitch": result.pitch, "style": str(result.style) if result.style else None,
@@ -415,8 +421,14 @@ def create_app(model: Emova, model_id: str = "emova-tiny", max_body_bytes: int =
             raise ApiError(400, "only n=1 is supported", "n", "invalid_value")
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         audio_id = f"audio_{uuid.uuid4().hex[:24]}"
+        opts = body.get("stream_options")
+        if opts is not None and (not stream or not isinstance(opts, dict)
+                                 or not isinstance(opts.get("include_usage", False), bool)):
+            raise ApiError(400, "stream_options must be an object {'include_usage': bool} and needs stream: true",
+                           "stream_options", "invalid_value")
         if stream:
-            return await _stream(msgs, kw, cid, created, audio_id, audio_fmt)
+            return await _stream(msgs, kw, cid, created, audio_id, audio_fmt,
+                                 bool((opts or {}).get("include_usage", False)))
         try:
             result = await locked(model.chat, msgs, **kw)
         except ValueError as e:
@@ -426,15 +438,15 @@ def create_app(model: Emova, model_id: str = "emova-tiny", max_body_bytes: int =
                    "audio": _audio_object(result, audio_id, audio_fmt) if speak else None}
         return {"id": cid, "object": "chat.completion", "created": created, "model": model_id,
                 "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-                "emova": _emova_object(result)}
+                "usage": _usage(result), "emova": _emova_object(result)}
 
     def _remember(audio_id: str, result: Any) -> None:
         replies[audio_id] = result.as_message()["content"]
         while len(replies) > _REPLY_CACHE:
             replies.popitem(last=False)
 
-    async def _stream(msgs: list, kw: dict, cid: str, created: int, audio_id: str, fmt: str = "wav") -> Any:
+    async def _stream(msgs: list, kw: dict, cid: str, created: int, audio_id: str, fmt: str = "wav",
+                      include_usage: bool = False) -> Any:
         await lock.acquire()
         pump = _EventPump(lambda: model.chat(msgs, stream=True, **kw), asyncio.get_running_loop())
         try:
@@ -448,9 +460,11 @@ def create_app(model: Emova, model_id: str = "emova-tiny", max_body_bytes: int =
             lock.release()
             raise
 
-        def chunk(delta: dict, finish: str | None = None, **extra: Any) -> str:
+        def chunk(delta: dict | None, finish: str | None = None, **extra: Any) -> str:
+            """An SSE chunk; `delta=None` gives one without choices (the usage chunk)."""
+            choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
             c = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_id,
-                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
+                 "choices": choices, **extra}
             return f"data: {json.dumps(c)}\n\n"
 
         pcm: StreamResampler | None = None  # pcm16 chunks: one 24 kHz stream, resampled without seams
@@ -494,6 +508,8 @@ def create_app(model: Emova, model_id: str = "emova-tiny", max_body_bytes: int =
                             yield chunk({"audio": {"id": audio_id, "transcript": result.text,
                                                    "expires_at": int(time.time()) + 3600}})
                         yield chunk({}, "stop", emova=_emova_object(result))
+                        if include_usage:  # OpenAI's last chunk: no choices, the usage
+                            yield chunk(None, usage=_usage(result))
                     ev = await pump.next()
             except Exception as e:  # noqa: BLE001 — headers are sent: report in-band
                 err = ApiError(500, f"{type(e).__name__}: {e}", type="server_error", code="stream_error")

@@ -245,6 +245,27 @@ def test_speech(client, emova, monkeypatch):  # noqa: F811
     assert Audio.from_bytes(r.content).duration > 0
 
 
+def test_usage_counts_the_tokens_read_and_written(client, emova, speech, monkeypatch):  # noqa: F811
+    """`usage` is the real count (not zeros): the answer's tokens, and the prompt's with its speech units; a stream
+    with `stream_options.include_usage` ends with OpenAI's usage chunk (no choices), the same numbers."""
+    feed = Feed(emova, format_answer(ANSWER))
+    monkeypatch.setattr(emova, "_tokens", feed)
+    r = client.post("/v1/chat/completions", json=chat_body(speech))
+    usage = r.json()["usage"]
+    n_prompt = len(emova.processor.tokenizer.encode(feed.prompts[0], add_special_tokens=False))
+    assert usage == {"prompt_tokens": n_prompt, "completion_tokens": feed.pulled,
+                     "total_tokens": n_prompt + feed.pulled}
+    assert n_prompt > len(ANSWER["assistant response speech"]) // 20 and feed.pulled > 30
+    monkeypatch.setattr(emova, "_tokens", Feed(emova, format_answer(ANSWER)))
+    with client.stream("POST", "/v1/chat/completions",
+                       json=chat_body(speech, stream=True, stream_options={"include_usage": True})) as s:
+        events = _sse(s.read().decode())
+    assert events[-1]["choices"] == [] and events[-1]["usage"] == usage
+    assert all("usage" not in e for e in events[:-1])
+    assert_error(client.post("/v1/chat/completions", json=chat_body(speech, stream_options={"include_usage": True})),
+                 400, "stream_options")
+
+
 def test_speech_openai_speed_is_a_rate(client, emova, monkeypatch):  # noqa: F811
     """OpenAI's `speed` is a number (0.25-4): the speech is that many times faster, pitch kept; our labels still
     work (`"speed": "fast"`)."""
