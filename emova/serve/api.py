@@ -5,7 +5,7 @@
                                  speed}`, `stream: true` (SSE text and audio deltas, then `data: [DONE]`)
     POST /v1/audio/speech        {"input", "voice", "emotion", "pitch", "speed" (label or OpenAI's 0.25-4 rate),
                                  "response_format"} → audio
-    POST /v1/audio/transcriptions multipart `file` → {"text"}
+    POST /v1/audio/transcriptions multipart `file` → {"text"} (or text, verbose_json, srt, vtt)
     GET  /v1/models, GET /health
 
 One generation at a time per model (an asyncio lock; the blocking model call runs in a worker thread; a
@@ -51,6 +51,7 @@ STREAM_FORMATS = ("wav", "pcm16")
 #: `/v1/audio/speech` `response_format` → (Audio.to_bytes encoding, media type); "pcm" is OpenAI's raw PCM
 SPEECH_FORMATS = {"wav": ("wav", "audio/wav"), "mp3": ("mp3", "audio/mpeg"), "flac": ("flac", "audio/flac"),
                   "opus": ("opus", "audio/ogg"), "pcm": ("pcm16", "audio/pcm")}
+TRANSCRIPT_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 PCM_RATE = 24_000  # raw PCM is 24 kHz, 16-bit, mono, little-endian, as OpenAI sends it
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 ROLE_MAP = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -309,6 +310,12 @@ def _audio_object(result: Any, audio_id: str, fmt: str = "wav") -> dict[str, Any
         return None
     return {"id": audio_id, "data": base64.b64encode(encode_reply(result.audio, fmt)).decode("ascii"),
             "expires_at": int(time.time()) + 3600, "transcript": result.text}
+
+
+def _timestamp(seconds: float, sep: str) -> str:
+    """SRT (`sep` ",") / WebVTT (".") time: HH:MM:SS,mmm."""
+    ms = int(round(seconds * 1000))
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}{sep}{ms % 1000:03d}"
 
 
 def _usage(result: Any) -> dict[str, int]:
@@ -571,8 +578,13 @@ def create_app(model: Emova, model_id: str = "emova-tiny", max_body_bytes: int =
             raise ApiError(400, "send multipart/form-data with a 'file' field (or an audio/* body)", "file",
                            "invalid_multipart")
         fmt = fields.get("response_format", "json")
-        if fmt not in ("json", "text"):
-            raise ApiError(400, f"response_format {fmt!r}; accepted: json, text", "response_format", "invalid_value")
+        if fmt not in TRANSCRIPT_FORMATS:
+            raise ApiError(400, f"response_format {fmt!r}; accepted: {', '.join(TRANSCRIPT_FORMATS)}",
+                           "response_format", "invalid_value")
+        language = fields.get("language", "en").strip().lower()
+        if language not in ("en", "english"):
+            raise ApiError(400, f"language {language!r}: this model transcribes English only (en)", "language",
+                           "unsupported_language")
         audio = _decode_audio(data, "file", limits["max_audio_seconds"])
         try:
             text = await locked(model.transcribe, audio)
@@ -580,7 +592,18 @@ def create_app(model: Emova, model_id: str = "emova-tiny", max_body_bytes: int =
             raise model_error(e, "file") from None
         if fmt == "text":
             return Response(text, media_type="text/plain")
-        return {"text": text}
+        if fmt == "json":
+            return {"text": text}
+        start, end = audio.speech_span() or (0.0, audio.duration)  # one segment: the model gives no word times
+        if fmt == "verbose_json":
+            return {"task": "transcribe", "language": "english", "duration": round(audio.duration, 3), "text": text,
+                    "segments": [{"id": 0, "seek": 0, "start": round(start, 3), "end": round(end, 3), "text": text,
+                                  "tokens": [], "temperature": 0.0}]}
+        if fmt == "srt":
+            return Response(f"1\n{_timestamp(start, ',')} --> {_timestamp(end, ',')}\n{text}\n",
+                            media_type="application/x-subrip")
+        return Response(f"WEBVTT\n\n{_timestamp(start, '.')} --> {_timestamp(end, '.')}\n{text}\n",
+                        media_type="text/vtt")
 
     return app
 

@@ -151,9 +151,36 @@ def test_bad_speech_request(client, body, param):
     assert client.get("/health").status_code == 200
 
 
+@pytest.mark.parametrize("fmt", ["verbose_json", "srt", "vtt"])
+def test_transcription_formats(client, emova, speech, monkeypatch, fmt):  # noqa: F811
+    """OpenAI's other response formats: one segment over the speech (the model gives no word timings)."""
+    monkeypatch.setattr(emova, "_tokens", Feed(emova, "what color is the circle"))
+    padded = Audio(np.concatenate([np.zeros(8000, np.float32), speech.samples]), 16000)  # speech from 0.5 s
+    r = client.post("/v1/audio/transcriptions", data={"model": "emova-tiny", "response_format": fmt,
+                                                      "language": "en"},
+                    files={"file": ("q.wav", padded.to_wav_bytes(), "audio/wav")})
+    assert r.status_code == 200, r.text
+    if fmt == "verbose_json":
+        v = r.json()
+        assert v["text"] == "what color is the circle" and v["language"] == "english"
+        assert v["duration"] == pytest.approx(padded.duration, abs=0.01)
+        (seg,) = v["segments"]
+        assert seg["start"] == pytest.approx(0.5, abs=0.03) and seg["end"] == pytest.approx(padded.duration, abs=0.03)
+    else:
+        lines = r.text.splitlines()
+        stamp = lines[1] if fmt == "srt" else lines[2]
+        assert lines[0] == ("1" if fmt == "srt" else "WEBVTT") and lines[-1] == "what color is the circle"
+        start, end = (int(t[6:8]) + int(t[9:12]) / 1000 for t in stamp.split(" --> "))
+        assert stamp[8] == ("," if fmt == "srt" else ".") and stamp[:6] == "00:00:"
+        assert start == pytest.approx(0.5, abs=0.03) and end == pytest.approx(padded.duration, abs=0.03)
+
+
 def test_bad_transcription_request(client):
     assert_error(client.post("/v1/audio/transcriptions", files={"file": ("a.wav", b"not audio", "audio/wav")}), 400,
                  "file")
+    for field, value in (("response_format", "docx"), ("language", "fr")):
+        assert_error(client.post("/v1/audio/transcriptions", data={field: value},
+                                 files={"file": ("a.wav", b"RIFF", "audio/wav")}), 400, field)
     assert_error(client.post("/v1/audio/transcriptions", data={"model": "x"}, files={"other": ("a", b"1")}), 400)
     assert_error(client.post("/v1/audio/transcriptions", json={"file": "x"}), 400)
 
