@@ -9,7 +9,7 @@ the held-out voices (`heldout_per`: flite `awb` and espeak-ng `en-us+f4`, altern
 recordings — `Emova.transcribe` is scored on the clips as they are; with 0.5–1.5 s of digital silence added before
 and after; with that much of the clip's own background (white noise at the level of its quietest 10 % of frames,
 as a microphone's room would add); and with silence padding plus white noise at 20 dB SNR — each with the
-pipeline's trimming off and on at each lead:trail margin (`Audio.trim_silence`). Sentences are scored by WER, FSDD
+pipeline's trimming off and on at each lead:trail margin (`Audio.trim_silence`, with its 0.1 s tolerance). Sentences are scored by WER, FSDD
 digits by whether the reply says the digit. The same padding and noise for every trimming setting.
 """
 
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
             for r in sent:
                 x = Audio.load(corpus / r["path"], 16000).samples
                 x = x if cond == "clean" else pad(x, rng, 16000, cond)
-                hyps.append(" ".join(words(m.transcribe(Audio(x, 16000)))))
-                refs.append(" ".join(words(r["text"])))
+                hyps.append(words(m.transcribe(Audio(x, 16000))))
+                refs.append(words(r["text"]))
             for r in fsdd:
                 x = Audio.load(corpus / r["path"], 16000).samples
                 x = x if cond == "clean" else pad(x, rng, 16000, cond)

@@ -63,7 +63,7 @@ class StreamResampler:
         g = math.gcd(int(rate_in), int(rate_out))
         self.up, self.down = int(rate_out) // g, int(rate_in) // g
         self.hold = hold - hold % self.down + self.down  # a multiple of `down`, so outputs stay on the grid
-        self._buf = np.zeros(0, np.float64)  # input not yet fully emitted, from `_start`
+        self._buf = np.zeros(0, np.float64)  # input received but not yet turned into output
         self._ctx = np.zeros(0, np.float64)  # input already emitted, kept as left context
         self._done = False
 
@@ -232,20 +232,23 @@ class Audio:
             return None
         return on[0] * hop / sr, min(len(x), on[-1] * hop + win) / sr
 
-    def trim_silence(self, lead_s: float = 0.05, trail_s: float = 0.1) -> Audio:
-        """The clip without its leading and trailing silence (or background), keeping `lead_s` / `trail_s` of it
-        around the sound (`speech_span`). Returns self when there is nothing to trim or no sound is found.
+    def trim_silence(self, lead_s: float = 0.2, trail_s: float = 0.2, tolerance_s: float = 0.1) -> Audio:
+        """The clip with its leading and trailing silence (or background) cut down to `lead_s` / `trail_s` around
+        the sound (`speech_span`). A side is cut only where its silence exceeds what is kept by more than
+        `tolerance_s`, so a clip cut about that tightly already passes untouched. Returns self when nothing is cut
+        or no sound is found.
 
         Speech models trained on tightly cut recordings (synthetic renderings, FSDD) hear a second of silence
         before a question as content; a microphone recording always has some."""
         span = self.speech_span()
         if span is None:
             return self
-        a = max(0, int((span[0] - lead_s) * self.sample_rate))
-        b = min(len(self.samples), int(math.ceil((span[1] + trail_s) * self.sample_rate)))
-        if a == 0 and b == len(self.samples):
+        sr, n = self.sample_rate, len(self.samples)
+        a = max(0, int((span[0] - lead_s) * sr)) if span[0] > lead_s + tolerance_s else 0
+        b = min(n, int(math.ceil((span[1] + trail_s) * sr))) if n / sr - span[1] > trail_s + tolerance_s else n
+        if a == 0 and b == n:
             return self
-        return Audio(self.samples[a:b].copy(), self.sample_rate)
+        return Audio(self.samples[a:b].copy(), sr)
 
     def validate_speech(self, max_seconds: float = MAX_SECONDS_DEFAULT, min_seconds: float = 0.05) -> Audio:
         """Checks for speech inputs: not empty, not silent, not too long. Returns self."""

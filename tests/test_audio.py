@@ -89,13 +89,16 @@ def test_speech_span_finds_the_sound_in_silence_or_background(noise_db):
 
 def test_trim_silence_keeps_clips_that_are_already_cut_and_refuses_nothing():
     sr, x = 16000, _burst()
-    tight = Audio(np.concatenate([np.zeros(int(0.03 * sr)), x, np.zeros(int(0.08 * sr))]).astype(np.float32), sr)
-    assert tight.trim_silence() is tight  # lead and trail within the default 0.05 / 0.1 s: untouched, bit for bit
+    tight = Audio(np.concatenate([np.zeros(int(0.25 * sr)), x, np.zeros(int(0.28 * sr))]).astype(np.float32), sr)
+    assert tight.trim_silence() is tight  # within 0.1 s of the default 0.2 s kept: untouched, bit for bit
+    assert tight.trim_silence(tolerance_s=0.0).duration == pytest.approx(0.2 + 0.8 + 0.2, abs=0.03)
+    over = Audio(np.concatenate([np.zeros(int(0.35 * sr)), x]).astype(np.float32), sr).trim_silence()
+    assert over.duration == pytest.approx(0.2 + 0.8, abs=0.03)  # 0.15 s more than kept: cut
     silent = Audio(np.zeros(sr, np.float32), sr)
     assert silent.speech_span() is None and silent.trim_silence() is silent
     assert Audio(np.zeros(10, np.float32), sr).trim_silence().duration == 10 / sr  # shorter than a frame
     long_lead = Audio(np.concatenate([np.zeros(2 * sr), x]).astype(np.float32), sr).trim_silence()
-    assert abs(long_lead.duration - (0.05 + 0.8)) < 0.03 and np.array_equal(long_lead.samples[-len(x):], x)
+    assert abs(long_lead.duration - (0.2 + 0.8)) < 0.03 and np.array_equal(long_lead.samples[-len(x):], x)
 
 
 @pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "opus"])

@@ -191,8 +191,9 @@ class Emova:
         #: learned from tightly cut clips, and a recording's second of silence or room noise would be heard as
         #: content (benchmarks/asr_padding_probe.py; docs/python_api.md, "Silence around user speech")
         self.trim_silence = True
-        #: seconds of that silence kept before and after the sound (lead, trail)
-        self.silence_margins = (0.05, 0.1)
+        #: seconds of that silence kept before and after the sound (lead, trail); a side with at most 0.1 s more is
+        #: left as it is (`Audio.trim_silence`'s tolerance)
+        self.silence_margins = (0.2, 0.2)
 
     # ------------------------------------------------------------------------------------ loading
     @classmethod
@@ -250,7 +251,7 @@ class Emova:
         if self.trim_silence:
             margins = self.silence_margins
             if (not isinstance(margins, (tuple, list)) or len(margins) != 2
-                    or not all(isinstance(v, (int, float)) and 0 <= v <= 5 for v in margins)):
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 5 for v in margins)):
                 raise ValueError(f"Emova.silence_margins must be (lead, trail) seconds in [0, 5], got {margins!r}")
             audio = audio.trim_silence(*margins)
         units = reduce_units(self.speech_tokenizer.encode(audio))

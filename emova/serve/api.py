@@ -477,6 +477,7 @@ def create_app(model: Emova, model_id: str = "emova-tiny", max_body_bytes: int =
         pcm: StreamResampler | None = None  # pcm16 chunks: one 24 kHz stream, resampled without seams
 
         def audio_delta(a: Audio | None, index: int) -> str | None:
+            """The SSE audio delta for chunk `a` (None at the end: what the pcm16 resampler still holds), if any."""
             nonlocal pcm
             if fmt != "pcm16":
                 return None if a is None else chunk({"audio": {"id": audio_id, "index": index,

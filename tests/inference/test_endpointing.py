@@ -33,7 +33,7 @@ def test_the_speech_tokenizer_reads_the_question_without_the_silence_around_it(t
     assert heard[-1] == pytest.approx(len(padded) / sr)
 
 
-@pytest.mark.parametrize("bad", [(0.1,), (-0.1, 0.1), ("a", 0.1), 0.1, (0.1, 9.0)])
+@pytest.mark.parametrize("bad", [(0.1,), (-0.1, 0.1), ("a", 0.1), 0.1, (0.1, 9.0), (True, 0.1), (float("nan"), 0.1)])
 def test_bad_silence_margins_are_named(tiny, monkeypatch, bad):
     monkeypatch.setattr(tiny, "silence_margins", bad)
     q = Audio.load(resolve_model_dir("emova-tiny").parent / "examples" / "question.wav", 16000)
