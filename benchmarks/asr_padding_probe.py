@@ -1,16 +1,19 @@
-"""Does a recording's silence or background change what the model hears? ASR through the LLM, trimmed and untrimmed.
+"""Does a recording's silence, background or pauses change what the model hears? ASR through the LLM, with the
+pipeline's front end off and on.
 
     python benchmarks/asr_padding_probe.py [--model emova-tiny] [-n 60] [--margins 0.3:0.3 0.1:0.1]
-                                           [--out reports/asr_padding_probe.json]
+        [--conditions clean silence background noise20 pause] [--out reports/asr_padding_probe.json]
 
-Microphone recordings start and end with silence or background noise; the corpus and the world's clips are cut
-tightly (flite ~0.2 s of lead-in, espeak-ng none, FSDD ~0.02 s). On held-out clips — `n` held-out sentences of
-the held-out voices (`heldout_per`: flite `awb` and espeak-ng `en-us+f4`, alternating) and `n` FSDD validation
-recordings — `Emova.transcribe` is scored on the clips as they are; with 0.5–1.5 s of digital silence added before
-and after; with that much of the clip's own background (white noise at the level of its quietest 10 % of frames,
-as a microphone's room would add); and with silence padding plus white noise at 20 dB SNR — each with the
-pipeline's trimming off and on at each lead:trail margin (`Audio.trim_silence`, with its 0.1 s tolerance). Sentences are scored by WER, FSDD
-digits by whether the reply says the digit. The same padding and noise for every trimming setting.
+Microphone recordings start and end with silence or background noise, and people pause; the corpus and the world's
+clips are cut tightly (flite ~0.2 s of lead-in, espeak-ng none, FSDD ~0.02 s; pauses inside ~0.04 s). On held-out
+clips — `n` held-out sentences of the held-out voices (`heldout_per`: flite `awb` and espeak-ng `en-us+f4`,
+alternating) and `n` FSDD validation recordings — `Emova.transcribe` is scored on the clips as they are (clean);
+with 0.5–1.5 s of digital silence added before and after (silence); with that much of the clip's own background,
+white noise at the level of its quietest 10 % of frames, as a microphone's room would add (background); with
+silence padding under white noise at 20 dB SNR (noise20); and with a 0.5–1.5 s pause inside (pause) — each with
+the pipeline's front end off (`Emova.trim_silence = False`) and on at each lead:trail margin (`Audio.trim_silence`,
+0.1 s tolerance; pauses cut by `Audio.shorten_pauses`). Sentences are scored by WER, FSDD digits by whether the
+reply says the digit. The same padding and noise for every setting.
 """
 
 from __future__ import annotations
@@ -28,7 +31,14 @@ from emova.eval.u2s import words
 
 
 def pad(x: np.ndarray, rng: np.random.Generator, sr: int, kind: str) -> np.ndarray:
-    """`kind`: "silence", "background" (noise at the clip's own quietest level) or "noise20" (silence + 20 dB)."""
+    """`kind`: "silence", "background" (noise at the clip's own quietest level), "noise20" (silence + 20 dB), or
+    "pause" (0.5-1.5 s of silence inside, at the quietest frame of the middle 40 %: most likely between words)."""
+    if kind == "pause":
+        hop = sr // 100
+        n = len(x) // hop
+        e = np.sqrt((x[: n * hop].reshape(n, hop) ** 2).mean(1))
+        k = int(n * 0.3) + int(np.argmin(e[int(n * 0.3): int(n * 0.7)]))
+        return np.concatenate([x[: k * hop], np.zeros(int(rng.uniform(0.5, 1.5) * sr), np.float32), x[k * hop:]])
     lead, trail = (int(rng.uniform(0.5, 1.5) * sr) for _ in range(2))
     if kind == "background":
         hop = sr // 100
@@ -50,6 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--corpus", default="data_cache/speech")
     p.add_argument("-n", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--conditions", nargs="*", default=["clean", "silence", "background", "noise20", "pause"],
+                   choices=["clean", "silence", "background", "noise20", "pause"])
     p.add_argument("--margins", nargs="*", default=["0.3:0.3", "0.2:0.2", "0.1:0.1"], help="lead:trail seconds kept")
     p.add_argument("--out", default="reports/asr_padding_probe.json")
     a = p.parse_args(argv)
@@ -66,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     settings = [("raw", None)] + [(f"trim{lead:g}:{trail:g}", (lead, trail)) for lead, trail in margins]
     res: dict = {"model": a.model, "n": a.n, "seed": a.seed, "sentence_wer": {}, "sentence_wer_awb": {},
                  "sentence_wer_f4": {}, "fsdd_accuracy": {}}
-    for cond in ("clean", "silence", "background", "noise20"):
+    for cond in a.conditions:
         for name, mg in settings:
             m.trim_silence = mg is not None
             m.silence_margins = mg or m.silence_margins

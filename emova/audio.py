@@ -208,14 +208,12 @@ class Audio:
             rms = float(np.sqrt((frames**2).mean(axis=1)).max())
         return 20 * math.log10(rms + 1e-12) < threshold_db
 
-    def speech_span(self, span_db: float = 40.0, floor_share: float = 0.25) -> tuple[float, float] | None:
-        """(start, end) in seconds of the part that holds sound above the background, or None when no frame does.
-
-        Frame energies (20 ms windows, 10 ms hop, smoothed over 3 frames) are compared with a threshold that is the
-        higher of `span_db` below the loud frames (99th percentile; for clean recordings) and `floor_share` of the
-        way from the background (10th percentile) up to them (for recordings in noise)."""
-        sr = self.sample_rate
-        hop, win = max(1, sr // 100), max(2, sr // 50)
+    def _sound_frames(self, span_db: float = 40.0, floor_share: float = 0.25) -> np.ndarray | None:
+        """Per 10 ms frame (20 ms windows), whether it holds sound above the background: frame energies, smoothed over
+        3 frames, against the higher of `span_db` below the loud frames (99th percentile; for clean recordings) and
+        `floor_share` of the way from the background (10th percentile) up to them (for recordings in noise).
+        None when the clip is shorter than a window or digitally silent."""
+        hop, win = max(1, self.sample_rate // 100), max(2, self.sample_rate // 50)
         x = self.samples.astype(np.float64)
         if len(x) < win:
             return None
@@ -227,10 +225,59 @@ class Audio:
         loud, floor = np.percentile(e, 99), np.percentile(e, 10)
         if loud <= -100.0 + 1e-6:
             return None
-        on = np.nonzero(e > max(loud - span_db, floor + floor_share * (loud - floor)))[0]
-        if len(on) == 0:
+        return e > max(loud - span_db, floor + floor_share * (loud - floor))
+
+    def speech_span(self, span_db: float = 40.0, floor_share: float = 0.25) -> tuple[float, float] | None:
+        """(start, end) in seconds of the part that holds sound above the background (`_sound_frames`), or None
+        when no frame does."""
+        on = self._sound_frames(span_db, floor_share)
+        if on is None or not on.any():
             return None
-        return on[0] * hop / sr, min(len(x), on[-1] * hop + win) / sr
+        hop, win = max(1, self.sample_rate // 100), max(2, self.sample_rate // 50)
+        idx = np.nonzero(on)[0]
+        return idx[0] * hop / self.sample_rate, min(len(self.samples), idx[-1] * hop + win) / self.sample_rate
+
+    def shorten_pauses(self, keep_s: float = 0.05, tolerance_s: float = 0.25, fade_s: float = 0.005) -> Audio:
+        """The clip with every pause inside its sound longer than `keep_s + tolerance_s` cut down to `keep_s` (its
+        middle removed, the join crossfaded over `fade_s`). Returns self when no pause is that long.
+
+        Training clips pause ~0.04 s at most inside (median; p99 0.16 s, for flite, espeak-ng and FSDD alike); a
+        speaker who stops to think for a second makes a clip the models never heard."""
+        on = self._sound_frames()
+        if on is None or not on.any():
+            return self
+        hop, sr = max(1, self.sample_rate // 100), self.sample_rate
+        idx = np.nonzero(on)[0]
+        inner = on[idx[0]: idx[-1] + 1]
+        cuts: list[tuple[int, int]] = []  # sample ranges to remove
+        k = 0
+        while k < len(inner):
+            if inner[k]:
+                k += 1
+                continue
+            j = k
+            while j < len(inner) and not inner[j]:
+                j += 1
+            if (j - k) * hop / sr > keep_s + tolerance_s:
+                a = (idx[0] + k) * hop + int(keep_s / 2 * sr)
+                b = (idx[0] + j) * hop - int(keep_s / 2 * sr)
+                cuts.append((a, b))
+            k = j
+        if not cuts:
+            return self
+        f = max(1, int(fade_s * sr))
+        ramp = np.linspace(0.0, 1.0, f, dtype=np.float32)
+        out, pos = [], 0
+        for a, b in cuts:
+            head = self.samples[pos:a].copy()
+            tail_in = self.samples[b:b + f]
+            n = min(f, len(head), len(tail_in))
+            if n:
+                head[-n:] = head[-n:] * (1 - ramp[-n:]) + tail_in[:n] * ramp[-n:]
+            out.append(head)
+            pos = b + n
+        out.append(self.samples[pos:])
+        return Audio(np.concatenate(out), sr)
 
     def trim_silence(self, lead_s: float = 0.2, trail_s: float = 0.2, tolerance_s: float = 0.1) -> Audio:
         """The clip with its leading and trailing silence (or background) cut down to `lead_s` / `trail_s` around

@@ -148,3 +148,17 @@ def test_save_refuses_an_unknown_extension(tmp_path):
     with pytest.raises(AudioError, match="reply.txt"):
         Audio(_burst(), 16000).save(tmp_path / "reply.txt")
     assert not (tmp_path / "reply.txt").exists()
+
+
+def test_shorten_pauses_cuts_long_pauses_inside_the_sound_and_leaves_short_ones():
+    sr, x = 16000, _burst()
+    gap = lambda s: np.zeros(int(s * sr), np.float32)  # noqa: E731
+    long = Audio(np.concatenate([gap(0.2), x, gap(1.0), x, gap(0.2)]), sr)
+    out = long.shorten_pauses(keep_s=0.05)
+    assert out.duration == pytest.approx(0.2 + 0.8 + 0.05 + 0.8 + 0.2, abs=0.03)  # the edges are trim_silence's
+    short = Audio(np.concatenate([x, gap(0.12), x]), sr)
+    assert short.shorten_pauses(keep_s=0.05) is short  # within keep + 0.1 s tolerance: untouched
+    joins = np.abs(np.diff(out.samples)).max()
+    assert joins <= np.abs(np.diff(x)).max() + 1e-6  # crossfaded: no step bigger than the signal's own
+    silent = Audio(np.zeros(sr, np.float32), sr)
+    assert silent.shorten_pauses() is silent

@@ -194,6 +194,8 @@ class Emova:
         #: seconds of that silence kept before and after the sound (lead, trail); a side with at most 0.1 s more is
         #: left as it is (`Audio.trim_silence`'s tolerance)
         self.silence_margins = (0.2, 0.2)
+        #: and pauses inside it longer than this (+ 0.1 s) are cut down to it (`Audio.shorten_pauses`); None: kept
+        self.max_pause_s: float | None = 0.05
 
     # ------------------------------------------------------------------------------------ loading
     @classmethod
@@ -254,6 +256,11 @@ class Emova:
                     or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 5 for v in margins)):
                 raise ValueError(f"Emova.silence_margins must be (lead, trail) seconds in [0, 5], got {margins!r}")
             audio = audio.trim_silence(*margins)
+            pause = self.max_pause_s
+            if pause is not None:
+                if isinstance(pause, bool) or not isinstance(pause, (int, float)) or not 0.02 <= pause <= 5:
+                    raise ValueError(f"Emova.max_pause_s must be None or seconds in [0.02, 5], got {pause!r}")
+                audio = audio.shorten_pauses(pause)
         units = reduce_units(self.speech_tokenizer.encode(audio))
         if not units:
             raise ValueError("the speech tokenizer returned no units for this audio (too short?)")

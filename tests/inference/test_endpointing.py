@@ -28,6 +28,10 @@ def test_the_speech_tokenizer_reads_the_question_without_the_silence_around_it(t
         assert heard[-1] == pytest.approx(end - start + lead + trail, abs=0.03)
     spoken = tiny.chat([{"role": "user", "content": [{"type": "audio", "audio": Audio(padded, sr)}]}], speak=False)
     assert heard[-1] == pytest.approx(end - start + lead + trail, abs=0.03) and spoken.mode == "spoken"
+    pause = int(0.3 * sr) + int(np.argmin(np.abs(q.samples[int(0.3 * sr): int(1.2 * sr)])))  # a quiet point inside
+    paused = np.concatenate([q.samples[:pause], np.zeros(sr, np.float32), q.samples[pause:]])
+    tiny.transcribe(Audio(paused, sr))
+    assert heard[-1] < q.duration + 0.2  # the 1 s pause cut down to `max_pause_s`
     monkeypatch.setattr(tiny, "trim_silence", False)
     tiny.transcribe(Audio(padded, sr))
     assert heard[-1] == pytest.approx(len(padded) / sr)
@@ -38,4 +42,12 @@ def test_bad_silence_margins_are_named(tiny, monkeypatch, bad):
     monkeypatch.setattr(tiny, "silence_margins", bad)
     q = Audio.load(resolve_model_dir("emova-tiny").parent / "examples" / "question.wav", 16000)
     with pytest.raises(ValueError, match="silence_margins"):
+        tiny.transcribe(q)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1, 9.0, "0.1", True])
+def test_bad_max_pause_is_named(tiny, monkeypatch, bad):
+    monkeypatch.setattr(tiny, "max_pause_s", bad)
+    q = Audio.load(resolve_model_dir("emova-tiny").parent / "examples" / "question.wav", 16000)
+    with pytest.raises(ValueError, match="max_pause_s"):
         tiny.transcribe(q)
