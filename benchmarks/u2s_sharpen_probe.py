@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from u2s_mel_degradation import smooth  # a sibling script: run this one as `python benchmarks/…`
 
 from emova.audio import Audio
 from emova.data.speech.corpus import read_manifest
@@ -31,10 +31,8 @@ from emova.train.u2s_data import load_tokenizer
 
 
 def moving_average(m: torch.Tensor, k: int) -> torch.Tensor:
-    """(F, n_mels) → the same, averaged over k frames in time, edges replicated."""
-    x = m.T[:, None]
-    y = F.conv1d(F.pad(x, (k // 2, k // 2), mode="replicate"), torch.ones(1, 1, k) / k)
-    return y[:, 0].T
+    """(F, n_mels) → the same, averaged over k frames in time, edges replicated (the degradation probe's blur)."""
+    return smooth(m, k, 0)
 
 
 def sharpen(m: torch.Tensor, k: int, alpha: float) -> torch.Tensor:
