@@ -23,6 +23,7 @@ from typing import Any
 from PIL import Image
 
 from emova.audio import SAMPLE_RATE, Audio, AudioError, as_audio
+from emova.model.processor import to_rgb
 from emova.styles import EMOTIONS, GENDERS, PITCHES, Style
 
 ROLES = ("system", "user", "assistant")
@@ -59,7 +60,7 @@ def load_image(image: Any, where: str = "image") -> Image.Image:
                 if max(im.size) > MAX_IMAGE_SIDE:
                     raise ValueError(f"{where}: image is {im.size[0]}x{im.size[1]} px; the limit is "
                                      f"{MAX_IMAGE_SIDE} px per side")
-                img = im.convert("RGB")
+                img = to_rgb(im)
         except Image.DecompressionBombError:
             raise ValueError(f"{where}: image {path} is far too large (decompression bomb guard)") from None
         except ValueError:
@@ -72,7 +73,7 @@ def load_image(image: Any, where: str = "image") -> Image.Image:
         raise ValueError(f"{where}: image has no pixels ({img.size[0]}x{img.size[1]})")
     if max(img.size) > MAX_IMAGE_SIDE:
         raise ValueError(f"{where}: image is {img.size[0]}x{img.size[1]} px; the limit is {MAX_IMAGE_SIDE} px per side")
-    return img.convert("RGB") if img.mode != "RGB" else img
+    return to_rgb(img)
 
 
 def load_audio(audio: Any, where: str = "audio", max_seconds: float = 300.0) -> Audio:

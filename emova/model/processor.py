@@ -322,11 +322,22 @@ class EmovaProcessor:
         return out
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An image as RGB; transparent pixels are laid on white (as a browser shows them), not turned into whatever
+    colour they happen to store (often black: PIL's plain `convert("RGB")` drops the alpha channel). Always a new,
+    loaded image (so a file's image outlives its `with Image.open(...)` block)."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def _load_image(image: Image.Image | str | Path) -> Image.Image:
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_rgb(image)
     try:
         with Image.open(image) as im:
-            return im.convert("RGB")
+            return to_rgb(im)
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read image {image!s}: {exc}") from exc

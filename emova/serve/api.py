@@ -39,6 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from emova.audio import SAMPLE_RATE, Audio, AudioError, StreamResampler, pcm16_bytes
 from emova.inference.pipeline import ContextLengthError, GenerationError
+from emova.model.processor import to_rgb
 from emova.styles import EMOTIONS, GENDERS, PITCHES, SPEEDS, Style
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -165,7 +166,7 @@ def _decode_image(url: Any, param: str, max_pixels: int) -> Any:
             if im.format not in IMAGE_FORMATS:
                 raise ApiError(400, f"{param}: image format {im.format}; accepted: {', '.join(IMAGE_FORMATS)}",
                                param, "invalid_image")
-            return im.convert("RGB")
+            return to_rgb(im)
     except ApiError:
         raise
     except Image.DecompressionBombError:

@@ -170,7 +170,8 @@ def create_web(model: Emova, title: str = "emova", max_new_tokens: int | None = 
                 audio_in = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Your question (speech)",
                                     elem_id="emova-audio-in")
                 image_in = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Image (optional)",
-                                    elem_id="emova-image-in", height=220)
+                                    elem_id="emova-image-in", height=220,
+                                    image_mode=None)  # keep alpha: the pipeline lays transparency on white
                 text_in = gr.Textbox(label="Typed text (optional)", placeholder="or type a question",
                                      elem_id="emova-text-in", lines=1)
                 with gr.Row():
