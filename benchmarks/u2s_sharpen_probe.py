@@ -22,8 +22,7 @@ import torch
 from u2s_mel_degradation import smooth  # a sibling script: run this one as `python benchmarks/…`
 
 from emova.audio import Audio
-from emova.data.speech.corpus import read_manifest
-from emova.eval.u2s import Judge, wer
+from emova.eval.u2s import Judge, heldout_awb_rows, wer
 from emova.eval.u2s_diagnose import teacher_forced_clip
 from emova.speech.detokenizer import SpeechDetokenizer, frame_f0_hz
 from emova.styles import Style
@@ -53,9 +52,10 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     corpus = Path(a.corpus)
-    rows = [r for r in read_manifest(corpus, ("heldout_per",)) if r["voice"] == "flite:awb"][a.first:a.first + a.n]
-    if len(rows) < a.n:
-        raise SystemExit(f"{corpus} has too few held-out awb sentences for --first {a.first} -n {a.n}")
+    try:
+        rows = heldout_awb_rows(corpus, a.n, a.first)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     clips = [Audio.load(corpus / r["path"]) for r in rows]
     refs = [r["text"] for r in rows]
     detok = SpeechDetokenizer.from_pretrained(a.model)

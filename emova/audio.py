@@ -169,14 +169,13 @@ class Audio:
     def to_bytes(self, fmt: str = "wav") -> bytes:
         """Encode as `fmt`: "wav" (16-bit PCM), "flac", "mp3", "opus" (in Ogg), or "pcm16" (raw little-endian
         16-bit samples, no header, at this clip's rate)."""
-        x = np.clip(self.samples, -1.0, 1.0)
         if fmt == "pcm16":
-            return pcm16_bytes(x)
+            return pcm16_bytes(self.samples)
         if fmt not in ENCODINGS:
             raise AudioError(f"unknown audio encoding {fmt!r}; accepted: {', '.join([*ENCODINGS, 'pcm16'])}")
         container, subtype = ENCODINGS[fmt]
         buf = io.BytesIO()
-        sf.write(buf, x, self.sample_rate, format=container, subtype=subtype)
+        sf.write(buf, np.clip(self.samples, -1.0, 1.0), self.sample_rate, format=container, subtype=subtype)
         return buf.getvalue()
 
     # ------------------------------------------------------------ transforms

@@ -62,6 +62,15 @@ class Judge:
         return h.hypstr if h else ""
 
 
+def heldout_awb_rows(corpus: str | Path, n: int, first: int = 0) -> list[dict]:
+    """Manifest rows `first` … `first + n - 1` of the held-out sentences by the held-out flite `awb` voice (the U2S
+    suite reads the first 50; probes read from 100 on); ValueError when the corpus has fewer."""
+    rows = [r for r in read_manifest(Path(corpus), ("heldout_per",)) if r["voice"] == "flite:awb"][first:first + n]
+    if len(rows) < n:
+        raise ValueError(f"corpus {corpus} has {len(rows)} held-out awb sentences from index {first}; need {n}")
+    return rows
+
+
 def words(text: str) -> list[str]:
     return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
 
@@ -191,9 +200,7 @@ def evaluate_u2s(detokenizer: str | SpeechDetokenizer = "emova-tiny", tokenizer:
     corpus = Path(corpus)
     detok = SpeechDetokenizer.from_pretrained(detokenizer) if isinstance(detokenizer, str) else detokenizer
     tok = load_tokenizer(tokenizer)
-    rows = [r for r in read_manifest(corpus, ("heldout_per",)) if r["voice"] == "flite:awb"][:n_sentences]
-    if len(rows) < n_sentences:
-        raise ValueError(f"corpus has only {len(rows)} held-out awb sentences; need {n_sentences}")
+    rows = heldout_awb_rows(corpus, n_sentences)
     judge = Judge()
     originals = [Audio.load(corpus / r["path"]) for r in rows]
     units = [tok.reduce(u) for u in tok.encode_batch(originals)]

@@ -29,7 +29,7 @@ import torch
 from emova.argtypes import positive_int
 from emova.audio import Audio
 from emova.data.speech.corpus import read_manifest
-from emova.eval.u2s import Judge, wer
+from emova.eval.u2s import Judge, heldout_awb_rows, wer
 from emova.speech.detokenizer import SpeechDetokenizer, frame_f0_hz
 from emova.speech.vocoder import mel_frames
 from emova.styles import Style
@@ -109,9 +109,7 @@ def diagnose(model: str = "emova-tiny", tokenizer: str = "emova-tiny", corpus: s
              n: int = 20, out: str | Path | None = "reports/u2s_diagnose.json",
              u2s_checkpoint: str | Path | None = None) -> dict:
     corpus = Path(corpus)
-    rows = [r for r in read_manifest(corpus, ("heldout_per",)) if r["voice"] == "flite:awb"][:n]
-    if len(rows) < n:
-        raise ValueError(f"corpus {corpus} has {len(rows)} held-out awb sentences; need {n}")
+    rows = heldout_awb_rows(corpus, n)
     judge, tok = Judge(), load_tokenizer(tokenizer)
     detok = SpeechDetokenizer.from_pretrained(model)
     if u2s_checkpoint:

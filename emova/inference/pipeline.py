@@ -401,18 +401,13 @@ class Emova:
 def retime(audio: Audio, rate: float) -> Audio:
     """`audio` played `rate` times faster with its pitch kept (Praat PSOLA; seeded, so the same call gives the same
     samples)."""
-    import parselmouth
-
     from emova.data.speech.wave_augment import change_speed, change_tempo
+    from emova.train.u2s_augment import praat_seeded
 
     if audio.duration < 0.06:  # too short for Praat's pitch analysis (3 periods of 60 Hz): plain resampling
         return Audio(change_speed(audio.samples, rate), audio.sample_rate)
-    parselmouth.praat.run("random_initializeWithSeedUnsafelyButPredictably (0)")
-    try:
-        w = change_tempo(audio.samples, audio.sample_rate, 1.0 / rate)
-    finally:
-        parselmouth.praat.run("random_initializeSafelyAndUnpredictably ()")
-    return Audio(w, audio.sample_rate)
+    with praat_seeded(0):
+        return Audio(change_tempo(audio.samples, audio.sample_rate, 1.0 / rate), audio.sample_rate)
 
 
 def concat_audio(chunks: list[Audio]) -> Audio | None:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,19 @@ class F0Augment:
     def relabel(self, style: str) -> str:
         st = Style.parse(style)
         return str(Style(gender=st.gender, emotion=st.emotion, speed=st.speed, pitch=self.to_pitch))
+
+
+@contextmanager
+def praat_seeded(seed: int) -> Iterator[None]:
+    """Praat's overlap-add places the pulses of unvoiced stretches at random: inside this block its generator is
+    seeded (reproducible PSOLA output), and unseeded again after."""
+    import parselmouth
+
+    parselmouth.praat.run(f"random_initializeWithSeedUnsafelyButPredictably ({int(seed)})")
+    try:
+        yield
+    finally:
+        parselmouth.praat.run("random_initializeSafelyAndUnpredictably ()")
 
 
 def psola(wave: np.ndarray, sr: int, edit: Callable[[Any, Any], None], floor: float = 60.0,

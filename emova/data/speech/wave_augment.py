@@ -91,7 +91,7 @@ def change_speed(wave: np.ndarray, factor: float) -> np.ndarray:
 
 def change_tempo(wave: np.ndarray, sr: int, factor: float, floor: float = 60.0, ceiling: float = 600.0) -> np.ndarray:
     """Duration × `factor`, pitch kept: Praat PSOLA with a constant duration tier. Praat places the pulses of unvoiced
-    stretches at random: seed it (`augment_wave` does) for a reproducible copy."""
+    stretches at random: run it inside `u2s_augment.praat_seeded` for a reproducible copy."""
     from parselmouth.praat import call
 
     from emova.train.u2s_augment import psola
@@ -106,23 +106,17 @@ def change_tempo(wave: np.ndarray, sr: int, factor: float, floor: float = 60.0, 
 
 def augment_wave(audio: Audio, t: dict[str, float]) -> Audio:
     """Apply one drawn transformation (`WaveAugment.draw`) to a clip."""
-    from emova.train.u2s_augment import shift_f0
+    from emova.train.u2s_augment import praat_seeded, shift_f0
 
     w = audio.samples.astype(np.float32)
     if not len(w):
         raise ValueError("cannot augment an empty clip")
     if "pitch" in t or "tempo" in t:
-        import parselmouth
-
-        # Praat's overlap-add draws random pulses in unvoiced stretches: seed it for this copy, then unseed
-        parselmouth.praat.run(f"random_initializeWithSeedUnsafelyButPredictably ({int(t.get('seed', 0))})")
-        try:
+        with praat_seeded(int(t.get("seed", 0))):  # this copy's PSOLA pulses, reproducibly
             if "pitch" in t:
                 w = shift_f0(w, audio.sample_rate, t["pitch"])
             if "tempo" in t:
                 w = change_tempo(w, audio.sample_rate, t["tempo"])
-        finally:
-            parselmouth.praat.run("random_initializeSafelyAndUnpredictably ()")
     w = change_speed(w, t.get("speed", 1.0))
     if "snr_db" in t:
         rms = float(np.sqrt(np.mean(w.astype(np.float64) ** 2)))
