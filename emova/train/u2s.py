@@ -59,6 +59,7 @@ from emova.train.u2s_calibrate import (
 )
 from emova.train.u2s_config import U2STrainConfig
 from emova.train.u2s_content import ctc_phone_loss, item_phones, load_judge, phone_batch
+from emova.train.u2s_cross_voice import cross_voice_cache
 from emova.train.u2s_data import U2SData, perturb_units, prepare_cache
 
 STAGES = ("prepare", "judge", "u2s", "finetune", "refiner", "vocoder", "vocoder_gta", "export")
@@ -246,7 +247,7 @@ def train_u2s_model(cfg: U2STrainConfig, progress: bool = True, run_name: str = 
         disc, d_opt = load_or_new_discriminator(cfg.disc_config(), cfg.disc_lr, ck / "disc" if ck else None)
     acc = fresh_accelerator(cfg.bf16)
     bundle, opt = acc.prepare(bundle, opt)
-    data = U2SData(cfg.cache_dir, cfg.voices, cfg.augment_tags())
+    data = U2SData(cfg.cache_dir, cfg.voices, cfg.augment_tags() + cfg.cross_voice_tags())
     judge, phones = None, None
     if cfg.w_content > 0:
         judge, phones = load_judge(cfg), item_phones(data, cfg.corpus)
@@ -373,6 +374,9 @@ def train_u2s(cfg: U2STrainConfig, stages: tuple[str, ...] = STAGES, progress: b
                       cfg.max_groups, workers=cfg.workers, progress=progress, voices=cfg.prepare_voices)
         for aug in cfg.augmentations():
             augment_cache(cfg.cache_dir, cfg.corpus, aug, cfg.vocoder_config(), workers=cfg.workers, progress=progress)
+        for cv in cfg.cross_voices():
+            cross_voice_cache(cfg.cache_dir, cfg.corpus, cv, cfg.vocoder_config(), cfg.tokenizer,
+                              voices=cfg.voices, workers=cfg.workers, progress=progress)
     if "judge" in stages and cfg.uses_judge():
         from emova.train.u2s_content import train_phone_judge
 

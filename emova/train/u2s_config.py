@@ -15,6 +15,7 @@ from emova.speech.vocoder import VocoderConfig
 from emova.train.u2s_adversarial import MelDiscriminatorConfig
 from emova.train.u2s_augment import F0Augment
 from emova.train.u2s_content import PhoneJudgeConfig
+from emova.train.u2s_cross_voice import CrossVoice
 from emova.yaml_io import load_dataclass_config
 
 FINETUNE_KEYS = {"voices", "max_minutes", "max_steps", "lr", "warmup_steps", "model", "w_content", "w_delta", "unit_noise",
@@ -87,6 +88,10 @@ class U2STrainConfig:
     # training renderings, made by the prepare stage and trained on by every later stage, e.g.
     # [{gender: male, from_pitch: normal, to_pitch: low, factor: 0.8}]; [] = none
     f0_augment: list[dict] = field(default_factory=list)
+    # cross-voice inputs (`emova.train.u2s_cross_voice.CrossVoice`): the units of another training voice saying
+    # the group's sentence, paired with the group's renderings; made by the prepare stage, read by the u2s and
+    # finetune stages only, e.g. [{source_voices: ["*"], share: 1.0}]; [] = none
+    cross_voice: list[dict] = field(default_factory=list)
     # vocoder optimisation
     vocoder_steps: int = 6000
     vocoder_minutes: float | None = None
@@ -191,6 +196,9 @@ class U2STrainConfig:
         if not isinstance(self.f0_augment, list):
             raise ValueError(f"U2STrainConfig.f0_augment must be a list of mappings, got {self.f0_augment!r}")
         self.augmentations()
+        if not isinstance(self.cross_voice, list):
+            raise ValueError(f"U2STrainConfig.cross_voice must be a list of mappings, got {self.cross_voice!r}")
+        self.cross_voices()
         self.u2s_config()
         self.vocoder_config()
         StyleEncoderConfig.from_dict(self.style_encoder)
@@ -225,6 +233,14 @@ class U2STrainConfig:
     def augment_tags(self) -> list[str]:
         """The augmented shards every stage after prepare reads with the cache."""
         return [a.tag for a in self.augmentations()]
+
+    def cross_voices(self) -> list[CrossVoice]:
+        return [CrossVoice.from_dict(c) for c in self.cross_voice]
+
+    def cross_voice_tags(self) -> list[str]:
+        """The cross-voice shards the u2s and finetune stages train on (not the vocoder, calibration or
+        prototypes: their targets are the cached items themselves)."""
+        return [c.tag for c in self.cross_voices()]
 
     def speaking_voices(self) -> list[str] | None:
         """The voices the exported detokenizer speaks (prototypes, calibration)."""

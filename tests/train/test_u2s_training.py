@@ -787,3 +787,49 @@ def test_delta_loss_compares_frame_to_frame_changes(setup):
     with pytest.raises(ValueError, match="w_delta"):
         U2STrainConfig(**{**cfg.__dict__, "w_delta": -1.0})
     assert U2STrainConfig(**{**cfg.__dict__, "finetune": {"w_delta": 0.5}}).finetune_config().w_delta == 0.5
+
+
+def test_cross_voice_pairs_each_rendering_with_another_voices_units(setup, tmp_path):
+    """`cross_voice` makes the prepare stage render each chosen group's sentence by another training voice and
+    pair every rendering of the group (its mel, F0 and style) with that voice's units, DTW-timed; only the
+    u2s / finetune stages read those shards."""
+    from emova.data.speech.voices import HELD_OUT_KEYS
+    from emova.train.u2s_cross_voice import CrossVoice
+
+    root, cfg = setup
+    train_u2s(cfg, stages=("prepare",), progress=False)
+    plain = U2SData(cfg.cache_dir)
+    spec = {"source_voices": ["flite:*"], "share": 1.0, "seed": 3}
+    xv_cfg = U2STrainConfig(**{**cfg.__dict__, "out_dir": str(tmp_path / "run"), "cross_voice": [spec]})
+    train_u2s(xv_cfg, stages=("prepare",), progress=False)
+    tag = CrossVoice.from_dict(spec).tag
+    assert xv_cfg.cross_voice_tags() == [tag] and xv_cfg.augment_tags() == []
+    data = U2SData(cfg.cache_dir, augment=[tag])
+    by_id = {m["id"]: i for i, m in enumerate(plain.meta)}
+    copies = [i for i, m in enumerate(data.meta) if m.get("augment") == tag]
+    assert len(copies) == len(plain) and len(data) == 2 * len(plain)  # share 1: every rendering once more
+    for i in copies:
+        m, s = data.meta[i], by_id[data.meta[i]["source"]]
+        assert m["source_voice"] != m["voice"] and m["source_voice"].startswith("flite:")
+        assert m["source_voice"] not in HELD_OUT_KEYS and not m["exact"]
+        assert m["style"] == plain.meta[s]["style"] and m["voice"] == plain.meta[s]["voice"]
+        assert np.array_equal(data.mel[i], plain.mel[s]) and np.array_equal(data.lf0[i], plain.lf0[s])
+        assert int(data.durs[i].sum()) == len(data.mel[i])  # the other voice's units time every target frame
+        assert (data.units[i][1:] != data.units[i][:-1]).all()  # reduced
+        assert not np.array_equal(data.units[i], plain.units[s])  # another voice's units
+    # one source voice per group, drawn reproducibly, never the target's own
+    cv = CrossVoice.from_dict(spec)
+    for i in copies:
+        assert data.meta[i]["source_voice"] == cv.source_for(data.meta[i]["group"], data.meta[i]["voice"])
+    # resumable: a second prepare rewrites nothing; the u2s stage trains on the pairs
+    shard = sorted((root / "cache").glob(f"aug-{tag}-*.npz"))[0]
+    before = shard.stat().st_mtime_ns
+    train_u2s(xv_cfg, stages=("prepare", "u2s"), progress=False)
+    assert shard.stat().st_mtime_ns == before
+    assert (tmp_path / "run" / "u2s" / "log.csv").exists()
+    for bad, msg in (({"share": 0}, "share"), ({"source_voices": []}, "source_voices"), ({"voices": ["x"]}, "unknown"),
+                     ({"source_voices": ["flite:awb"]}, "match no training voice"), ({"seed": 1.5}, "seed")):
+        with pytest.raises(ValueError, match=msg):
+            U2STrainConfig(**{**cfg.__dict__, "cross_voice": [{**spec, **bad}]})
+    with pytest.raises(ValueError, match="list of mappings"):
+        U2STrainConfig(**{**cfg.__dict__, "cross_voice": spec})
