@@ -31,11 +31,16 @@ from emova.speech.tokenizer import SpeechTokenizer
 from emova.styles import Style
 
 
-def probe(model: str, n: int, seed: int, voices: list[str]) -> dict[str, dict[str, float]]:
+def probe(model: str, n: int, seed: int, voices: list[str],
+          u2s_checkpoint: str | None = None) -> dict[str, dict[str, float]]:
     cfg = CorpusConfig()
     corpus = set(generate_sentences(cfg.n_train_sentences, seed=cfg.seed))  # none the U2S or S2U trained on
     sentences = generate_sentences(n, seed=seed, exclude=corpus)
     tok, det, judge = SpeechTokenizer.from_pretrained(model), SpeechDetokenizer.from_pretrained(model), Judge()
+    if u2s_checkpoint:  # a training run's U2S inside the model's detokenizer (its prototypes, calibration, vocoder)
+        from emova.eval.u2s_diagnose import swap_u2s_weights
+
+        swap_u2s_weights(det, u2s_checkpoint)
     out: dict[str, dict[str, float]] = {}
     for voice in FLITE_TRAIN_VOICES:
         if voice.key not in voices:
@@ -64,12 +69,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=913577, help="sentence generator seed (not one a corpus uses)")
     ap.add_argument("--voices", nargs="*", default=[v.key for v in FLITE_TRAIN_VOICES])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--u2s-checkpoint", default=None, help="a U2S training checkpoint (runs/<run>/u2s/step-N) to probe")
     ap.add_argument("--out", default="docs/results/output_voice_probe.json")
     a = ap.parse_args()
     if a.n < 1:
         raise SystemExit("-n must be at least 1")
     torch.set_num_threads(a.threads)
-    res = {"model": a.model, "n": a.n, "seed": a.seed, "voices": probe(a.model, a.n, a.seed, a.voices)}
+    res = {"model": a.model, "u2s_checkpoint": a.u2s_checkpoint, "n": a.n, "seed": a.seed,
+           "voices": probe(a.model, a.n, a.seed, a.voices, a.u2s_checkpoint)}
     Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
     print(f"written: {a.out}")
 
