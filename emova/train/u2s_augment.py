@@ -19,7 +19,6 @@ import hashlib
 import json
 import random
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -33,7 +32,7 @@ from emova.audio import Audio
 from emova.data.speech.corpus import read_manifest
 from emova.speech.vocoder import VocoderConfig, mel_frames
 from emova.styles import GENDERS, PITCHES, Style
-from emova.train.u2s_data import U2SData, f0_track, voice_matches, write_shard
+from emova.train.u2s_data import U2SData, f0_track, run_shard_jobs, voice_matches, write_shard
 
 
 @dataclass(frozen=True)
@@ -190,13 +189,6 @@ def augment_cache(cache_dir: str | Path, corpus: str | Path, aug: F0Augment, vcf
             for k, s in enumerate(shards) if not (cache / f"aug-{aug.tag}-{k:05d}.npz").exists()]
     bar = tqdm(total=len(shards), initial=len(shards) - len(jobs), desc=f"f0 augment x{aug.factor}", unit="shard",
                disable=not progress)
-    if workers <= 1 or len(jobs) <= 1:
-        for j in jobs:
-            _aug_shard(j)
-            bar.update()
-    else:
-        with ProcessPoolExecutor(workers) as ex:
-            for _ in ex.map(_aug_shard, jobs):
-                bar.update()
+    run_shard_jobs(_aug_shard, jobs, workers, bar)
     bar.close()
     return aug.tag

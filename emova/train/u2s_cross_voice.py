@@ -21,8 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,15 @@ from emova.data.speech.render import synthesize
 from emova.data.speech.voices import HELD_OUT_KEYS, TRAIN_VOICES, voice_by_key
 from emova.speech.vocoder import VocoderConfig, mel_frames
 from emova.styles import Style
-from emova.train.u2s_data import U2SData, align_durations, load_tokenizer, voice_matches, write_shard
+from emova.train.u2s_data import (
+    U2SData,
+    align_durations,
+    load_tokenizer,
+    run_shard_jobs,
+    voice_matches,
+    write_shard,
+)
+from emova.yaml_io import config_kwargs
 
 
 @dataclass(frozen=True)
@@ -60,10 +67,7 @@ class CrossVoice:
     def from_dict(cls, d: dict) -> CrossVoice:
         if not isinstance(d, dict):
             raise ValueError(f"cross_voice must be a mapping, got {d!r}")
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown cross_voice keys {sorted(unknown)}; known: {sorted(f.name for f in fields(cls))}")
-        return cls(**d)
+        return cls(**config_kwargs(cls, d, None, "cross_voice"))
 
     def candidates(self) -> list[str]:
         """Training voice keys the patterns match (held-out voices are never among them)."""
@@ -169,15 +173,7 @@ def cross_voice_cache(cache_dir: str | Path, corpus: str | Path, cv: CrossVoice,
             for k, s in enumerate(shards) if not (cache / f"aug-{cv.tag}-{k:05d}.npz").exists()]
     bar = tqdm(total=len(shards), initial=len(shards) - len(jobs), desc="cross-voice units", unit="shard",
                disable=not progress)
-    if workers <= 1 or len(jobs) <= 1:
-        _init(tokenizer)
-        for j in jobs:
-            _xv_shard(j)
-            bar.update()
-    else:
-        with ProcessPoolExecutor(workers, initializer=_init, initargs=(tokenizer,)) as ex:
-            for _ in ex.map(_xv_shard, jobs):
-                bar.update()
+    run_shard_jobs(_xv_shard, jobs, workers, bar, _init, (tokenizer,))
     bar.close()
     return cv.tag
 

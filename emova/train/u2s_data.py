@@ -22,8 +22,10 @@ import json
 import math
 import os
 import random
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -199,19 +201,33 @@ def prepare_cache(corpus: str, cache_dir: str, tokenizer: str, vcfg: VocoderConf
             if not (out / f"shard-{k:05d}.npz").exists()]
     bar = tqdm(total=len(shards), initial=len(shards) - len(todo), desc="u2s cache", unit="shard",
                disable=not progress)
-    if todo:
-        if workers <= 1:
-            _init_worker(tokenizer)
-            for t in todo:
-                _make_shard(t)
-                bar.update()
-        else:
-            with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(tokenizer,)) as ex:
-                for _ in ex.map(_make_shard, todo):
-                    bar.update()
+    run_shard_jobs(_make_shard, todo, workers, bar, _init_worker, (tokenizer,))
     bar.close()
     (out / "done.json").write_text(json.dumps({"n_shards": len(shards), "n_groups": len(groups)}))
     return out
+
+
+def run_shard_jobs(fn: Callable[[Any], Any], jobs: list, workers: int, bar: tqdm,
+                   init: Callable[..., None] | None = None, initargs: tuple = ()) -> None:
+    """Run `fn` on every job, ticking `bar` once per job: in this process (after `init(*initargs)`) with one
+    worker, else in a pool of `workers` processes that each run `init` first. Workers pin torch to one thread;
+    run here, that setting is undone after, so later stages keep their own thread count."""
+    if not jobs:
+        return
+    if workers <= 1:
+        threads = torch.get_num_threads()
+        try:
+            if init is not None:
+                init(*initargs)
+            for j in jobs:
+                fn(j)
+                bar.update()
+        finally:
+            torch.set_num_threads(threads)
+        return
+    with ProcessPoolExecutor(workers, initializer=init, initargs=initargs) as ex:
+        for _ in ex.map(fn, jobs):
+            bar.update()
 
 
 def voice_matches(voice: str, patterns: list[str] | tuple[str, ...] | None) -> bool:

@@ -833,3 +833,28 @@ def test_cross_voice_pairs_each_rendering_with_another_voices_units(setup, tmp_p
             U2STrainConfig(**{**cfg.__dict__, "cross_voice": [{**spec, **bad}]})
     with pytest.raises(ValueError, match="list of mappings"):
         U2STrainConfig(**{**cfg.__dict__, "cross_voice": spec})
+
+
+def test_shard_jobs_run_here_keep_the_callers_thread_count():
+    """With one worker the jobs run in this process; a worker initialiser that pins torch to one thread must not
+    leave the caller (a training stage after prepare) on one thread."""
+    from emova.train.u2s_data import run_shard_jobs
+
+    class Ticks:
+        n = 0
+
+        def update(self) -> None:
+            self.n += 1
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        done = []
+        bar = Ticks()
+        run_shard_jobs(done.append, [1, 2, 3], 1, bar, lambda n: torch.set_num_threads(n), (1,))
+        assert done == [1, 2, 3] and bar.n == 3
+        assert torch.get_num_threads() == 2
+        run_shard_jobs(done.append, [], 2, bar)  # nothing to do: no pool is started
+        assert done == [1, 2, 3]
+    finally:
+        torch.set_num_threads(before)
