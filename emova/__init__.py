@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from emova.audio import Audio, AudioError
 from emova.styles import Style
 
 __version__ = "0.1.0"
 
 __all__ = ["Audio", "AudioError", "Style", "SpeechTokenizer", "SpeechDetokenizer", "Emova", "__version__"]
 
-_LAZY = {
+_LAZY = {  # torch and scipy load with the first of these, not with `import emova` (the CLI's --help stays fast)
+    "Audio": "emova.audio",
+    "AudioError": "emova.audio",
     "SpeechTokenizer": "emova.speech.tokenizer",
     "SpeechDetokenizer": "emova.speech.detokenizer",
     "Emova": "emova.inference.pipeline",
@@ -27,6 +28,7 @@ def __getattr__(name: str):  # lazy: importing emova stays cheap
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from emova.audio import Audio, AudioError
     from emova.inference.pipeline import Emova
     from emova.speech.detokenizer import SpeechDetokenizer
     from emova.speech.tokenizer import SpeechTokenizer

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from emova.argtypes import positive_float, positive_int, threads_or_auto
 from emova.assets import ASSETS
-from emova.audio import check_audio_path
 
 EXAMPLES = ASSETS / "examples"
 
@@ -230,6 +229,8 @@ def _cmd_chat(a: argparse.Namespace) -> None:
     if not (a.audio or a.text or a.interactive):
         raise ValueError("emova chat needs --audio WAV or --text T (or --interactive)")
     if a.out:
+        from emova.audio import check_audio_path  # here, not at the top: `emova --help` need not import torch
+
         check_audio_path(a.out)
     m = _load_emova(a.model)
     override = {k: v for k, v in {"emotion": a.emotion, "pitch": a.pitch, "speed": a.speed}.items() if v} or None
@@ -268,6 +269,8 @@ def _cmd_asr(a: argparse.Namespace) -> None:
 
 
 def _cmd_tts(a: argparse.Namespace) -> None:
+    from emova.audio import check_audio_path
+
     check_audio_path(a.out)
     audio = _load_emova(a.model).synthesize(a.text, style=a.style)
     print(audio.save(a.out))

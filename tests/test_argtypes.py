@@ -19,3 +19,16 @@ def test_bad_counts_are_usage_errors(argv, flag, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert flag in err and "expected a positive" in err and "Traceback" not in err
+
+
+def test_the_cli_parser_and_help_do_not_import_torch():
+    """`import emova` and `emova --help` stay cheap: torch (and scipy) load with the first command that needs them
+    (`emova.Audio` is resolved lazily), so help and argument errors answer in a fraction of a second."""
+    import subprocess
+    import sys
+
+    code = ("import sys, emova, emova.cli; emova.cli.build_parser().format_help(); "
+            "assert 'torch' not in sys.modules and 'scipy.signal' not in sys.modules, 'heavy import'; "
+            "from emova import Audio, AudioError; assert Audio.__module__ == 'emova.audio' and 'torch' in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-500:]
