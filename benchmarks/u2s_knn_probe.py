@@ -26,7 +26,7 @@ import torch
 
 from emova.audio import Audio
 from emova.data.speech.corpus import read_manifest
-from emova.eval.u2s import Judge, wer
+from emova.eval.u2s import Judge, add_probe_args, wer
 from emova.speech.detokenizer import SpeechDetokenizer, frame_f0_hz
 from emova.speech.vocoder import mel_frames
 from emova.styles import Style
@@ -70,10 +70,7 @@ def nearest_mean(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="emova-tiny")
-    p.add_argument("--tokenizer", default="emova-tiny")
-    p.add_argument("--corpus", default="data_cache/speech")
-    p.add_argument("-n", type=int, default=20)
+    add_probe_args(p)
     p.add_argument("--bank", type=int, default=1500, help="training renderings per gender in the bank")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="reports/u2s_knn_probe.json")

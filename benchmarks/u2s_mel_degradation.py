@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from emova.audio import Audio
-from emova.data.speech.corpus import read_manifest
-from emova.eval.u2s import Judge, wer
+from emova.eval.u2s import Judge, add_probe_args, heldout_awb_rows, wer
 from emova.eval.u2s_diagnose import teacher_forced_clip
 from emova.speech.detokenizer import SpeechDetokenizer, frame_f0_hz
 from emova.train.u2s_data import load_tokenizer
@@ -41,18 +40,16 @@ def smooth(m: torch.Tensor, k: int, dim: int) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="emova-tiny")
-    p.add_argument("--tokenizer", default="emova-tiny")
-    p.add_argument("--corpus", default="data_cache/speech")
-    p.add_argument("-n", type=int, default=20)
+    add_probe_args(p)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="reports/u2s_mel_degradation.json")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     corpus = Path(a.corpus)
-    rows = [r for r in read_manifest(corpus, ("heldout_per",)) if r["voice"] == "flite:awb"][: a.n]
-    if len(rows) < a.n:
-        raise SystemExit(f"{corpus} has {len(rows)} held-out awb sentences; need {a.n}")
+    try:
+        rows = heldout_awb_rows(corpus, a.n)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     clips = [Audio.load(corpus / r["path"]) for r in rows]
     refs = [r["text"] for r in rows]
     detok = SpeechDetokenizer.from_pretrained(a.model)

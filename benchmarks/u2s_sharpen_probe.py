@@ -22,7 +22,7 @@ import torch
 from u2s_mel_degradation import smooth  # a sibling script: run this one as `python benchmarks/…`
 
 from emova.audio import Audio
-from emova.eval.u2s import Judge, heldout_awb_rows, wer
+from emova.eval.u2s import Judge, add_probe_args, heldout_awb_rows, wer
 from emova.eval.u2s_diagnose import teacher_forced_clip
 from emova.speech.detokenizer import SpeechDetokenizer, frame_f0_hz
 from emova.styles import Style
@@ -40,10 +40,7 @@ def sharpen(m: torch.Tensor, k: int, alpha: float) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="emova-tiny")
-    p.add_argument("--tokenizer", default="emova-tiny")
-    p.add_argument("--corpus", default="data_cache/speech")
-    p.add_argument("-n", type=int, default=20)
+    add_probe_args(p)
     p.add_argument("--first", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--filters", nargs="*", default=["3:0.5", "3:1.0", "5:0.5", "5:1.0", "5:1.5", "7:1.0"],
@@ -60,7 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     refs = [r["text"] for r in rows]
     detok = SpeechDetokenizer.from_pretrained(a.model)
     judge, tok = Judge(), load_tokenizer(a.tokenizer)
-    units = [tok.reduce(u) for u in tok.encode_batch(clips)]
+    raws = tok.encode_batch(clips)  # once: the U2S rows read them reduced, the control teacher-forced
+    units = [tok.reduce(u) for u in raws]
     filters = [(int(f.split(":")[0]), float(f.split(":")[1])) for f in a.filters]
     res: dict = {"model": a.model, "sentences": f"awb heldout_per {a.first}..{a.first + a.n - 1}", "wer": {}}
 
@@ -79,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
             judge_rows(f"{g}_sharpen_k{k}_a{al}", [(sharpen(m, k, al), f0, gn) for m, f0, gn in base])
     # control: how much of a 5-frame blur of the real mel does the filter undo?
     real = []
-    for c, u in zip(clips, tok.encode_batch(clips)):
+    for c, u in zip(clips, raws):
         t = teacher_forced_clip(detok, c, np.asarray(u))
         real.append((t["real"], frame_f0_hz(t["lf0"], t["voiced"]), 0.0))
     judge_rows("real", real)

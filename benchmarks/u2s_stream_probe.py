@@ -21,7 +21,7 @@ import torch
 
 from emova.audio import Audio
 from emova.data.speech.corpus import read_manifest
-from emova.eval.u2s import Judge, log_mel_distance, log_mel_dtw_distance, wer
+from emova.eval.u2s import Judge, add_probe_args, log_mel_distance, log_mel_dtw_distance, wer
 from emova.speech.detokenizer import SpeechDetokenizer
 from emova.styles import Style
 from emova.train.u2s_data import load_tokenizer
@@ -29,10 +29,7 @@ from emova.train.u2s_data import load_tokenizer
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="emova-tiny")
-    p.add_argument("--tokenizer", default="emova-tiny")
-    p.add_argument("--corpus", default="data_cache/speech")
-    p.add_argument("-n", type=int, default=30)
+    add_probe_args(p, n=30)
     p.add_argument("--configs", default="10/4,6/3,6/2,4/1", help="first_chunk_units/lookahead_units, comma-separated")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="reports/u2s_stream_probe.json")

@@ -30,7 +30,7 @@ import torch
 
 from emova.audio import Audio
 from emova.data.speech.corpus import read_manifest
-from emova.eval.u2s import Judge, wer
+from emova.eval.u2s import Judge, add_probe_args, wer
 from emova.speech.detokenizer import SpeechDetokenizer, frame_f0_hz
 from emova.speech.vocoder import mel_frames
 from emova.styles import Style
@@ -136,10 +136,7 @@ def render(inv: dict[str, np.ndarray], chosen: list[int], durations: np.ndarray)
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="emova-tiny")
-    p.add_argument("--tokenizer", default="emova-tiny")
-    p.add_argument("--corpus", default="data_cache/speech")
-    p.add_argument("-n", type=int, default=20)
+    add_probe_args(p)
     p.add_argument("--inventory", type=int, default=800, help="neutral training renderings per voice")
     p.add_argument("--candidates", type=int, default=40, help="segments per unit the Viterbi search considers")
     p.add_argument("--w-context", type=float, default=1.0, help="target cost per mismatched neighbour")

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import re
@@ -60,6 +61,14 @@ class Judge:
         self.dec.end_utt()
         h = self.dec.hyp()
         return h.hypstr if h else ""
+
+
+def add_probe_args(p: argparse.ArgumentParser, n: int = 20) -> None:
+    """The options every probe on held-out sentences takes: --model (the detokenizer), --tokenizer, --corpus, -n."""
+    p.add_argument("--model", default="emova-tiny")
+    p.add_argument("--tokenizer", default="emova-tiny")
+    p.add_argument("--corpus", default="data_cache/speech")
+    p.add_argument("-n", type=int, default=n)
 
 
 def heldout_awb_rows(corpus: str | Path, n: int, first: int = 0) -> list[dict]:
