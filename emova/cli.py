@@ -141,7 +141,8 @@ def _cmd_eval_omni(a: argparse.Namespace) -> None:
     from emova.eval.omni import evaluate_omni
 
     evaluate_omni(model_dir=a.model, world_dir=a.world, image_root=a.images, detokenizer=a.detokenizer, out=a.out,
-                  suites=a.suites, max_items=a.max_items)
+                  suites=a.suites, max_items=a.max_items,
+                  speech_tokenizer=None if a.speech_tokenizer == "none" else a.speech_tokenizer)
 
 
 def _cmd_eval_s2u(a: argparse.Namespace) -> None:
@@ -444,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     eo.add_argument("--world", default="data_cache/world_units")
     eo.add_argument("--images", default="data_cache/world")
     eo.add_argument("--detokenizer", default="emova-tiny")
+    eo.add_argument("--speech-tokenizer", default="emova-tiny",
+                    help="its phone reader rescores the ASR/FSDD transcripts as Emova.transcribe does; 'none': greedy only")
     eo.add_argument("--out", default="reports/eval_omni.json")
     eo.add_argument("--suites", nargs="*", default=None)
     eo.add_argument("--max-items", type=positive_int, default=None)

@@ -37,7 +37,9 @@ SUITES = ("vqa", "text", "asr", "fsdd", "tts", "dialogue")
 THRESHOLDS = {  # (metric path, comparison, value): the issue's acceptance lines
     "vqa_accuracy": ("vqa.accuracy", ">=", 0.90),
     "asr_wer": ("asr.wer", "<=", 0.10),
+    "asr_wer_greedy": ("asr.wer_greedy", "report", None),
     "fsdd_accuracy": ("fsdd.accuracy", ">=", 0.90),
+    "fsdd_accuracy_greedy": ("fsdd.accuracy_greedy", "report", None),
     "tts_wer": ("tts.wer", "<=", 0.45),
     "dialogue_valid_json": ("dialogue.valid_json_keys_in_order", ">=", 0.98),
     "dialogue_valid_json_pipeline": ("dialogue.pipeline.valid_json_keys_in_order", "report", None),
@@ -47,6 +49,7 @@ THRESHOLDS = {  # (metric path, comparison, value): the issue's acceptance lines
     "text_accuracy": ("text.accuracy", "report", None),
 }
 MAX_NEW = {"vqa": 32, "text": 32, "asr": 48, "fsdd": 8, "tts": 320, "dialogue": 448}
+_UNIT_TOKEN = re.compile(r"<\|speech_\d+\|>")
 _CATEGORY_WORDS = {
     "color": set(COLORS), "shape": set(SHAPES), "position": set(POSITIONS) | {"middle"},
     "count": set(NUMBER_WORDS) | {str(i) for i in range(10)} | {"no", "none"},
@@ -168,6 +171,27 @@ class Generator:
                 outs[i] = self.processor.decode(row, skip_special_tokens=False)
         return [outs[i] for i in range(len(records))]
 
+    def rescored(self, records: Sequence[dict[str, Any]], max_new_tokens: int, reader: Any, beams: int = 8,
+                 weight: float = 1.0, desc: str = "") -> list[str]:
+        """What `Emova.transcribe` answers: the best of the LLM's `beams` beam-search outputs by `llm + weight ·
+        reader` (`emova.inference.rescoring`), the reader reading the units of the record's prompt (these are
+        reduced; the pipeline reads the raw ones)."""
+        from emova.inference.rescoring import beam_candidates, continuation_log_likelihoods, rescore
+
+        pad = self.processor.tokenizer.pad_token_id
+        outs = []
+        for r in tqdm(records, desc=desc, unit="item", leave=False):
+            inputs = {k: v for k, v in self.prompt(r).items() if k != "labels"}
+            cands = beam_candidates(self.model, inputs, beams, max_new_tokens, self.stop, pad)
+            if not cands:
+                outs.append("")
+                continue
+            llm = continuation_log_likelihoods(self.model, inputs, cands, self.processor.im_end_id)
+            texts = [_UNIT_TOKEN.sub("", self.processor.decode(c, skip_special_tokens=True)).strip() for c in cands]
+            units = self.processor.string_to_units(r["conversations"][0]["value"])
+            outs.append(rescore(texts, llm, reader.phone_log_probs(units), weight).text if units else texts[0])
+        return outs
+
 
 class _HoldUnfinished:
     """A transformers logits processor: in rows whose greedy pick is a stop id while their answer is
@@ -277,30 +301,44 @@ def _voice_of(rec: dict[str, Any]) -> str:
     return voice_for(inputs[0]["key"], inputs[0]["style"], "heldout")[0].key if inputs else "?"
 
 
-def suite_asr(gen: Generator, world_dir: Path, max_items: int | None) -> dict[str, Any]:
+def _transcripts(gen: Generator, recs: list[dict[str, Any]], task: str, reader: Any | None) -> tuple[list[str], dict]:
+    """The LLM's greedy transcripts, and — with a phone reader — the rescored ones the pipeline gives (returned
+    first); the other is reported beside them."""
+    greedy = gen.run(recs, MAX_NEW[task], task)
+    if reader is None:
+        return greedy, {"rescored": False}
+    return gen.rescored(recs, MAX_NEW[task], reader, desc=f"{task} (rescored)"), {"rescored": True, "greedy": greedy}
+
+
+def suite_asr(gen: Generator, world_dir: Path, max_items: int | None, reader: Any | None = None) -> dict[str, Any]:
     recs = _load(world_dir, "asr", max_items)
-    preds = gen.run(recs, MAX_NEW["asr"], "asr")
+    preds, extra = _transcripts(gen, recs, "asr", reader)
     refs = [_answer_of(r) for r in recs]
+    if extra["rescored"]:
+        extra["wer_greedy"] = round(wer(refs, extra.pop("greedy")), 4)
     # per held-out voice, and per kind of sentence (image question, remark, reply: the world's `meta.source`)
     groups: dict[str, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
     for r, ref, p in zip(recs, refs, preds):
         for g in (f"voice/{_voice_of(r)}", f"source/{(r.get('meta') or {}).get('source', '?')}"):
             groups[g][0].append(ref)
             groups[g][1].append(p)
-    return {"n": len(recs), "wer": round(wer(refs, preds), 4),
+    return {"n": len(recs), "wer": round(wer(refs, preds), 4), **extra,
             **{k: {"wer": round(wer(*v), 4), "n": len(v[0])} for k, v in sorted(groups.items())},
             "examples": [{"ref": a, "hyp": b} for a, b in list(zip(refs, preds))[:5]]}
 
 
-def suite_fsdd(gen: Generator, world_dir: Path, max_items: int | None) -> dict[str, Any]:
+def suite_fsdd(gen: Generator, world_dir: Path, max_items: int | None, reader: Any | None = None) -> dict[str, Any]:
     recs = _load(world_dir, "fsdd_asr", max_items)
-    preds = gen.run(recs, MAX_NEW["fsdd"], "fsdd")
+    preds, extra = _transcripts(gen, recs, "fsdd", reader)
     flags = [digit_of(p) == digit_of(_answer_of(r)) for r, p in zip(recs, preds)]
+    if extra["rescored"]:
+        extra["accuracy_greedy"] = _rate([digit_of(p) == digit_of(_answer_of(r))
+                                          for r, p in zip(recs, extra.pop("greedy"))])
     speakers: dict[str, list[bool]] = defaultdict(list)
     for r, ok in zip(recs, flags):
         speakers[str((r.get("meta") or {}).get("speaker", "?"))].append(ok)
     errors = [{"id": r["id"], "expected": _answer_of(r), "got": p} for r, p, ok in zip(recs, preds, flags) if not ok]
-    return {"n": len(recs), "accuracy": _rate(flags),
+    return {"n": len(recs), "accuracy": _rate(flags), **extra,
             **{f"speaker/{k}": {"accuracy": _rate(v), "n": len(v)} for k, v in sorted(speakers.items())},
             "confusions": dict(Counter(f"{e['expected']} → {e['got'].strip().lower()[:24]}" for e in errors)
                                .most_common()),
@@ -434,26 +472,44 @@ def load_model(model: str | Path, dtype: torch.dtype = torch.float32) -> tuple[A
     return m, EmovaProcessor.from_pretrained(d)
 
 
-def _run_suite(s: str, gen: Generator, world: Path, max_items: int | None, detokenizer: str | None) -> dict:
+def _run_suite(s: str, gen: Generator, world: Path, max_items: int | None, detokenizer: str | None,
+               reader: Any | None = None) -> dict:
     if s == "vqa":
         return suite_vqa(gen, world, max_items)
     if s == "text":
         return suite_text(gen, world, max_items)
     if s == "asr":
-        return suite_asr(gen, world, max_items)
+        return suite_asr(gen, world, max_items, reader)
     if s == "fsdd":
-        return suite_fsdd(gen, world, max_items)
+        return suite_fsdd(gen, world, max_items, reader)
     if s == "tts":
         return suite_tts(gen, world, max_items, detokenizer)
     return suite_dialogue(gen, world, max_items)
 
 
+def _phone_reader(speech_tokenizer: str | None) -> Any | None:
+    """Our speech tokenizer (its CTC phone reader) for rescoring, or None (none given, or no espeak-ng)."""
+    from emova.inference.rescoring import phonemizer_available
+
+    if speech_tokenizer is None:
+        return None
+    if not phonemizer_available():
+        print("espeak-ng not found: ASR and FSDD are scored on greedy transcripts only")
+        return None
+    from emova.speech.tokenizer import SpeechTokenizer
+
+    return SpeechTokenizer.from_pretrained(speech_tokenizer)
+
+
 def evaluate_omni(model_dir: str | Path = "emova-tiny", world_dir: str | Path = "data_cache/world_units",
                   image_root: str | Path | None = "data_cache/world", detokenizer: str | None = "emova-tiny",
                   out: str | Path | None = "reports/eval_omni.json", suites: Sequence[str] | None = None,
-                  max_items: int | None = None, batch_size: int = 16, threads: int | None = None) -> dict[str, Any]:
-    """`emova eval omni [--model M] [--world-dir W] [--image-root I] [--detokenizer D] [--out F]
-    [--suites …] [--max-items N] [--batch-size B]`: run the suites, write JSON, print the table."""
+                  max_items: int | None = None, batch_size: int = 16, threads: int | None = None,
+                  speech_tokenizer: str | None = "emova-tiny") -> dict[str, Any]:
+    """`emova eval omni [--model M] [--world-dir W] [--image-root I] [--detokenizer D] [--speech-tokenizer S]
+    [--out F] [--suites …] [--max-items N] [--batch-size B]`: run the suites, write JSON, print the table.
+    With a speech tokenizer that has a phone reader (and espeak-ng), the ASR and FSDD suites score the pipeline's
+    rescored transcripts (`Emova.transcribe`) and report the LLM's greedy ones beside them; None: greedy only."""
     chosen = list(suites or SUITES)
     bad = [s for s in chosen if s not in SUITES]
     if bad:
@@ -470,12 +526,13 @@ def evaluate_omni(model_dir: str | Path = "emova-tiny", world_dir: str | Path = 
         torch.set_num_threads(threads)
     model, processor = load_model(model_dir)
     gen = Generator(model, processor, image_root if image_root is not None else world, batch_size)
+    reader = _phone_reader(speech_tokenizer) if {"asr", "fsdd"} & set(chosen) else None
     results: dict[str, Any] = {}
     timings: dict[str, float] = {}
     for s in chosen:
         t0 = time.time()
         try:
-            results[s] = _run_suite(s, gen, world, max_items, detokenizer)
+            results[s] = _run_suite(s, gen, world, max_items, detokenizer, reader)
         except FileNotFoundError as e:  # that suite's held-out data was not built: say so, run the others
             results[s] = {"skipped": str(e)}
         timings[s] = round(time.time() - t0, 1)

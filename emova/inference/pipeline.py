@@ -36,8 +36,16 @@ from emova.inference.drafting import AnswerDrafter, AnswerGuard
 from emova.inference.generation import GenerationSettings, context_length, generate_tokens
 from emova.inference.json_repair import parse_answer, units_in
 from emova.inference.messages import Turn, check_messages, load_audio, load_image, resolve_style
+from emova.inference.rescoring import (
+    PhoneReader,
+    Rescored,
+    beam_candidates,
+    continuation_log_likelihoods,
+    phonemizer_available,
+    rescore,
+)
 from emova.inference.speech_io import Detokenizer, UnitEncoder, load_speech_pair
-from emova.model.processor import EmovaProcessor, build_image_processor, reduce_units
+from emova.model.processor import EmovaProcessor, build_image_processor
 from emova.model.prompts import asr_prompt, chat_prompt, tts_prompt
 from emova.styles import Style
 
@@ -196,6 +204,12 @@ class Emova:
         self.silence_margins = (0.2, 0.2)
         #: and pauses inside it longer than this (+ 0.1 s) are cut down to it (`Audio.shorten_pauses`); None: kept
         self.max_pause_s: float | None = 0.05
+        #: `transcribe` asks the LLM for this many transcripts (beam search) and keeps the one whose phones the speech
+        #: tokenizer's CTC reader finds most likely in the units (`emova.inference.rescoring`); 1: the greedy
+        #: transcript. A speech tokenizer without a phone reader, or no espeak-ng, also gives the greedy one
+        self.asr_beams = 8
+        #: weight of the reader's log-likelihood against the LLM's in that choice
+        self.asr_reader_weight = 1.0
 
     # ------------------------------------------------------------------------------------ loading
     @classmethod
@@ -250,6 +264,10 @@ class Emova:
         return generate_tokens(self.model, inputs, self.stop_ids, settings)
 
     def _units_string(self, audio: Audio) -> str:
+        return self.processor.units_to_string(self._user_units(audio))
+
+    def _user_units(self, audio: Audio) -> list[int]:
+        """Raw 25 Hz units of a user's clip (cut to its sound first, as set); ValueError when there are none."""
         if self.trim_silence:
             margins = self.silence_margins
             if (not isinstance(margins, (tuple, list)) or len(margins) != 2
@@ -261,10 +279,10 @@ class Emova:
                 if isinstance(pause, bool) or not isinstance(pause, (int, float)) or not 0.02 <= pause <= 5:
                     raise ValueError(f"Emova.max_pause_s must be None or seconds in [0.02, 5], got {pause!r}")
                 audio = audio.shorten_pauses(pause)
-        units = reduce_units(self.speech_tokenizer.encode(audio))
+        units = self.speech_tokenizer.encode(audio)
         if not units:
             raise ValueError("the speech tokenizer returned no units for this audio (too short?)")
-        return self.processor.units_to_string(units, reduce=False)
+        return units
 
     def _render_turns(self, turns: list[Turn]) -> tuple[list[dict[str, Any]], list[Any]]:
         messages, images = [], []
@@ -366,12 +384,36 @@ class Emova:
         return ChatResult(None, None, None, text, None, None, units, None, raw, style, "text", repairs, usage=usage)
 
     # ------------------------------------------------------------------------------- single tasks
-    def transcribe(self, audio: str | Path | Audio, max_new_tokens: int = 256) -> str:
-        """Speech → text with the ASR prompt."""
+    def transcribe(self, audio: str | Path | Audio, max_new_tokens: int = 256, beams: int | None = None) -> str:
+        """Speech → text with the ASR prompt: the best of the LLM's `beams` transcripts by the speech tokenizer's
+        phone reader (`asr_beams` when None; see `transcribe_candidates`), or its greedy one where that is 1."""
+        return self.transcribe_candidates(audio, max_new_tokens, beams).text
+
+    def transcribe_candidates(self, audio: str | Path | Audio, max_new_tokens: int = 256,
+                              beams: int | None = None) -> Rescored:
+        """`transcribe` with what chose the transcript: every candidate, the LLM's and the reader's log-likelihoods
+        (empty lists for the greedy path) and the chosen index."""
+        beams = self.asr_beams if beams is None else beams
+        if isinstance(beams, bool) or not isinstance(beams, int) or not 1 <= beams <= 32:
+            raise ValueError(f"beams must be an integer in [1, 32], got {beams!r}")
         a = load_audio(audio, "audio", self.max_audio_seconds)
-        inputs = self._encode([{"role": "user", "content": asr_prompt(self._units_string(a))}])
+        units = self._user_units(a)
+        inputs = self._encode([{"role": "user", "content": asr_prompt(self.processor.units_to_string(units))}])
+        if beams > 1 and self.can_rescore:
+            cands = beam_candidates(self.model, inputs, beams, max_new_tokens, sorted(self.stop_ids),
+                                    self.processor.tokenizer.pad_token_id)
+            if cands:
+                llm = continuation_log_likelihoods(self.model, inputs, cands, self.processor.im_end_id)
+                texts = [_UNIT_TOKEN.sub("", self._decode(c)).strip() for c in cands]
+                return rescore(texts, llm, self.speech_tokenizer.phone_log_probs(units), self.asr_reader_weight)
         raw = self._decode(list(self._tokens(inputs, self._settings(max_new_tokens, 256))))
-        return _UNIT_TOKEN.sub("", raw).strip()
+        text = _UNIT_TOKEN.sub("", raw).strip()
+        return Rescored(text, [text], [], [], 0)
+
+    @property
+    def can_rescore(self) -> bool:
+        """Whether `transcribe` can rescore: a speech tokenizer with a phone reader, and espeak-ng for the phones."""
+        return isinstance(self.speech_tokenizer, PhoneReader) and phonemizer_available()
 
     def synthesize(self, text: str, style: Style | str = Style(), max_new_tokens: int = 1024,
                    reference: Audio | None = None, rate: float = 1.0) -> Audio:

@@ -141,6 +141,18 @@ class SpeechTokenizer:
         logits = self.model.ctc_logits(r["q"][None], torch.zeros(1, len(r["q"]), dtype=torch.bool))[0]
         return ids_to_phones(ctc_collapse(logits.argmax(-1).tolist()))
 
+    @torch.inference_mode()
+    def phone_log_probs(self, units: list[int]) -> torch.Tensor:
+        """Per-unit phone log-probabilities (T, n_phones; index 0 the CTC blank) read from *units* alone by the
+        CTC side the S2U was trained with (FSQ code values → `post` transformer → phone head). Raw 25 Hz or
+        reduced units; raw ones read better (the reduced ones lost their durations)."""
+        units = self._check(list(units))
+        if not units:
+            raise ValueError("no speech units to read")
+        q = self.model.fsq.indices_to_codes(torch.tensor(units))[None]
+        logits = self.model.ctc_logits(q, torch.zeros(1, len(units), dtype=torch.bool))[0]
+        return logits.float().log_softmax(-1)
+
     # ------------------------------------------------------------ unit strings
     @staticmethod
     def reduce(units: list[int]) -> list[int]:

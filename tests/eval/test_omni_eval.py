@@ -127,7 +127,7 @@ def test_oracle_answers_score_perfectly(setup, monkeypatch, capsys):
 
     monkeypatch.setattr(Generator, "run", oracle)
     rep = evaluate_omni(root / "model", world, None, detokenizer=None, out=root / "eval.json",
-                        suites=["vqa", "text", "asr", "fsdd", "dialogue"])
+                        suites=["vqa", "text", "asr", "fsdd", "dialogue"], speech_tokenizer=None)
     s = rep["suites"]
     assert s["vqa"]["accuracy"] == 1.0 and s["vqa"]["qtype/color"]["accuracy"] == 1.0
     assert s["text"]["accuracy"] == 1.0 and s["asr"]["wer"] == 0.0 and s["fsdd"]["accuracy"] == 1.0
@@ -155,10 +155,48 @@ def test_fsdd_reports_speakers_and_confusions(setup, monkeypatch):
     root, world, _, _ = setup
     answers = iter(["Seven.", "eight", "seven"] * 10)
     monkeypatch.setattr(Generator, "run", lambda self, records, *a, **k: [next(answers) for _ in records])
-    f = evaluate_omni(root / "model", world, None, detokenizer=None, out=None, suites=["fsdd"])["suites"]["fsdd"]
+    f = evaluate_omni(root / "model", world, None, detokenizer=None, out=None, suites=["fsdd"],
+                      speech_tokenizer=None)["suites"]["fsdd"]
     assert f["n"] == 3 and f["accuracy"] == pytest.approx(2 / 3, abs=1e-3)
     assert f["speaker/george"] == {"accuracy": 1.0, "n": 2} and f["speaker/lucas"] == {"accuracy": 0.0, "n": 1}
     assert f["confusions"] == {"seven → eight": 1} and f["errors"][0]["got"] == "eight"
+
+
+def test_asr_and_fsdd_score_the_rescored_transcripts_and_report_the_greedy_ones(setup, monkeypatch):
+    root, world, _, _ = setup
+    monkeypatch.setattr(Generator, "run", lambda self, records, *a, **k: ["something else entirely"] * len(records))
+    seen = []
+
+    def oracle(self, records, max_new_tokens, reader, beams=8, weight=1.0, desc=""):
+        seen.append(reader)
+        return [r["conversations"][1]["value"] for r in records]
+
+    monkeypatch.setattr(Generator, "rescored", oracle)
+    rep = evaluate_omni(root / "model", world, None, detokenizer=None, out=None, suites=["asr", "fsdd"])
+    s = rep["suites"]
+    assert s["asr"]["wer"] == 0.0 and s["asr"]["wer_greedy"] > 0.5 and s["asr"]["rescored"] is True
+    assert s["fsdd"]["accuracy"] == 1.0 and s["fsdd"]["accuracy_greedy"] == 0.0
+    assert rep["acceptance"]["asr_wer_greedy"]["value"] == s["asr"]["wer_greedy"]
+    assert len(seen) == 2 and hasattr(seen[0], "phone_log_probs")  # the bundled speech tokenizer's reader
+    plain = evaluate_omni(root / "model", world, None, detokenizer=None, out=None, suites=["asr"],
+                          speech_tokenizer=None)["suites"]["asr"]
+    assert plain["rescored"] is False and plain["wer"] > 0.5 and "wer_greedy" not in plain
+
+
+def test_rescored_transcripts_are_among_the_llms_beams(setup):
+    from emova.eval.omni import _UNIT_TOKEN, _load, load_model
+    from emova.inference.rescoring import beam_candidates
+    from emova.speech.tokenizer import SpeechTokenizer
+
+    root, world, _, _ = setup
+    model, proc = load_model(root / "model")
+    gen = Generator(model, proc, None)
+    recs = _load(world, "asr", 2)
+    got = gen.rescored(recs, 6, SpeechTokenizer.from_pretrained("emova-tiny"), beams=3)
+    for r, text in zip(recs, got):
+        inputs = {k: v for k, v in gen.prompt(r).items() if k != "labels"}
+        cands = beam_candidates(model, inputs, 3, 6, gen.stop, proc.tokenizer.pad_token_id)
+        assert text in [_UNIT_TOKEN.sub("", proc.decode(c, skip_special_tokens=True)).strip() for c in cands]
 
 
 def test_unknown_suite_and_unfilled_records(setup, tmp_path):

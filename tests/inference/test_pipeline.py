@@ -105,6 +105,7 @@ def test_transcribe_synthesize_answer(emova, speech, image, monkeypatch):
     assert isinstance(emova.answer(image, "What shape is red?"), str)
     feed = Feed(emova, "hello there", "<|speech_5|><|speech_9|><|speech_5|><|speech_11|>")
     monkeypatch.setattr(emova, "_tokens", feed)
+    monkeypatch.setattr(emova, "asr_beams", 1)  # the greedy path reads `_tokens` (rescoring: test_rescoring.py)
     assert emova.transcribe(speech) == "hello there"
     assert feed.prompts[0].split("<|im_start|>user\n")[1].startswith(ASR_PROMPT + "<|speech_")
     rec = RecordingDetok(emova.detokenizer)

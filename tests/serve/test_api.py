@@ -155,6 +155,7 @@ def test_bad_speech_request(client, body, param):
 def test_transcription_formats(client, emova, speech, monkeypatch, fmt):  # noqa: F811
     """OpenAI's other response formats: one segment over the speech (the model gives no word timings)."""
     monkeypatch.setattr(emova, "_tokens", Feed(emova, "what color is the circle"))
+    monkeypatch.setattr(emova, "asr_beams", 1)  # greedy: the transcript is what `_tokens` feeds
     padded = Audio(np.concatenate([np.zeros(8000, np.float32), speech.samples]), 16000)  # speech from 0.5 s
     r = client.post("/v1/audio/transcriptions", data={"model": "emova-tiny", "response_format": fmt,
                                                       "language": "en"},
@@ -359,6 +360,7 @@ def test_mp3_input_and_pcm16_reply_chunks_join_without_seams(client, emova, spee
 
 def test_transcriptions(client, emova, speech, monkeypatch):  # noqa: F811
     monkeypatch.setattr(emova, "_tokens", Feed(emova, "what color is the circle"))
+    monkeypatch.setattr(emova, "asr_beams", 1)  # greedy: the transcript is what `_tokens` feeds
     r = client.post("/v1/audio/transcriptions", data={"model": "emova-tiny"},
                     files={"file": ("q.wav", speech.to_wav_bytes(), "audio/wav")})
     assert r.status_code == 200, r.text

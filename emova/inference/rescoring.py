@@ -1,0 +1,130 @@
+"""N-best rescoring of the LLM's transcripts with the speech tokenizer's phone reader.
+
+The LLM is the recogniser: its answer to the ASR prompt is the transcript. Its first (greedy) choice is often not
+its best one, and the speech tokenizer carries a second opinion it was trained with: the S2U's CTC side reads
+phones from the units alone (`SpeechTokenizer.phone_log_probs`). So `transcribe` asks the LLM for its `beams`
+best transcripts (beam search), scores each one by
+
+    log P_LLM(transcript | prompt)  +  weight · log P_CTC(phones(transcript) | units)
+
+(the phones are espeak-ng's transcription of the text, the phone set the S2U was trained on), and returns the
+best. Every candidate is one the LLM wrote; the reader only chooses among them. Measured on the held-out world
+(docs/training.md, "Rescoring the LLM's transcripts"): ASR WER 0.488 greedy → 0.278 with 8 beams.
+
+A speech tokenizer without a phone reader (the official one), or a machine without espeak-ng, gives the plain
+greedy transcript.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+
+
+@runtime_checkable
+class PhoneReader(Protocol):
+    def phone_log_probs(self, units: list[int]) -> torch.Tensor:
+        """(T, n_phones) log-probabilities, index 0 the CTC blank."""
+        ...
+
+
+def phonemizer_available() -> bool:
+    """Texts become phones through espeak-ng (`emova.data.speech.phones.text_to_phones`)."""
+    return shutil.which("espeak-ng") is not None
+
+
+def phone_log_likelihood(log_probs: torch.Tensor, text: str) -> float:
+    """log P(phones of `text` | units) under a CTC reader's (T, n_phones) log-probabilities; -inf for a text
+    without phones, or with more than T units can spell."""
+    from emova.data.speech.phones import phones_to_ids, text_to_phones
+
+    if not text.strip():
+        return -math.inf
+    ids = phones_to_ids(text_to_phones(text))
+    if not ids:
+        return -math.inf
+    loss = F.ctc_loss(log_probs[:, None].float(), torch.tensor([ids]), torch.tensor([log_probs.shape[0]]),
+                      torch.tensor([len(ids)]), blank=0, reduction="sum")
+    return -float(loss) if torch.isfinite(loss) else -math.inf
+
+
+@torch.inference_mode()
+def beam_candidates(model: Any, inputs: dict[str, torch.Tensor], beams: int, max_new_tokens: int,
+                    stop_ids: Sequence[int], pad_id: int) -> list[list[int]]:
+    """The `beams` best continuations of one prompt by beam search (transformers' `generate`), each cut at its
+    first stop id; duplicates dropped, best first."""
+    if inputs["input_ids"].shape[0] != 1:
+        raise ValueError("beam_candidates takes one prompt")
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=beams,
+                         num_return_sequences=beams, eos_token_id=list(stop_ids), pad_token_id=pad_id,
+                         use_cache=True)
+    stops = set(stop_ids)
+    cands: list[list[int]] = []
+    for row in out[:, inputs["input_ids"].shape[1]:].tolist():
+        row = row[: next((k for k, t in enumerate(row) if t in stops), len(row))]
+        if row not in cands:
+            cands.append(row)
+    return cands
+
+
+@torch.inference_mode()
+def continuation_log_likelihoods(model: Any, inputs: dict[str, torch.Tensor], continuations: Sequence[list[int]],
+                                 stop_id: int) -> list[float]:
+    """sum log P(continuation, then `stop_id` | prompt) for each continuation, in one batched forward pass.
+    Text and speech prompts only (no images)."""
+    if any(k in inputs for k in ("pixel_values", "image_grid_thw")):
+        raise ValueError("continuation_log_likelihoods takes prompts without images")
+    prompt = inputs["input_ids"][0]
+    seqs = [torch.tensor(c + [stop_id], dtype=prompt.dtype) for c in continuations]
+    width = len(prompt) + max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), width, dtype=prompt.dtype)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        n = len(prompt) + len(s)
+        ids[i, :n] = torch.cat([prompt, s])
+        mask[i, :n] = 1
+    logp = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
+    scores = []
+    for i, s in enumerate(seqs):
+        pos = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(s))
+        scores.append(float(logp[i, pos, s].sum()))
+    return scores
+
+
+@dataclass
+class Rescored:
+    """The chosen transcript and what chose it (all candidates, best LLM beam first)."""
+
+    text: str
+    candidates: list[str]
+    llm: list[float]
+    reader: list[float]
+    chosen: int
+
+
+def choose(llm: Sequence[float], reader: Sequence[float], weight: float) -> int:
+    """Index of the best `llm + weight · reader` (ties: the earlier, i.e. the better beam)."""
+    if not llm or len(llm) != len(reader):
+        raise ValueError("need one reader score per candidate")
+    if weight == 0:
+        return max(range(len(llm)), key=lambda i: llm[i])
+    total = [a + weight * b for a, b in zip(llm, reader)]
+    if all(math.isinf(t) for t in total):  # no candidate fits the units: the LLM's own order decides
+        return max(range(len(llm)), key=lambda i: llm[i])
+    return max(range(len(total)), key=lambda i: total[i])
+
+
+def rescore(texts: Sequence[str], llm: Sequence[float], log_probs: torch.Tensor, weight: float) -> Rescored:
+    reader = [phone_log_likelihood(log_probs, t) for t in texts]
+    k = choose(llm, reader, weight)
+    return Rescored(texts[k], list(texts), list(llm), reader, k)
+
+
+__all__ = ["PhoneReader", "Rescored", "beam_candidates", "choose", "continuation_log_likelihoods",
+           "phone_log_likelihood", "phonemizer_available", "rescore"]
