@@ -46,6 +46,9 @@ THRESHOLDS = {  # (metric path, comparison, value): the issue's acceptance lines
     "dialogue_reply_emotion": ("dialogue.reply_emotion_accuracy", ">=", 0.90),
     "dialogue_answer": ("dialogue.answer_accuracy", ">=", 0.85),
     "dialogue_transcript_wer": ("dialogue.transcript_wer", "<=", 0.15),
+    "dialogue_reply_emotion_pipeline": ("dialogue.pipeline.reply_emotion_accuracy", "report", None),
+    "dialogue_answer_pipeline": ("dialogue.pipeline.answer_accuracy", "report", None),
+    "dialogue_transcript_wer_pipeline": ("dialogue.pipeline.transcript_wer", "report", None),
     "text_accuracy": ("text.accuracy", "report", None),
 }
 MAX_NEW = {"vqa": 32, "text": 32, "asr": 48, "fsdd": 8, "tts": 320, "dialogue": 448}
@@ -149,10 +152,18 @@ class Generator:
 
     @torch.inference_mode()
     def run(self, records: Sequence[dict[str, Any]], max_new_tokens: int, desc: str = "",
-            hold: bool = False, structured: bool = False) -> list[str]:
+            hold: bool = False, structured: bool = False, prefixes: Sequence[list[int]] | None = None) -> list[str]:
         """Greedy outputs; hold=True masks the stop ids while a spoken answer is unfinished (`AnswerGuard`);
-        structured=True writes the answer's skeleton for the model (`Emova.structured_answers`)."""
+        structured=True writes the answer's skeleton for the model (`Emova.structured_answers`); `prefixes`: tokens
+        each output begins with, read with the prompt and counted as produced (`GenerationSettings.prefix`)."""
         feats = [self.prompt(r) for r in records]
+        pre = [list(x) for x in prefixes] if prefixes is not None else [[] for _ in records]
+        for f, x in zip(feats, pre):
+            if x:
+                add = torch.tensor([x], dtype=f["input_ids"].dtype)
+                f["input_ids"] = torch.cat([f["input_ids"], add], 1)
+                f["attention_mask"] = torch.cat([f["attention_mask"], torch.ones_like(add)], 1)
+                f["labels"] = torch.cat([f["labels"], torch.full_like(add, -100)], 1)
         order = sorted(range(len(feats)), key=lambda i: feats[i]["input_ids"].shape[1])
         outs: dict[int, str] = {}
         pad = self.processor.tokenizer.pad_token_id
@@ -160,14 +171,16 @@ class Generator:
             idx = order[s : s + self.batch_size]
             batch = self.processor.pad([feats[i] for i in idx], padding_side="left")
             batch.pop("labels")
-            procs = [_HoldUnfinished(self, batch["input_ids"].shape[1])] if hold else []
-            procs += [_ForceSkeleton(self, batch["input_ids"].shape[1])] if structured else []
+            width = batch["input_ids"].shape[1]
+            starts = [width - len(pre[i]) for i in idx]  # where each row's output (its prefix first) begins
+            procs = [_HoldUnfinished(self, starts)] if hold else []
+            procs += [_ForceSkeleton(self, starts)] if structured else []
             extra = {"logits_processor": procs} if procs else {}
             gen = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                       eos_token_id=self.stop, pad_token_id=pad, use_cache=True, **extra)
             new = gen[:, batch["input_ids"].shape[1]:]
             for i, row in zip(idx, new.tolist()):
-                row = row[: next((k for k, t in enumerate(row) if t in self.stop), len(row))]
+                row = pre[i] + row[: next((k for k, t in enumerate(row) if t in self.stop), len(row))]
                 outs[i] = self.processor.decode(row, skip_special_tokens=False)
         return [outs[i] for i in range(len(records))]
 
@@ -192,21 +205,48 @@ class Generator:
             outs.append(rescore(texts, llm, reader.phone_log_probs(units), weight).text if units else texts[0])
         return outs
 
+    def transcript_prefixes(self, records: Sequence[dict[str, Any]], reader: Any, beams: int = 8, weight: float = 1.0,
+                            desc: str = "") -> list[list[int]]:
+        """What `Emova.chat` writes before the model goes on with a spoken answer (`Emova._transcript_prefix`): the
+        answer's opening with the best of the LLM's `beams` transcripts by `llm + weight · reader`, the reader reading
+        the record's (reduced) units."""
+        from emova.inference.rescoring import rescore, transcript_candidates
+
+        tok = self.processor.tokenizer
+        opening = "{" + f'"{ANSWER_KEYS[0]}": "'
+        out = []
+        for r in tqdm(records, desc=desc, unit="item", leave=False):
+            inputs = {k: v for k, v in self.prompt(r).items() if k != "labels"}
+            texts, llm = transcript_candidates(self.model, inputs, tok.encode(opening, add_special_tokens=False),
+                                               beams, 64, tok, self.stop)
+            units = self.processor.string_to_units(r["conversations"][0]["value"])
+            if not texts or not units:
+                out.append([])
+                continue
+            chosen = rescore(texts, llm, reader.phone_log_probs(units), weight).text
+            out.append(tok.encode(opening + chosen + f'", "{ANSWER_KEYS[1]}": "', add_special_tokens=False))
+        return out
+
+
+def _start(starts: int | Sequence[int], row: int) -> int:
+    """Where row `row`'s output begins: one index for the batch, or one per row."""
+    return starts if isinstance(starts, int) else starts[row]
+
 
 class _HoldUnfinished:
     """A transformers logits processor: in rows whose greedy pick is a stop id while their answer is
     unfinished (`emova.inference.drafting.AnswerGuard`), the stop ids are masked — the pipeline's rule."""
 
-    def __init__(self, gen: Generator, prompt_len: int) -> None:
+    def __init__(self, gen: Generator, starts: int | Sequence[int]) -> None:
         from emova.inference.drafting import AnswerGuard
 
-        self.guard, self.stop, self.prompt_len = AnswerGuard(gen.processor), set(gen.stop), prompt_len
+        self.guard, self.stop, self.starts = AnswerGuard(gen.processor), set(gen.stop), starts
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         for row in range(scores.shape[0]):
             if int(scores[row].argmax()) not in self.stop:
                 continue
-            produced = input_ids[row, self.prompt_len:].tolist()
+            produced = input_ids[row, _start(self.starts, row):].tolist()
             if not self.stop & set(produced) and self.guard(produced):  # a finished row stays finished
                 scores[row, sorted(self.stop)] = float("-inf")
         return scores
@@ -218,14 +258,14 @@ class _ForceSkeleton:
     and where an emotion/pitch value opens, only the first tokens of its labels (`AnswerDrafter.allowed`) —
     the pipeline's structured answers (`GenerationSettings.draft_is_constraint` + `allow`), one token per step."""
 
-    def __init__(self, gen: Generator, prompt_len: int) -> None:
+    def __init__(self, gen: Generator, starts: int | Sequence[int]) -> None:
         from emova.inference.drafting import AnswerDrafter
 
-        self.drafter, self.stop, self.prompt_len = AnswerDrafter(gen.processor), set(gen.stop), prompt_len
+        self.drafter, self.stop, self.starts = AnswerDrafter(gen.processor), set(gen.stop), starts
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         for row in range(scores.shape[0]):
-            produced = input_ids[row, self.prompt_len:].tolist()
+            produced = input_ids[row, _start(self.starts, row):].tolist()
             if self.stop & set(produced):
                 continue  # finished (padding follows)
             keep = self.drafter(produced)[:1] or self.drafter.allowed(produced)
@@ -376,10 +416,11 @@ def suite_tts(gen: Generator, world_dir: Path, max_items: int | None, detokenize
             "examples": [{"ref": a, "hyp": b} for a, b in list(zip(refs, hyps))[:5]]}
 
 
-def suite_dialogue(gen: Generator, world_dir: Path, max_items: int | None) -> dict[str, Any]:
+def suite_dialogue(gen: Generator, world_dir: Path, max_items: int | None, reader: Any | None = None) -> dict[str, Any]:
     """The spoken-dialogue suite on the model's raw output; under `pipeline`, the same turns decoded as the
-    pipeline does: no stop before the answer's JSON is complete (`Emova.hold_unfinished`) and the skeleton
-    written for the model (`Emova.structured_answers`)."""
+    pipeline does: the transcript chosen among the LLM's beams by the phone reader (`Emova.transcript_beams`; with a
+    reader), no stop before the answer's JSON is complete (`Emova.hold_unfinished`) and the skeleton written for
+    the model (`Emova.structured_answers`)."""
     recs = _load(world_dir, "dialogue_speech", max_items) + _load(world_dir, "vqa_speech", max_items)
     from emova.inference.json_repair import parse_answer
 
@@ -387,9 +428,11 @@ def suite_dialogue(gen: Generator, world_dir: Path, max_items: int | None) -> di
     out = _dialogue_metrics(recs, preds)
     # every turn again: the forced skeleton is tokenised canonically, which may differ from the model's own
     # split of the same characters even where its raw output was in order
-    piped = gen.run(recs, MAX_NEW["dialogue"], "dialogue, pipeline", hold=True, structured=True)
+    prefixes = gen.transcript_prefixes(recs, reader, desc="dialogue, transcripts") if reader is not None else None
+    piped = gen.run(recs, MAX_NEW["dialogue"], "dialogue, pipeline", hold=True, structured=True, prefixes=prefixes)
     pipe = _dialogue_metrics(recs, piped)
     out["pipeline"] = {k: v for k, v in pipe.items() if not isinstance(v, dict)}
+    out["pipeline"]["rescored_transcripts"] = prefixes is not None
     out["pipeline"]["outputs_changed"] = _rate([a != b for a, b in zip(preds, piped)])
     out["pipeline"]["needed_repair"] = _rate([bool(parse_answer(p).repairs) for p in piped])
     return out
@@ -448,11 +491,11 @@ def acceptance(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    lines = [f"{'acceptance':28s} {'value':>8s}  {'target':>8s}  result", "-" * 58]
+    lines = [f"{'acceptance':34s} {'value':>8s}  {'target':>8s}  result", "-" * 64]
     for name, a in report["acceptance"].items():
         v = "—" if a["value"] is None else f"{a['value']:.3f}"
         res = "report" if a["threshold"] is None else ("n/a" if a["pass"] is None else ("PASS" if a["pass"] else "FAIL"))
-        lines.append(f"{name:28s} {v:>8s}  {a['threshold'] or '':>8s}  {res}")
+        lines.append(f"{name:34s} {v:>8s}  {a['threshold'] or '':>8s}  {res}")
     vqa = report["suites"].get("vqa", {})
     per = [f"{k.split('/')[1]} {v['accuracy']:.2f}" for k, v in vqa.items() if k.startswith("qtype/") and v["accuracy"] is not None]
     if per:
@@ -484,7 +527,7 @@ def _run_suite(s: str, gen: Generator, world: Path, max_items: int | None, detok
         return suite_fsdd(gen, world, max_items, reader)
     if s == "tts":
         return suite_tts(gen, world, max_items, detokenizer)
-    return suite_dialogue(gen, world, max_items)
+    return suite_dialogue(gen, world, max_items, reader)
 
 
 def _phone_reader(speech_tokenizer: str | None) -> Any | None:
@@ -526,7 +569,7 @@ def evaluate_omni(model_dir: str | Path = "emova-tiny", world_dir: str | Path = 
         torch.set_num_threads(threads)
     model, processor = load_model(model_dir)
     gen = Generator(model, processor, image_root if image_root is not None else world, batch_size)
-    reader = _phone_reader(speech_tokenizer) if {"asr", "fsdd"} & set(chosen) else None
+    reader = _phone_reader(speech_tokenizer) if {"asr", "fsdd", "dialogue"} & set(chosen) else None
     results: dict[str, Any] = {}
     timings: dict[str, float] = {}
     for s in chosen:

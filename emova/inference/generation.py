@@ -54,6 +54,10 @@ class GenerationSettings:
     hold_stop: Callable[[list[int]], bool] | None = None  # True: the output may not end here (stop ids masked)
     allow: Callable[[list[int]], Sequence[int] | None] | None = None  # the only ids that may come next (None: any)
     lean: bool = True  # decode with emova.inference.fast_decode.LeanDecoder where the model allows it exactly
+    #: called once when generation starts: the tokens the output begins with, emitted unchecked and read with the
+    #: prompt in one prefill (e.g. the spoken answer's opening with a transcript chosen beforehand,
+    #: `emova.inference.rescoring.transcript_candidates`); they count towards max_new_tokens
+    prefix: Callable[[], Sequence[int]] | None = None
 
     def __post_init__(self) -> None:
         if self.cache not in ("static", "dynamic"):
@@ -219,9 +223,19 @@ def generate_tokens(
         raise ValueError(f"the prompt is {prompt['input_ids'].shape[1]} tokens; the model reads at most {limit}")
     if room is not None and settings.max_new_tokens > room:  # the answer stops where the model's context ends
         settings = replace(settings, max_new_tokens=room)
+    produced: list[int] = [int(t) for t in settings.prefix()] if settings.prefix is not None else []
+    if set(produced) & stop_ids:
+        raise ValueError("a generation prefix may not contain a stop id")
+    if len(produced) >= settings.max_new_tokens:
+        yield from produced[: settings.max_new_tokens]
+        return
+    if produced:
+        if room is not None and len(produced) >= room:
+            raise ValueError(f"the prompt and its {len(produced)}-token prefix exceed the model's {limit} positions")
+        prompt["input_ids"] = torch.cat([prompt["input_ids"], torch.tensor([produced], device=device)], 1)
     runner = _runner(model, prompt, settings)
     logits, forced = runner.prefill(), None
-    produced: list[int] = []
+    yield from produced
     if settings.draft is not None and settings.draft_is_constraint:  # a constraint may fix the very first tokens
         first = _usable(settings.draft(produced), settings.max_new_tokens, stop_ids)
         forced = first[0] if first else None

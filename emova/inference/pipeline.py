@@ -23,7 +23,8 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,11 @@ from emova.inference.rescoring import (
     continuation_log_likelihoods,
     phonemizer_available,
     rescore,
+    transcript_candidates,
 )
 from emova.inference.speech_io import Detokenizer, UnitEncoder, load_speech_pair
 from emova.model.processor import EmovaProcessor, build_image_processor
-from emova.model.prompts import asr_prompt, chat_prompt, tts_prompt
+from emova.model.prompts import ANSWER_KEYS, asr_prompt, chat_prompt, tts_prompt
 from emova.styles import Style
 
 QWEN2VL_DEFAULT_PIXELS = (56 * 56, 28 * 28 * 1280)
@@ -208,8 +210,12 @@ class Emova:
         #: tokenizer's CTC reader finds most likely in the units (`emova.inference.rescoring`); 1: the greedy
         #: transcript. A speech tokenizer without a phone reader, or no espeak-ng, also gives the greedy one
         self.asr_beams = 8
-        #: weight of the reader's log-likelihood against the LLM's in that choice
+        #: weight of the reader's log-likelihood against the LLM's in that choice (and in the transcript's below)
         self.asr_reader_weight = 1.0
+        #: a spoken answer begins with the user's words (its "user question text"): the LLM's `transcript_beams`
+        #: best transcripts there (beam search) are rescored the same way and the best is written for it, before it
+        #: goes on with the labels and the reply, which then follow what was said; 1: its own greedy transcript
+        self.transcript_beams = 8
 
     # ------------------------------------------------------------------------------------ loading
     @classmethod
@@ -263,9 +269,6 @@ class Emova:
         """The token source (KV-cached). Tests replace it to force-feed known outputs."""
         return generate_tokens(self.model, inputs, self.stop_ids, settings)
 
-    def _units_string(self, audio: Audio) -> str:
-        return self.processor.units_to_string(self._user_units(audio))
-
     def _user_units(self, audio: Audio) -> list[int]:
         """Raw 25 Hz units of a user's clip (cut to its sound first, as set); ValueError when there are none."""
         if self.trim_silence:
@@ -284,15 +287,30 @@ class Emova:
             raise ValueError("the speech tokenizer returned no units for this audio (too short?)")
         return units
 
-    def _render_turns(self, turns: list[Turn]) -> tuple[list[dict[str, Any]], list[Any]]:
-        messages, images = [], []
+    def _render_turns(self, turns: list[Turn]) -> tuple[list[dict[str, Any]], list[Any], list[int]]:
+        """Messages for the processor, their images, and the raw units of the last turn's audio ([] if none)."""
+        messages, images, units = [], [], []
         for t in turns:
             text = "\n".join(s.strip() for s in t.texts)
+            units = []
             if t.audios:
-                text = (text + "\n" if text else "") + chat_prompt(self._units_string(t.audios[0]))
+                units = self._user_units(t.audios[0])
+                text = (text + "\n" if text else "") + chat_prompt(self.processor.units_to_string(units))
             images.extend(t.images)
             messages.append({"role": t.role, "content": text})
-        return messages, images
+        return messages, images, units
+
+    def _transcript_prefix(self, inputs: dict[str, torch.Tensor], units: list[int]) -> list[int]:
+        """The spoken answer's opening with the best-rescored of the LLM's transcripts, through the quote that
+        opens the next key (`transcript_beams`); [] when no candidate came out."""
+        tok = self.processor.tokenizer
+        opening = "{" + f'"{ANSWER_KEYS[0]}": "'
+        texts, llm = transcript_candidates(self.model, inputs, tok.encode(opening, add_special_tokens=False),
+                                           self.transcript_beams, 64, tok, sorted(self.stop_ids))
+        if not texts:
+            return []
+        chosen = rescore(texts, llm, self.speech_tokenizer.phone_log_probs(units), self.asr_reader_weight).text
+        return tok.encode(opening + chosen + f'", "{ANSWER_KEYS[1]}": "', add_special_tokens=False)
 
     @property
     def context_length(self) -> int | None:
@@ -338,8 +356,13 @@ class Emova:
         settings = self._settings(max_new_tokens, 1024, temperature=temperature, seed=seed, draft=draft,
                                   hold_stop=hold, draft_is_constraint=structured,
                                   allow=draft.allowed if structured and draft is not None else None)
-        rendered, images = self._render_turns(turns)
+        rendered, images, units = self._render_turns(turns)
         inputs = self._encode(rendered, images)
+        beams = self.transcript_beams
+        if isinstance(beams, bool) or not isinstance(beams, int) or not 1 <= beams <= 32:
+            raise ValueError(f"Emova.transcript_beams must be an integer in [1, 32], got {beams!r}")
+        if spoken and beams > 1 and self.can_rescore:  # chosen when generation starts (under the model's lock)
+            settings = replace(settings, prefix=partial(self._transcript_prefix, inputs, units))
         return ChatPlan(inputs, mode, voice, style_override, settings, speak, started)
 
     def chat(self, messages: Any, voice: str = "female", style_override: Style | dict[str, Any] | str | None = None,

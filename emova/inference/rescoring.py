@@ -97,6 +97,85 @@ def continuation_log_likelihoods(model: Any, inputs: dict[str, torch.Tensor], co
     return scores
 
 
+def _quote_tokens(tokenizer: Any) -> torch.Tensor:
+    """(V,) bool: the tokens whose text holds a double quote (they close a JSON string value)."""
+    key = id(tokenizer)
+    if key not in _QUOTE_CACHE:
+        mask = torch.zeros(len(tokenizer), dtype=torch.bool)
+        for piece, i in tokenizer.get_vocab().items():  # byte-level BPE keeps '"' as it is in a token's piece
+            if '"' in piece and 0 <= i < len(mask):
+                mask[i] = True
+        _QUOTE_CACHE[key] = mask
+    return _QUOTE_CACHE[key]
+
+
+_QUOTE_CACHE: dict[int, torch.Tensor] = {}
+
+
+def transcript_candidates(model: Any, inputs: dict[str, torch.Tensor], opening: Sequence[int], beams: int,
+                          max_new_tokens: int, tokenizer: Any, stop_ids: Sequence[int]) -> tuple[list[str], list[float]]:
+    """The `beams` best values of a quoted string the answer opens with (`opening`: the answer's first tokens, up to
+    and including the opening quote), by beam search until the closing quote (`beam_search_quoted`). Returns the
+    distinct non-empty texts before the quote, best first, with each one's summed log-probability."""
+    texts: list[str] = []
+    scores: list[float] = []
+    stops = set(stop_ids)
+    for seq, score in beam_search_quoted(model, inputs, opening, beams, max_new_tokens, tokenizer, stop_ids):
+        text = tokenizer.decode([t for t in seq if t not in stops], skip_special_tokens=True).split('"')[0].strip()
+        if text and text not in texts:
+            texts.append(text)
+            scores.append(score)
+    return texts, scores
+
+
+@torch.inference_mode()
+def beam_search_quoted(model: Any, inputs: dict[str, torch.Tensor], opening: Sequence[int], beams: int,
+                       max_new_tokens: int, tokenizer: Any, stop_ids: Sequence[int]) -> list[tuple[list[int], float]]:
+    """Beam search from the prompt + `opening` until a token holding a double quote (or a stop id) ends a beam.
+    One prefill of the prompt (images included), whose KV cache the beams then share. Returns up to `beams` ended
+    beams, best first, then the beams still open after `max_new_tokens`: (tokens after `opening`, summed
+    log-probability of those tokens)."""
+    from transformers import DynamicCache
+
+    ids = torch.cat([inputs["input_ids"], torch.tensor([list(opening)], dtype=inputs["input_ids"].dtype)], 1)
+    prompt = {"input_ids": ids}
+    if "pixel_values" in inputs:
+        prompt.update(pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"])
+    cache = DynamicCache(config=model.config.get_text_config())
+    logits = model(**prompt, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    closes = _quote_tokens(tokenizer)
+    ends = closes.clone()
+    ends[[t for t in stop_ids if 0 <= t < len(ends)]] = True
+    seqs: list[list[int]] = [[]]
+    scores = torch.zeros(1)
+    done: list[tuple[list[int], float]] = []
+    for step in range(max_new_tokens):
+        logp = logits.float().log_softmax(-1)
+        total = (scores[:, None] + logp[:, : len(ends)]).flatten()
+        top = total.topk(min(2 * beams, total.numel()))
+        parents, alive, alive_scores = [], [], []
+        for score, flat in zip(top.values.tolist(), top.indices.tolist()):
+            b, t = divmod(flat, len(ends))
+            if ends[t]:
+                if len(done) < beams:
+                    done.append((seqs[b] + [t], score))
+            elif len(alive) < beams:
+                parents.append(b)
+                alive.append(seqs[b] + [t])
+                alive_scores.append(score)
+        worst_done = min((sc for _, sc in done), default=-math.inf)
+        if len(done) >= beams and (not alive_scores or max(alive_scores) < worst_done):
+            break  # no open beam can beat a finished one any more (scores only fall)
+        if not alive or step == max_new_tokens - 1:
+            break
+        cache.reorder_cache(torch.tensor(parents)) if step else cache.batch_repeat_interleave(len(parents))
+        seqs, scores = alive, torch.tensor(alive_scores)
+        logits = model(input_ids=torch.tensor([[s[-1]] for s in alive]), cache=cache, use_cache=True).logits[:, -1]
+    else:
+        alive, alive_scores = [], []
+    return sorted(done, key=lambda d: -d[1]) + list(zip(alive, alive_scores))
+
+
 @dataclass
 class Rescored:
     """The chosen transcript and what chose it (all candidates, best LLM beam first)."""
@@ -126,5 +205,5 @@ def rescore(texts: Sequence[str], llm: Sequence[float], log_probs: torch.Tensor,
     return Rescored(texts[k], list(texts), list(llm), reader, k)
 
 
-__all__ = ["PhoneReader", "Rescored", "beam_candidates", "choose", "continuation_log_likelihoods",
-           "phone_log_likelihood", "phonemizer_available", "rescore"]
+__all__ = ["PhoneReader", "Rescored", "beam_candidates", "beam_search_quoted", "choose", "continuation_log_likelihoods",
+           "phone_log_likelihood", "phonemizer_available", "rescore", "transcript_candidates"]

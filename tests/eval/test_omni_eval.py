@@ -82,7 +82,7 @@ def test_held_decoding_masks_stops_only_in_unfinished_answers(setup):
         ids = torch.tensor([[5, 6, *proc.tokenizer.encode(text, add_special_tokens=False)]])
         scores = torch.zeros(1, len(proc.tokenizer))
         scores[0, gen.stop[0]] = 10.0  # the greedy pick is a stop id
-        out = _HoldUnfinished(gen, prompt_len=2)(ids, scores)
+        out = _HoldUnfinished(gen, 2)(ids, scores)
         assert bool(out[0, gen.stop[0]] == float("-inf")) is masked, text
 
 
@@ -101,7 +101,7 @@ def test_structured_decoding_forces_only_the_skeleton_after_a_closed_value(setup
     for text, forced in cases:
         produced = tok.encode(text, add_special_tokens=False)
         ids = torch.tensor([[5, 6, *produced]])
-        out = _ForceSkeleton(gen, prompt_len=2)(ids, torch.zeros(1, len(tok)))
+        out = _ForceSkeleton(gen, 2)(ids, torch.zeros(1, len(tok)))
         allowed = torch.nonzero(out[0] > float("-inf")).flatten().tolist()
         if not forced:
             assert len(allowed) == len(tok), text
@@ -113,7 +113,7 @@ def test_structured_decoding_forces_only_the_skeleton_after_a_closed_value(setup
     # where an emotion value opens, exactly the first tokens of the seven labels are allowed
     text = '{"user question text": "I found a coin.", "user question emotion": "'
     produced = tok.encode(text, add_special_tokens=False)
-    out = _ForceSkeleton(gen, prompt_len=2)(torch.tensor([[5, 6, *produced]]), torch.zeros(1, len(tok)))
+    out = _ForceSkeleton(gen, 2)(torch.tensor([[5, 6, *produced]]), torch.zeros(1, len(tok)))
     allowed = torch.nonzero(out[0] > float("-inf")).flatten().tolist()
     firsts = {tok.encode(text + e + '", "', add_special_tokens=False)[len(produced)] for e in EMOTIONS}
     assert set(allowed) == firsts and len(allowed) > 1
@@ -122,7 +122,7 @@ def test_structured_decoding_forces_only_the_skeleton_after_a_closed_value(setup
 def test_oracle_answers_score_perfectly(setup, monkeypatch, capsys):
     root, world, _, _ = setup
 
-    def oracle(self, records, max_new_tokens, desc="", hold=False, structured=False):
+    def oracle(self, records, max_new_tokens, desc="", hold=False, structured=False, prefixes=None):
         return [r["conversations"][1]["value"] for r in records]
 
     monkeypatch.setattr(Generator, "run", oracle)
@@ -145,8 +145,9 @@ def test_oracle_answers_score_perfectly(setup, monkeypatch, capsys):
 
 def test_wrong_answers_fail_acceptance(setup, monkeypatch):
     root, world, _, _ = setup
-    monkeypatch.setattr(Generator, "run", lambda self, records, n, desc="", hold=False, structured=False: ["I do not know."] * len(records))
-    rep = evaluate_omni(root / "model", world, None, detokenizer=None, out=None, suites=["vqa", "dialogue"])
+    monkeypatch.setattr(Generator, "run", lambda self, records, n, desc="", hold=False, structured=False, prefixes=None: ["I do not know."] * len(records))
+    rep = evaluate_omni(root / "model", world, None, detokenizer=None, out=None, suites=["vqa", "dialogue"],
+                        speech_tokenizer=None)
     assert rep["suites"]["vqa"]["accuracy"] == 0.0
     assert rep["acceptance"]["dialogue_valid_json"]["pass"] is False
 
@@ -197,6 +198,27 @@ def test_rescored_transcripts_are_among_the_llms_beams(setup):
         inputs = {k: v for k, v in gen.prompt(r).items() if k != "labels"}
         cands = beam_candidates(model, inputs, 3, 6, gen.stop, proc.tokenizer.pad_token_id)
         assert text in [_UNIT_TOKEN.sub("", proc.decode(c, skip_special_tokens=True)).strip() for c in cands]
+
+
+def test_the_pipeline_run_begins_each_answer_with_its_prefix(setup):
+    from emova.eval.omni import _load
+    from emova.speech.tokenizer import SpeechTokenizer
+    from emova.styles import EMOTIONS
+
+    root, world, model, proc = setup
+    gen = Generator(model, proc, world, batch_size=2)
+    recs = _load(world, "dialogue_speech", 2)
+    tok = proc.tokenizer
+    opened = ['{"user question text": "hi", "user question emotion": "',
+              '{"user question text": "what a long day it was", "user question emotion": "']
+    prefixes = [tok.encode(t, add_special_tokens=False) for t in opened]
+    outs = gen.run(recs, 3, structured=True, prefixes=prefixes)
+    for text, out in zip(opened, outs):  # the skeleton rule reads each row from its own prefix on
+        assert out.startswith(text) and any(out[len(text):].startswith(e[:1]) for e in EMOTIONS), out
+    made = gen.transcript_prefixes(recs, SpeechTokenizer.from_pretrained("emova-tiny"), beams=2)
+    for ids in made:
+        text = tok.decode(ids)
+        assert text.startswith('{"user question text": "') and text.endswith('", "user question emotion": "')
 
 
 def test_unknown_suite_and_unfilled_records(setup, tmp_path):

@@ -53,7 +53,7 @@ def test_choose_adds_the_weighted_reader_score_and_falls_back_to_the_llm():
 
 def test_batched_continuation_scores_equal_one_at_a_time(emova, speech):
     inputs = emova._encode([{"role": "user", "content": "Please recognize the text corresponding to the follwing "
-                             "speech.\n" + emova._units_string(speech)}])
+                             "speech.\n" + emova.processor.units_to_string(emova._user_units(speech))}])
     conts = [[11, 12, 13], [40], [7, 8, 9, 10, 11, 12]]
     stop = emova.processor.im_end_id
     batched = continuation_log_likelihoods(emova.model, inputs, conts, stop)
@@ -96,3 +96,72 @@ def test_without_a_phone_reader_or_espeak_transcribe_is_greedy(tiny, question, m
 def test_bad_beam_counts_are_named(tiny, question, bad):
     with pytest.raises(ValueError, match="beams"):
         tiny.transcribe(question, beams=bad)
+
+
+def _image_prompt(emova, image, speech):
+    msgs = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "audio", "audio": speech}]}]
+    return emova.prepare_chat(msgs).inputs
+
+
+def test_beam_search_shares_one_prefill_and_scores_like_teacher_forcing(emova, image, speech):
+    from emova.inference.rescoring import beam_search_quoted
+
+    inputs = _image_prompt(emova, image, speech)
+    tok = emova.processor.tokenizer
+    opening = tok.encode('{"user question text": "', add_special_tokens=False)
+    got = beam_search_quoted(emova.model, inputs, opening, 4, 5, tok, sorted(emova.stop_ids))
+    assert 1 <= len(got) <= 8 and all(1 <= len(seq) <= 5 for seq, _ in got)
+    n = inputs["input_ids"].shape[1] + len(opening)
+    for seq, score in got:
+        ids = torch.cat([inputs["input_ids"], torch.tensor([opening + seq])], 1)
+        with torch.no_grad():
+            logp = emova.model(input_ids=ids, pixel_values=inputs["pixel_values"],
+                               image_grid_thw=inputs["image_grid_thw"]).logits[0].float().log_softmax(-1)
+        assert score == pytest.approx(sum(float(logp[n - 1 + k, t]) for k, t in enumerate(seq)), abs=2e-3)
+    open_scores = [sc for seq, sc in got if len(seq) == 5]
+    assert open_scores == sorted(open_scores, reverse=True)
+
+
+def test_a_generation_prefix_is_emitted_and_read_with_the_prompt(emova, speech):
+    from emova.inference.generation import GenerationSettings, generate_tokens
+
+    inputs = emova._encode([{"role": "user", "content": "Say something."}])
+    prefix = emova.processor.tokenizer.encode("Hello there, friend", add_special_tokens=False)
+    got = list(generate_tokens(emova.model, inputs, set(), GenerationSettings(max_new_tokens=12, prefix=lambda: prefix)))
+    extended = dict(inputs, input_ids=torch.cat([inputs["input_ids"], torch.tensor([prefix])], 1))
+    rest = list(generate_tokens(emova.model, extended, set(), GenerationSettings(max_new_tokens=12 - len(prefix))))
+    assert got == prefix + rest
+    assert list(generate_tokens(emova.model, inputs, set(), GenerationSettings(max_new_tokens=2, prefix=lambda: prefix))) == prefix[:2]
+    with pytest.raises(ValueError, match="stop id"):
+        list(generate_tokens(emova.model, inputs, {prefix[1]}, GenerationSettings(prefix=lambda: prefix)))
+
+
+def test_a_spoken_turn_begins_with_the_rescored_transcript(tiny, question):
+    from emova.inference.rescoring import rescore, transcript_candidates
+
+    msgs = [{"role": "user", "content": [{"type": "audio", "audio": question}]}]
+    plan = tiny.prepare_chat(msgs, speak=False)
+    tok = tiny.processor.tokenizer
+    opening = '{"user question text": "'
+    texts, llm = transcript_candidates(tiny.model, plan.inputs, tok.encode(opening, add_special_tokens=False), 8, 64,
+                                       tok, sorted(tiny.stop_ids))
+    best = rescore(texts, llm, tiny.speech_tokenizer.phone_log_probs(tiny._user_units(question)), 1.0).text
+    r = tiny.chat(msgs, speak=False)
+    assert r.raw.startswith(opening + best + '", "user question emotion": "') and r.transcript == best
+    assert best == "What color is the circle?"
+    streamed = list(tiny.chat(msgs, speak=False, stream=True))[-1].result
+    assert streamed.raw == r.raw
+
+
+def test_transcript_beams_one_leaves_the_answer_to_the_model(tiny, question, monkeypatch):
+    msgs = [{"role": "user", "content": [{"type": "audio", "audio": question}]}]
+    monkeypatch.setattr(tiny, "transcript_beams", 1)
+    assert tiny.prepare_chat(msgs).settings.prefix is None
+    for bad in (0, 33, True, 2.5):
+        monkeypatch.setattr(tiny, "transcript_beams", bad)
+        with pytest.raises(ValueError, match="transcript_beams"):
+            tiny.chat(msgs)
+    monkeypatch.setattr(tiny, "transcript_beams", 8)
+    assert tiny.prepare_chat(msgs).settings.prefix is not None
+    monkeypatch.setattr(pipeline_module, "phonemizer_available", lambda: False)
+    assert tiny.prepare_chat(msgs).settings.prefix is None
