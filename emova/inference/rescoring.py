@@ -157,14 +157,13 @@ def beam_search_quoted(model: Any, inputs: dict[str, torch.Tensor], opening: Seq
         for score, flat in zip(top.values.tolist(), top.indices.tolist()):
             b, t = divmod(flat, len(ends))
             if ends[t]:
-                if len(done) < beams:
-                    done.append((seqs[b] + [t], score))
+                done.append((seqs[b] + [t], score))
             elif len(alive) < beams:
                 parents.append(b)
                 alive.append(seqs[b] + [t])
                 alive_scores.append(score)
-        worst_done = min((sc for _, sc in done), default=-math.inf)
-        if len(done) >= beams and (not alive_scores or max(alive_scores) < worst_done):
+        done = sorted(done, key=lambda d: -d[1])[:beams]  # the best `beams` ended so far
+        if len(done) >= beams and (not alive_scores or max(alive_scores) < done[-1][1]):
             break  # no open beam can beat a finished one any more (scores only fall)
         if not alive or step == max_new_tokens - 1:
             break
@@ -173,7 +172,7 @@ def beam_search_quoted(model: Any, inputs: dict[str, torch.Tensor], opening: Seq
         logits = model(input_ids=torch.tensor([[s[-1]] for s in alive]), cache=cache, use_cache=True).logits[:, -1]
     else:
         alive, alive_scores = [], []
-    return sorted(done, key=lambda d: -d[1]) + list(zip(alive, alive_scores))
+    return done + list(zip(alive, alive_scores))
 
 
 @dataclass

@@ -178,6 +178,40 @@ class EmovaForConditionalGeneration(EmovaPreTrainedModel, GenerationMixin):
             inputs.pop("image_grid_thw", None)
         return inputs
 
+    def _expand_inputs_for_generation(
+        self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids: torch.LongTensor | None = None,
+        **model_kwargs: Any,
+    ) -> tuple[torch.LongTensor | None, dict[str, Any]]:
+        """generate's row expansion (beam search, num_return_sequences) repeats every tensor row by row, which for
+        pixel_values (one row per *patch*) would interleave the patches of each image; the images of each sample are
+        repeated as whole blocks instead."""
+        pixel_values = model_kwargs.pop("pixel_values", None)
+        grid = model_kwargs.pop("image_grid_thw", None)
+        out_ids, model_kwargs = super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids,
+                                                                      **model_kwargs)
+        if pixel_values is not None and grid is not None and input_ids is not None and expand_size > 1:
+            pixel_values, grid = self._repeat_images(input_ids, pixel_values, grid, expand_size)
+        if pixel_values is not None:
+            model_kwargs["pixel_values"] = pixel_values
+        if grid is not None:
+            model_kwargs["image_grid_thw"] = grid
+        return out_ids, model_kwargs
+
+    def _repeat_images(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, grid: torch.Tensor,
+                       n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each sample's images (its rows of pixel_values and image_grid_thw, in order) repeated n times as a block."""
+        needs = (input_ids == self.config.image_token_index).sum(1).tolist()  # image tokens per sample
+        patches = [int(p) for p in grid.prod(-1).tolist()]
+        per_token = sum(patches) // max(1, sum(needs))  # patches per image token (the merge factor)
+        values, grids, img, row = [], [], 0, 0
+        for need in needs:
+            first_img, first_row, got = img, row, 0
+            while got < need and img < len(patches):
+                got, row, img = got + patches[img] // per_token, row + patches[img], img + 1
+            values += [pixel_values[first_row:row]] * n
+            grids += [grid[first_img:img]] * n
+        return torch.cat(values), torch.cat(grids)
+
     # ---- which parts train -----------------------------------------------------------------------
     def set_trainable(
         self, *, llm: bool, projector: bool, vision: bool, vision_from_layer: int | None = None

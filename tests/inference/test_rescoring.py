@@ -165,3 +165,29 @@ def test_transcript_beams_one_leaves_the_answer_to_the_model(tiny, question, mon
     assert tiny.prepare_chat(msgs).settings.prefix is not None
     monkeypatch.setattr(pipeline_module, "phonemizer_available", lambda: False)
     assert tiny.prepare_chat(msgs).settings.prefix is None
+
+
+def test_our_beam_search_finds_what_transformers_beam_search_finds(tiny, question, image):
+    """Same hypotheses and scores as transformers' beam search (`stop_strings`, no length penalty), which runs the
+    prompt once per beam — with an image, too (EmovaForConditionalGeneration repeats each sample's images as whole
+    blocks; row-wise repetition interleaved the patches, and the beams saw another picture). A finished beam found
+    late must still displace worse ones found early."""
+    from emova.inference.rescoring import transcript_candidates
+
+    tok = tiny.processor.tokenizer
+    opening = tok.encode('{"user question text": "', add_special_tokens=False)
+    for content in ([{"type": "audio", "audio": question}],
+                    [{"type": "image", "image": image}, {"type": "audio", "audio": question}]):
+        inputs = tiny.prepare_chat([{"role": "user", "content": content}], speak=False).inputs
+        texts, scores = transcript_candidates(tiny.model, inputs, opening, 6, 40, tok, sorted(tiny.stop_ids))
+        ext = dict(inputs, input_ids=torch.cat([inputs["input_ids"], torch.tensor([opening])], 1))
+        ext["attention_mask"] = torch.ones_like(ext["input_ids"])
+        with torch.no_grad():
+            g = tiny.model.generate(**ext, max_new_tokens=40, do_sample=False, num_beams=6, num_return_sequences=6,
+                                    eos_token_id=sorted(tiny.stop_ids), pad_token_id=tok.pad_token_id,
+                                    stop_strings=['"'], tokenizer=tok, output_scores=True,
+                                    return_dict_in_generate=True, length_penalty=0.0)
+        theirs = [(tok.decode(r, skip_special_tokens=True).split('"')[0].strip(), s)
+                  for r, s in zip(g.sequences[:, ext["input_ids"].shape[1]:].tolist(), g.sequences_scores.tolist())]
+        for (text, score), (t2, s2) in zip(list(zip(texts, scores))[:3], theirs[:3]):
+            assert text == t2 and score == pytest.approx(s2, abs=1e-3)
