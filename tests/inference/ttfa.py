@@ -64,12 +64,18 @@ def main() -> None:
     ap.add_argument("--image", default=None)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--max-new-tokens", type=int, default=1024)
+    ap.add_argument("--transcript-beams", type=int, nargs="*", default=None,
+                    help="measure with each of these `Emova.transcript_beams` in turn (1: the LLM's own transcript)")
     a = ap.parse_args()
     m = Emova.from_pretrained(a.model)
     parts: list[dict[str, Any]] = [{"type": "image", "image": a.image}] if a.image else []
     parts.append({"type": "audio", "audio": a.audio})
-    print(json.dumps(measure_ttfa(m, [{"role": "user", "content": parts}], a.runs,
-                                  max_new_tokens=a.max_new_tokens), indent=1))
+    results = []
+    for beams in a.transcript_beams or [m.transcript_beams]:  # e.g. 1 8 1 8: alternating, side by side
+        m.transcript_beams = beams
+        results.append({"transcript_beams": beams, **measure_ttfa(m, [{"role": "user", "content": parts}], a.runs,
+                                                                  max_new_tokens=a.max_new_tokens)})
+    print(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
