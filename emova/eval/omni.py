@@ -186,45 +186,35 @@ class Generator:
 
     def rescored(self, records: Sequence[dict[str, Any]], max_new_tokens: int, reader: Any, beams: int = 8,
                  weight: float = 1.0, desc: str = "") -> list[str]:
-        """What `Emova.transcribe` answers: the best of the LLM's `beams` beam-search outputs by `llm + weight ·
-        reader` (`emova.inference.rescoring`), the reader reading the units of the record's prompt (these are
-        reduced; the pipeline reads the raw ones)."""
-        from emova.inference.rescoring import beam_candidates, continuation_log_likelihoods, rescore
+        """What `Emova.transcribe` answers (`emova.inference.rescoring.rescored_answer`), the reader reading the
+        units of the record's prompt (these are reduced; the pipeline reads the raw ones)."""
+        from emova.inference.rescoring import rescored_answer
 
-        pad = self.processor.tokenizer.pad_token_id
         outs = []
         for r in tqdm(records, desc=desc, unit="item", leave=False):
             inputs = {k: v for k, v in self.prompt(r).items() if k != "labels"}
-            cands = beam_candidates(self.model, inputs, beams, max_new_tokens, self.stop, pad)
-            if not cands:
-                outs.append("")
-                continue
-            llm = continuation_log_likelihoods(self.model, inputs, cands, self.processor.im_end_id)
-            texts = [_UNIT_TOKEN.sub("", self.processor.decode(c, skip_special_tokens=True)).strip() for c in cands]
             units = self.processor.string_to_units(r["conversations"][0]["value"])
-            outs.append(rescore(texts, llm, reader.phone_log_probs(units), weight).text if units else texts[0])
+            got = rescored_answer(self.model, inputs, reader.phone_log_probs(units), beams, weight, max_new_tokens,
+                                  self.stop, self.processor.tokenizer.pad_token_id, self.processor.im_end_id,
+                                  self._clean)
+            outs.append(got.text if got is not None else "")
         return outs
+
+    def _clean(self, ids: list[int]) -> str:
+        return _UNIT_TOKEN.sub("", self.processor.decode(ids, skip_special_tokens=True)).strip()
 
     def transcript_prefixes(self, records: Sequence[dict[str, Any]], reader: Any, beams: int = 8, weight: float = 1.0,
                             desc: str = "") -> list[list[int]]:
-        """What `Emova.chat` writes before the model goes on with a spoken answer (`Emova._transcript_prefix`): the
-        answer's opening with the best of the LLM's `beams` transcripts by `llm + weight · reader`, the reader reading
-        the record's (reduced) units."""
-        from emova.inference.rescoring import rescore, transcript_candidates
+        """What `Emova.chat` writes before the model goes on with a spoken answer
+        (`emova.inference.rescoring.transcript_prefix`), the reader reading the record's (reduced) units."""
+        from emova.inference.rescoring import transcript_prefix
 
-        tok = self.processor.tokenizer
-        opening = "{" + f'"{ANSWER_KEYS[0]}": "'
         out = []
         for r in tqdm(records, desc=desc, unit="item", leave=False):
             inputs = {k: v for k, v in self.prompt(r).items() if k != "labels"}
-            texts, llm = transcript_candidates(self.model, inputs, tok.encode(opening, add_special_tokens=False),
-                                               beams, 64, tok, self.stop)
             units = self.processor.string_to_units(r["conversations"][0]["value"])
-            if not texts or not units:
-                out.append([])
-                continue
-            chosen = rescore(texts, llm, reader.phone_log_probs(units), weight).text
-            out.append(tok.encode(opening + chosen + f'", "{ANSWER_KEYS[1]}": "', add_special_tokens=False))
+            out.append(transcript_prefix(self.model, inputs, self.processor.tokenizer, reader.phone_log_probs(units),
+                                         beams, weight, self.stop))
         return out
 
 

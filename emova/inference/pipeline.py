@@ -40,15 +40,13 @@ from emova.inference.messages import Turn, check_messages, load_audio, load_imag
 from emova.inference.rescoring import (
     PhoneReader,
     Rescored,
-    beam_candidates,
-    continuation_log_likelihoods,
     phonemizer_available,
-    rescore,
-    transcript_candidates,
+    rescored_answer,
+    transcript_prefix,
 )
 from emova.inference.speech_io import Detokenizer, UnitEncoder, load_speech_pair
 from emova.model.processor import EmovaProcessor, build_image_processor
-from emova.model.prompts import ANSWER_KEYS, asr_prompt, chat_prompt, tts_prompt
+from emova.model.prompts import asr_prompt, chat_prompt, tts_prompt
 from emova.styles import Style
 
 QWEN2VL_DEFAULT_PIXELS = (56 * 56, 28 * 28 * 1280)
@@ -303,14 +301,9 @@ class Emova:
     def _transcript_prefix(self, inputs: dict[str, torch.Tensor], units: list[int]) -> list[int]:
         """The spoken answer's opening with the best-rescored of the LLM's transcripts, through the quote that
         opens the next key (`transcript_beams`); [] when no candidate came out."""
-        tok = self.processor.tokenizer
-        opening = "{" + f'"{ANSWER_KEYS[0]}": "'
-        texts, llm = transcript_candidates(self.model, inputs, tok.encode(opening, add_special_tokens=False),
-                                           self.transcript_beams, 64, tok, sorted(self.stop_ids))
-        if not texts:
-            return []
-        chosen = rescore(texts, llm, self.speech_tokenizer.phone_log_probs(units), self.asr_reader_weight).text
-        return tok.encode(opening + chosen + f'", "{ANSWER_KEYS[1]}": "', add_special_tokens=False)
+        return transcript_prefix(self.model, inputs, self.processor.tokenizer,
+                                 self.speech_tokenizer.phone_log_probs(units), self.transcript_beams,
+                                 self.asr_reader_weight, sorted(self.stop_ids))
 
     @property
     def context_length(self) -> int | None:
@@ -423,12 +416,12 @@ class Emova:
         units = self._user_units(a)
         inputs = self._encode([{"role": "user", "content": asr_prompt(self.processor.units_to_string(units))}])
         if beams > 1 and self.can_rescore:
-            cands = beam_candidates(self.model, inputs, beams, max_new_tokens, sorted(self.stop_ids),
-                                    self.processor.tokenizer.pad_token_id)
-            if cands:
-                llm = continuation_log_likelihoods(self.model, inputs, cands, self.processor.im_end_id)
-                texts = [_UNIT_TOKEN.sub("", self._decode(c)).strip() for c in cands]
-                return rescore(texts, llm, self.speech_tokenizer.phone_log_probs(units), self.asr_reader_weight)
+            r = rescored_answer(self.model, inputs, self.speech_tokenizer.phone_log_probs(units), beams,
+                                self.asr_reader_weight, max_new_tokens, sorted(self.stop_ids),
+                                self.processor.tokenizer.pad_token_id, self.processor.im_end_id,
+                                lambda ids: _UNIT_TOKEN.sub("", self._decode(ids)).strip())
+            if r is not None:
+                return r
         raw = self._decode(list(self._tokens(inputs, self._settings(max_new_tokens, 256))))
         text = _UNIT_TOKEN.sub("", raw).strip()
         return Rescored(text, [text], [], [], 0)
