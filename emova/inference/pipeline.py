@@ -428,7 +428,8 @@ class Emova:
 
     @property
     def can_rescore(self) -> bool:
-        """Whether `transcribe` can rescore: a speech tokenizer with a phone reader, and espeak-ng for the phones."""
+        """Whether `transcribe` and spoken turns can rescore transcripts: a speech tokenizer with a phone reader, and
+        espeak-ng for the phones."""
         return isinstance(self.speech_tokenizer, PhoneReader) and phonemizer_available()
 
     def synthesize(self, text: str, style: Style | str = Style(), max_new_tokens: int = 1024,
