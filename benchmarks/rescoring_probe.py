@@ -26,12 +26,7 @@ from pathlib import Path
 import torch
 
 from emova.eval.omni import MAX_NEW, Generator, _answer_of, _load, digit_of, load_model, wer
-from emova.inference.rescoring import (
-    beam_candidates,
-    choose,
-    continuation_log_likelihoods,
-    phone_log_likelihood,
-)
+from emova.inference.rescoring import Rescored, choose, phone_log_likelihood, rescored_answer
 from emova.speech.tokenizer import SpeechTokenizer
 
 WEIGHTS = (0.0, 0.1, 0.3, 0.5, 1.0, 2.0, 5.0, 100.0)
@@ -52,12 +47,13 @@ def probe_transcripts(task: str, n: int, beams: int, world: Path) -> dict:
     rows = []
     for i, r in enumerate(recs):
         inputs = {k: v for k, v in gen.prompt(r).items() if k != "labels"}
-        cands = beam_candidates(model, inputs, beams, MAX_NEW[task], gen.stop, proc.tokenizer.pad_token_id)
-        llm = continuation_log_likelihoods(model, inputs, cands, proc.im_end_id)
-        texts = [proc.decode(c, skip_special_tokens=True).strip() for c in cands]
         lp = reader.phone_log_probs(proc.string_to_units(r["conversations"][0]["value"]))
-        rows.append({"ref": _answer_of(r), "greedy": greedy[i].strip(), "texts": texts, "llm": llm,
-                     "reader": [phone_log_likelihood(lp, t) for t in texts]})
+        got = rescored_answer(model, inputs, lp, beams, 1.0, MAX_NEW[task], gen.stop, proc.tokenizer.pad_token_id,
+                              proc.im_end_id, gen._clean)  # every candidate with both scores, as the eval sees them
+        if got is None:  # no beam came out: an empty transcript
+            got = Rescored("", [""], [0.0], [float("-inf")], 0)
+        rows.append({"ref": _answer_of(r), "greedy": greedy[i].strip(), "texts": got.candidates, "llm": got.llm,
+                     "reader": got.reader})
         if i % 20 == 0:
             print(f"{i}/{len(recs)}", flush=True)
     refs = [x["ref"] for x in rows]

@@ -34,7 +34,7 @@ from emova.eval.u2s import Judge, add_probe_args, wer
 from emova.speech.detokenizer import SpeechDetokenizer, frame_f0_hz
 from emova.speech.vocoder import mel_frames
 from emova.styles import Style
-from emova.train.u2s_data import align_durations, load_tokenizer
+from emova.train.u2s_data import align_durations, load_tokenizer, reduce_with_index
 
 INVENTORY_VOICES = {"female": "flite:slt", "male": "flite:rms"}
 
@@ -55,9 +55,7 @@ def build_inventory(rows: list[dict], corpus: Path, tok, detok: SpeechDetokenize
         batch = cand[k : k + 32]
         clips = [Audio.load(corpus / r["path"]) for r in batch]
         for j, (clip, raw) in enumerate(zip(clips, tok.encode_batch(clips))):
-            raw = np.asarray(raw)
-            change = np.concatenate([[True], raw[1:] != raw[:-1]])
-            red, raw_to_red = raw[change], np.cumsum(change) - 1
+            red, raw_to_red = reduce_with_index(raw)
             m = mel_frames(clip.samples, vc).numpy()
             d = align_durations(m, m, raw_to_red, len(red), vc.hop, vc.sample_rate, same=True).astype(int)
             s = np.concatenate([[0], np.cumsum(d)[:-1]])

@@ -33,7 +33,7 @@ from emova.eval.u2s import Judge, heldout_awb_rows, wer
 from emova.speech.detokenizer import SpeechDetokenizer, frame_f0_hz
 from emova.speech.vocoder import mel_frames
 from emova.styles import Style
-from emova.train.u2s_data import align_durations, f0_track, load_tokenizer
+from emova.train.u2s_data import align_durations, f0_track, load_tokenizer, reduce_with_index
 
 PROTOTYPE_VOICES = ("flite:slt", "flite:rms", "espeak:en-us+f1", "espeak:en-us+m1")
 
@@ -44,8 +44,7 @@ def teacher_forced_clip(detok: SpeechDetokenizer, clip: Audio, raw: np.ndarray) 
     `real` and `mel` (F, n_mels) — the clip's log-mel and the U2S's — `lf0` / `voiced` (F,), `style` (1, S)
     and `unit_index` (F,)."""
     vc = detok.vocoder_config
-    change = np.concatenate([[True], raw[1:] != raw[:-1]])
-    red, raw_to_red = raw[change], np.cumsum(change) - 1
+    red, raw_to_red = reduce_with_index(raw)
     real = mel_frames(clip.samples, vc)
     durs = align_durations(real.numpy(), real.numpy(), raw_to_red, len(red), vc.hop, vc.sample_rate, same=True)
     lf0, vuv = f0_track(clip.samples, vc.sample_rate, vc.hop, len(real))

@@ -351,9 +351,7 @@ class Emova:
                                   allow=draft.allowed if structured and draft is not None else None)
         rendered, images, units = self._render_turns(turns)
         inputs = self._encode(rendered, images)
-        beams = self.transcript_beams
-        if isinstance(beams, bool) or not isinstance(beams, int) or not 1 <= beams <= 32:
-            raise ValueError(f"Emova.transcript_beams must be an integer in [1, 32], got {beams!r}")
+        beams = _beam_count("Emova.transcript_beams", self.transcript_beams)
         if spoken and beams > 1 and self.can_rescore:  # chosen when generation starts (under the model's lock)
             settings = replace(settings, prefix=partial(self._transcript_prefix, inputs, units))
         return ChatPlan(inputs, mode, voice, style_override, settings, speak, started)
@@ -409,9 +407,7 @@ class Emova:
                               beams: int | None = None) -> Rescored:
         """`transcribe` with what chose the transcript: every candidate, the LLM's and the reader's log-likelihoods
         (empty lists for the greedy path) and the chosen index."""
-        beams = self.asr_beams if beams is None else beams
-        if isinstance(beams, bool) or not isinstance(beams, int) or not 1 <= beams <= 32:
-            raise ValueError(f"beams must be an integer in [1, 32], got {beams!r}")
+        beams = _beam_count("beams", self.asr_beams if beams is None else beams)
         a = load_audio(audio, "audio", self.max_audio_seconds)
         units = self._user_units(a)
         inputs = self._encode([{"role": "user", "content": asr_prompt(self.processor.units_to_string(units))}])
@@ -455,6 +451,13 @@ class Emova:
         inputs = self._encode([{"role": "user", "content": question.strip()}], [img])
         raw = self._decode(list(self._tokens(inputs, self._settings(max_new_tokens, 256))))
         return _UNIT_TOKEN.sub("", raw).strip()
+
+
+def _beam_count(name: str, value: Any) -> int:
+    """A beam count (1–32) or ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 32:
+        raise ValueError(f"{name} must be an integer in [1, 32], got {value!r}")
+    return value
 
 
 def retime(audio: Audio, rate: float) -> Audio:

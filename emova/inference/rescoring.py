@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -101,18 +102,18 @@ def continuation_log_likelihoods(model: Any, inputs: dict[str, torch.Tensor], co
 
 
 def _quote_tokens(tokenizer: Any) -> torch.Tensor:
-    """(V,) bool: the tokens whose text holds a double quote (they close a JSON string value)."""
-    key = id(tokenizer)
-    if key not in _QUOTE_CACHE:
+    """(V,) bool: the tokens whose text holds a double quote (they close a JSON string value); kept per tokenizer."""
+    mask = _QUOTE_CACHE.get(tokenizer)
+    if mask is None:
         mask = torch.zeros(len(tokenizer), dtype=torch.bool)
         for piece, i in tokenizer.get_vocab().items():  # byte-level BPE keeps '"' as it is in a token's piece
             if '"' in piece and 0 <= i < len(mask):
                 mask[i] = True
-        _QUOTE_CACHE[key] = mask
-    return _QUOTE_CACHE[key]
+        _QUOTE_CACHE[tokenizer] = mask
+    return mask
 
 
-_QUOTE_CACHE: dict[int, torch.Tensor] = {}
+_QUOTE_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # an id() key could outlive its tokenizer
 
 
 def transcript_candidates(model: Any, inputs: dict[str, torch.Tensor], opening: Sequence[int], beams: int,

@@ -38,6 +38,7 @@ from emova.train.u2s_data import (
     U2SData,
     align_durations,
     load_tokenizer,
+    reduce_with_index,
     run_shard_jobs,
     voice_matches,
     write_shard,
@@ -114,10 +115,7 @@ def _xv_shard(args: tuple[list[dict], str, str, dict, dict]) -> str:
     raw_units = _TOK.encode_batch(sources)
     mels, lf0s, vuvs, units, durs, meta = [], [], [], [], [], []
     for g, audio, raw in zip(groups, sources, raw_units):
-        raw = np.asarray(raw)
-        change = np.concatenate([[True], raw[1:] != raw[:-1]])
-        red = raw[change]
-        raw_to_red = np.cumsum(change) - 1
+        red, raw_to_red = reduce_with_index(raw)
         src_mel = mel_frames(audio.samples, vcfg).numpy()
         for it in g["items"]:
             tgt = np.asarray(it["mel"], np.float32)

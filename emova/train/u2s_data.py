@@ -102,6 +102,13 @@ def _mfcc(mel: np.ndarray) -> np.ndarray:
     return c / (np.linalg.norm(c, axis=1, keepdims=True) + 1e-8)
 
 
+def reduce_with_index(raw: np.ndarray | list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Raw 25 Hz units → (reduced units, index of each raw unit's reduced unit): [5, 5, 9, 5] → ([5, 9, 5], [0, 0, 1, 2])."""
+    raw = np.asarray(raw)
+    change = np.concatenate([[True], raw[1:] != raw[:-1]])
+    return raw[change], np.cumsum(change) - 1
+
+
 def align_durations(mel_a: np.ndarray, mel_b: np.ndarray, raw_to_red: np.ndarray, n_red: int, hop: int,
                     sr: int, same: bool) -> np.ndarray:
     """Frames of B per reduced unit of A. A's frame j lies in 25 Hz unit floor(j * hop / 640)."""
@@ -140,10 +147,7 @@ def _make_shard(args: tuple[list[list[dict]], str, str, dict]) -> str:
     a_units = _TOK.encode_batch([Audio(w[0], vcfg.sample_rate) for w in waves])
     mels, lf0s, vuvs, units, durs, meta = [], [], [], [], [], []
     for g, w, raw in zip(groups, waves, a_units):
-        raw = np.asarray(raw)
-        change = np.concatenate([[True], raw[1:] != raw[:-1]])
-        red = raw[change]
-        raw_to_red = np.cumsum(change) - 1
+        red, raw_to_red = reduce_with_index(raw)
         gm = [mel_frames(x, vcfg).numpy() for x in w]
         for k, (r, x, m) in enumerate(zip(g, w, gm)):
             d = align_durations(gm[0], m, raw_to_red, len(red), vcfg.hop, vcfg.sample_rate, same=(k == 0))
