@@ -184,12 +184,14 @@ class Generator:
                 outs[i] = self.processor.decode(row, skip_special_tokens=False)
         return [outs[i] for i in range(len(records))]
 
-    def rescored(self, records: Sequence[dict[str, Any]], max_new_tokens: int, reader: Any, beams: int = 8,
-                 weight: float = 1.0, desc: str = "") -> list[str]:
+    def rescored(self, records: Sequence[dict[str, Any]], max_new_tokens: int, reader: Any, beams: int | None = None,
+                 weight: float | None = None, desc: str = "") -> list[str]:
         """What `Emova.transcribe` answers (`emova.inference.rescoring.rescored_answer`), the reader reading the
         units of the record's prompt (these are reduced; the pipeline reads the raw ones)."""
-        from emova.inference.rescoring import rescored_answer
+        from emova.inference.rescoring import ASR_BEAMS, READER_WEIGHT, rescored_answer
 
+        beams = ASR_BEAMS if beams is None else beams
+        weight = READER_WEIGHT if weight is None else weight
         outs = []
         for r in tqdm(records, desc=desc, unit="item", leave=False):
             inputs = {k: v for k, v in self.prompt(r).items() if k != "labels"}
@@ -203,12 +205,14 @@ class Generator:
     def _clean(self, ids: list[int]) -> str:
         return _UNIT_TOKEN.sub("", self.processor.decode(ids, skip_special_tokens=True)).strip()
 
-    def transcript_prefixes(self, records: Sequence[dict[str, Any]], reader: Any, beams: int = 8, weight: float = 1.0,
-                            desc: str = "") -> list[list[int]]:
+    def transcript_prefixes(self, records: Sequence[dict[str, Any]], reader: Any, beams: int | None = None,
+                            weight: float | None = None, desc: str = "") -> list[list[int]]:
         """What `Emova.chat` writes before the model goes on with a spoken answer
         (`emova.inference.rescoring.transcript_prefix`), the reader reading the record's (reduced) units."""
-        from emova.inference.rescoring import transcript_prefix
+        from emova.inference.rescoring import READER_WEIGHT, TRANSCRIPT_BEAMS, transcript_prefix
 
+        beams = TRANSCRIPT_BEAMS if beams is None else beams
+        weight = READER_WEIGHT if weight is None else weight
         out = []
         for r in tqdm(records, desc=desc, unit="item", leave=False):
             inputs = {k: v for k, v in self.prompt(r).items() if k != "labels"}

@@ -38,6 +38,9 @@ from emova.inference.generation import GenerationSettings, context_length, gener
 from emova.inference.json_repair import parse_answer, units_in
 from emova.inference.messages import Turn, check_messages, load_audio, load_image, resolve_style
 from emova.inference.rescoring import (
+    ASR_BEAMS,
+    READER_WEIGHT,
+    TRANSCRIPT_BEAMS,
     PhoneReader,
     Rescored,
     phonemizer_available,
@@ -207,13 +210,13 @@ class Emova:
         #: `transcribe` asks the LLM for this many transcripts (beam search) and keeps the one whose phones the speech
         #: tokenizer's CTC reader finds most likely in the units (`emova.inference.rescoring`); 1: the greedy
         #: transcript. A speech tokenizer without a phone reader, or no espeak-ng, also gives the greedy one
-        self.asr_beams = 8
+        self.asr_beams = ASR_BEAMS
         #: weight of the reader's log-likelihood against the LLM's in that choice (and in the transcript's below)
-        self.asr_reader_weight = 1.0
+        self.asr_reader_weight = READER_WEIGHT
         #: a spoken answer begins with the user's words (its "user question text"): the LLM's `transcript_beams`
         #: best transcripts there (beam search) are rescored the same way and the best is written for it, before it
         #: goes on with the labels and the reply, which then follow what was said; 1: its own greedy transcript
-        self.transcript_beams = 8
+        self.transcript_beams = TRANSCRIPT_BEAMS
 
     # ------------------------------------------------------------------------------------ loading
     @classmethod
