@@ -48,8 +48,8 @@ def _normalise(token: str) -> list[str]:
 
 class _EspeakLibrary:
     """espeak-ng's own library (libespeak-ng, which the `espeak-ng` program is a front end of), called in process:
-    `espeak_TextToPhonemes` gives, clause by clause, the lines `espeak-ng -q -x --sep=_` prints, in ~0.2 ms a
-    sentence instead of the ~25 ms a new process costs. It is used only after it gave exactly the program's output
+    `espeak_TextToPhonemes` gives, clause by clause, the lines `espeak-ng -q -x --sep=_` prints, in ~0.2–0.4 ms a
+    sentence instead of the ~25–50 ms a new process costs (this VM). It is used only after it gave exactly the program's output
     on a check sentence; otherwise (no library, another version's quirks) the program runs as before."""
 
     _CHECK = "What color is the circle? Eww, I am sorry; seven plus two is nine."
