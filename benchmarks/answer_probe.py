@@ -1,6 +1,6 @@
 """How much the spoken-dialogue answers depend on the transcript the turn begins with, on the held-out world.
 
-    python benchmarks/answer_probe.py [-n 200] [--modes gold rescored joint] [--beams 8] [--weight 1.0]
+    python benchmarks/answer_probe.py [-n 200] [--modes gold rescored none] [--beams 8] [--weight 1.0]
 
 Every held-out spoken question about an image (`vqa_speech`, the records whose world defines an answer) is decoded
 as the pipeline decodes it (answer held open until its JSON is complete, skeleton written for the model), its
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from emova.eval.omni import MAX_NEW, Generator, _answer_of, _dialogue_metrics, _load, load_model
-from emova.inference.rescoring import transcript_prefix
+from emova.inference.rescoring import READER_WEIGHT, TRANSCRIPT_BEAMS, transcript_prefix
 from emova.model.prompts import ANSWER_KEYS
 from emova.speech.tokenizer import SpeechTokenizer
 
@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-n", type=int, default=200)
     p.add_argument("--modes", nargs="+", default=["gold", "rescored", "none"], choices=["gold", "rescored", "none"])
-    p.add_argument("--beams", type=int, default=8)
-    p.add_argument("--weight", type=float, default=1.0)
+    p.add_argument("--beams", type=int, default=TRANSCRIPT_BEAMS)
+    p.add_argument("--weight", type=float, default=READER_WEIGHT)
     p.add_argument("--world", default="data_cache/world_units")
     p.add_argument("--images", default="data_cache/world", help="the folder the records' image paths start from")
     p.add_argument("--out", default="reports/answer_probe.json")
