@@ -7,7 +7,8 @@ as the pipeline decodes it (answer held open until its JSON is complete, skeleto
 "user question text" written before the model goes on:
 
 - gold: the sentence that was actually said (an upper bound: what a perfect recogniser would give);
-- rescored: the best of the LLM's `--beams` transcripts by the phone reader (`transcript_prefix`, as `Emova.chat`);
+- rescored: the best of the LLM's `--beams` transcripts by the phone reader (`Generator.transcript_prefixes`, as
+  `Emova.chat`);
 - none: the model's own greedy transcript.
 
 Reports per mode the transcript WER, answer accuracy (overall and per question type) and reply-emotion accuracy.
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 from emova.eval.omni import MAX_NEW, Generator, _answer_of, _dialogue_metrics, _load, load_model
-from emova.inference.rescoring import READER_WEIGHT, TRANSCRIPT_BEAMS, transcript_prefix
+from emova.inference.rescoring import READER_WEIGHT, TRANSCRIPT_BEAMS
 from emova.model.prompts import ANSWER_KEYS
 from emova.speech.tokenizer import SpeechTokenizer
 
@@ -51,11 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
             prefixes = [tok.encode("{" + f'"{ANSWER_KEYS[0]}": "' + json.loads(_answer_of(r))[ANSWER_KEYS[0]]
                                    + f'", "{ANSWER_KEYS[1]}": "', add_special_tokens=False) for r in recs]
         elif mode == "rescored":
-            prefixes = []
-            for r in recs:
-                inputs = {k: v for k, v in gen.prompt(r).items() if k != "labels"}
-                lp = reader.phone_log_probs(proc.string_to_units(r["conversations"][0]["value"]))
-                prefixes.append(transcript_prefix(model, inputs, tok, lp, a.beams, a.weight, gen.stop))
+            prefixes = gen.transcript_prefixes(recs, reader, a.beams, a.weight)
         prefix_s = time.perf_counter() - t0
         outs = gen.run(recs, MAX_NEW["dialogue"], f"answers, {mode}", hold=True, structured=True, prefixes=prefixes)
         m = _dialogue_metrics(recs, outs)

@@ -45,9 +45,7 @@ def probe_transcripts(task: str, n: int, beams: int, world: Path) -> dict:
     recs = _load(world, "fsdd_asr" if task == "fsdd" else "asr", n)
     greedy = gen.run(recs, MAX_NEW[task], task)
     rows = []
-    for i, r in enumerate(recs):
-        inputs = {k: v for k, v in gen.prompt(r).items() if k != "labels"}
-        lp = reader.phone_log_probs(proc.string_to_units(r["conversations"][0]["value"]))
+    for i, (r, (inputs, lp)) in enumerate(zip(recs, gen.reader_inputs(recs, reader))):
         got = rescored_answer(model, inputs, lp, beams, 1.0, MAX_NEW[task], gen.stop, proc.tokenizer.pad_token_id,
                               proc.im_end_id, gen._clean)  # every candidate with both scores, as the eval sees them
         if got is None:  # no beam came out: an empty transcript

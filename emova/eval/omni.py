@@ -21,7 +21,7 @@ import json
 import re
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from emova.data.omni_dataset import record_to_messages
 from emova.data.world.images import COLORS, POSITIONS, SHAPES
 from emova.data.world.questions import NUMBER_WORDS
 from emova.model.prompts import ANSWER_KEYS
+from emova.speech.tokenizer import UNIT_RE
 
 SUITES = ("vqa", "text", "asr", "fsdd", "tts", "dialogue")
 THRESHOLDS = {  # (metric path, comparison, value): the issue's acceptance lines
@@ -52,7 +53,6 @@ THRESHOLDS = {  # (metric path, comparison, value): the issue's acceptance lines
     "text_accuracy": ("text.accuracy", "report", None),
 }
 MAX_NEW = {"vqa": 32, "text": 32, "asr": 48, "fsdd": 8, "tts": 320, "dialogue": 448}
-_UNIT_TOKEN = re.compile(r"<\|speech_\d+\|>")
 _CATEGORY_WORDS = {
     "color": set(COLORS), "shape": set(SHAPES), "position": set(POSITIONS) | {"middle"},
     "count": set(NUMBER_WORDS) | {str(i) for i in range(10)} | {"no", "none"},
@@ -184,42 +184,41 @@ class Generator:
                 outs[i] = self.processor.decode(row, skip_special_tokens=False)
         return [outs[i] for i in range(len(records))]
 
+    def reader_inputs(self, records: Sequence[dict[str, Any]], reader: Any,
+                      desc: str = "") -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        """Each record's prompt (without labels) and the phone reader's log-probabilities of its (reduced) units;
+        the pipeline reads a clip's raw units."""
+        for r in tqdm(records, desc=desc, unit="item", leave=False):
+            inputs = {k: v for k, v in self.prompt(r).items() if k != "labels"}
+            yield inputs, reader.phone_log_probs(self.processor.string_to_units(r["conversations"][0]["value"]))
+
     def rescored(self, records: Sequence[dict[str, Any]], max_new_tokens: int, reader: Any, beams: int | None = None,
                  weight: float | None = None, desc: str = "") -> list[str]:
-        """What `Emova.transcribe` answers (`emova.inference.rescoring.rescored_answer`), the reader reading the
-        units of the record's prompt (these are reduced; the pipeline reads the raw ones)."""
+        """What `Emova.transcribe` answers (`emova.inference.rescoring.rescored_answer`)."""
         from emova.inference.rescoring import ASR_BEAMS, READER_WEIGHT, rescored_answer
 
         beams = ASR_BEAMS if beams is None else beams
         weight = READER_WEIGHT if weight is None else weight
         outs = []
-        for r in tqdm(records, desc=desc, unit="item", leave=False):
-            inputs = {k: v for k, v in self.prompt(r).items() if k != "labels"}
-            units = self.processor.string_to_units(r["conversations"][0]["value"])
-            got = rescored_answer(self.model, inputs, reader.phone_log_probs(units), beams, weight, max_new_tokens,
-                                  self.stop, self.processor.tokenizer.pad_token_id, self.processor.im_end_id,
-                                  self._clean)
+        for inputs, lp in self.reader_inputs(records, reader, desc):
+            got = rescored_answer(self.model, inputs, lp, beams, weight, max_new_tokens, self.stop,
+                                  self.processor.tokenizer.pad_token_id, self.processor.im_end_id, self._clean)
             outs.append(got.text if got is not None else "")
         return outs
 
     def _clean(self, ids: list[int]) -> str:
-        return _UNIT_TOKEN.sub("", self.processor.decode(ids, skip_special_tokens=True)).strip()
+        return UNIT_RE.sub("", self.processor.decode(ids, skip_special_tokens=True)).strip()
 
     def transcript_prefixes(self, records: Sequence[dict[str, Any]], reader: Any, beams: int | None = None,
                             weight: float | None = None, desc: str = "") -> list[list[int]]:
         """What `Emova.chat` writes before the model goes on with a spoken answer
-        (`emova.inference.rescoring.transcript_prefix`), the reader reading the record's (reduced) units."""
+        (`emova.inference.rescoring.transcript_prefix`)."""
         from emova.inference.rescoring import READER_WEIGHT, TRANSCRIPT_BEAMS, transcript_prefix
 
         beams = TRANSCRIPT_BEAMS if beams is None else beams
         weight = READER_WEIGHT if weight is None else weight
-        out = []
-        for r in tqdm(records, desc=desc, unit="item", leave=False):
-            inputs = {k: v for k, v in self.prompt(r).items() if k != "labels"}
-            units = self.processor.string_to_units(r["conversations"][0]["value"])
-            out.append(transcript_prefix(self.model, inputs, self.processor.tokenizer, reader.phone_log_probs(units),
-                                         beams, weight, self.stop))
-        return out
+        return [transcript_prefix(self.model, inputs, self.processor.tokenizer, lp, beams, weight, self.stop)
+                for inputs, lp in self.reader_inputs(records, reader, desc)]
 
 
 def _start(starts: int | Sequence[int], row: int) -> int:

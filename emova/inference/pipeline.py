@@ -325,6 +325,10 @@ class Emova:
     def _decode(self, ids: list[int]) -> str:
         return self.processor.decode(ids, skip_special_tokens=True)
 
+    def _plain_text(self, ids: list[int]) -> str:
+        """A text answer: decoded, without any speech-unit tokens, stripped."""
+        return _UNIT_TOKEN.sub("", self._decode(ids)).strip()
+
     def _settings(self, max_new_tokens: int | None, default: int, **kw: Any) -> GenerationSettings:
         return GenerationSettings(max_new_tokens=default if max_new_tokens is None else max_new_tokens,
                                   lean=self.lean_decoding, **kw)
@@ -417,12 +421,10 @@ class Emova:
         if beams > 1 and self.can_rescore:
             r = rescored_answer(self.model, inputs, self.speech_tokenizer.phone_log_probs(units), beams,
                                 self.asr_reader_weight, max_new_tokens, sorted(self.stop_ids),
-                                self.processor.tokenizer.pad_token_id, self.processor.im_end_id,
-                                lambda ids: _UNIT_TOKEN.sub("", self._decode(ids)).strip())
+                                self.processor.tokenizer.pad_token_id, self.processor.im_end_id, self._plain_text)
             if r is not None:
                 return r
-        raw = self._decode(list(self._tokens(inputs, self._settings(max_new_tokens, 256))))
-        text = _UNIT_TOKEN.sub("", raw).strip()
+        text = self._plain_text(list(self._tokens(inputs, self._settings(max_new_tokens, 256))))
         return Rescored(text, [text], [], [], 0)
 
     @property
@@ -452,8 +454,7 @@ class Emova:
             raise ValueError("question is empty")
         img = load_image(image, "image")
         inputs = self._encode([{"role": "user", "content": question.strip()}], [img])
-        raw = self._decode(list(self._tokens(inputs, self._settings(max_new_tokens, 256))))
-        return _UNIT_TOKEN.sub("", raw).strip()
+        return self._plain_text(list(self._tokens(inputs, self._settings(max_new_tokens, 256))))
 
 
 def _beam_count(name: str, value: Any) -> int:

@@ -29,6 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 
+from emova.data.speech.phones import phonemizer_available, phones_to_ids, text_to_phones
 
 #: the pipeline's defaults (`Emova.asr_beams`, `Emova.transcript_beams`, `Emova.asr_reader_weight`), which
 #: `emova eval omni` scores too: 16 beams for `transcribe` (held-out ASR WER 0.245 vs 0.280 with 8, docs/training.md),
@@ -45,18 +46,9 @@ class PhoneReader(Protocol):
         ...
 
 
-def phonemizer_available() -> bool:
-    """Texts become phones through espeak-ng (`emova.data.speech.phones.text_to_phones`)."""
-    from emova.data.speech.phones import phonemizer_available as available
-
-    return available()
-
-
 def phone_log_likelihood(log_probs: torch.Tensor, text: str) -> float:
     """log P(phones of `text` | units) under a CTC reader's (T, n_phones) log-probabilities; -inf for a text
     without phones, or with more than T units can spell."""
-    from emova.data.speech.phones import phones_to_ids, text_to_phones
-
     if not text.strip():
         return -math.inf
     ids = phones_to_ids(text_to_phones(text))

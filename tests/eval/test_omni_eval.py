@@ -185,9 +185,9 @@ def test_asr_and_fsdd_score_the_rescored_transcripts_and_report_the_greedy_ones(
 
 
 def test_rescored_transcripts_are_among_the_llms_beams(setup):
-    from emova.eval.omni import _UNIT_TOKEN, _load, load_model
+    from emova.eval.omni import _load, load_model
     from emova.inference.rescoring import beam_candidates
-    from emova.speech.tokenizer import SpeechTokenizer
+    from emova.speech.tokenizer import UNIT_RE, SpeechTokenizer
 
     root, world, _, _ = setup
     model, proc = load_model(root / "model")
@@ -197,7 +197,7 @@ def test_rescored_transcripts_are_among_the_llms_beams(setup):
     for r, text in zip(recs, got):
         inputs = {k: v for k, v in gen.prompt(r).items() if k != "labels"}
         cands = beam_candidates(model, inputs, 3, 6, gen.stop, proc.tokenizer.pad_token_id)
-        assert text in [_UNIT_TOKEN.sub("", proc.decode(c, skip_special_tokens=True)).strip() for c in cands]
+        assert text in [UNIT_RE.sub("", proc.decode(c, skip_special_tokens=True)).strip() for c in cands]
 
 
 def test_the_pipeline_run_begins_each_answer_with_its_prefix(setup):
