@@ -47,7 +47,8 @@ def probe_transcripts(task: str, n: int, beams: int, world: Path) -> dict:
     rows = []
     for i, (r, (inputs, lp)) in enumerate(zip(recs, gen.reader_inputs(recs, reader))):
         got = rescored_answer(model, inputs, lp, beams, 1.0, MAX_NEW[task], gen.stop, proc.tokenizer.pad_token_id,
-                              proc.im_end_id, gen._clean)  # every candidate with both scores, as the eval sees them
+                              proc.im_end_id, gen._clean, proc.tokenizer,
+                              rounds=0)  # the beams alone, every one with both scores
         if got is None:  # no beam came out: an empty transcript
             got = Rescored("", [""], [0.0], [float("-inf")], 0)
         rows.append({"ref": _answer_of(r), "greedy": greedy[i].strip(), "texts": got.candidates, "llm": got.llm,

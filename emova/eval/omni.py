@@ -193,16 +193,19 @@ class Generator:
             yield inputs, reader.phone_log_probs(self.processor.string_to_units(r["conversations"][0]["value"]))
 
     def rescored(self, records: Sequence[dict[str, Any]], max_new_tokens: int, reader: Any, beams: int | None = None,
-                 weight: float | None = None, desc: str = "") -> list[str]:
-        """What `Emova.transcribe` answers (`emova.inference.rescoring.rescored_answer`)."""
-        from emova.inference.rescoring import ASR_BEAMS, READER_WEIGHT, rescored_answer
+                 weight: float | None = None, rounds: int | None = None, desc: str = "") -> list[str]:
+        """What `Emova.transcribe` answers (`emova.inference.rescoring.rescored_answer`, the pipeline's defaults
+        where None)."""
+        from emova.inference import rescoring as r
 
-        beams = ASR_BEAMS if beams is None else beams
-        weight = READER_WEIGHT if weight is None else weight
+        beams = r.ASR_BEAMS if beams is None else beams
+        weight = r.ASR_READER_WEIGHT if weight is None else weight
+        rounds = r.ASR_REFINE_ROUNDS if rounds is None else rounds
         outs = []
         for inputs, lp in self.reader_inputs(records, reader, desc):
-            got = rescored_answer(self.model, inputs, lp, beams, weight, max_new_tokens, self.stop,
-                                  self.processor.tokenizer.pad_token_id, self.processor.im_end_id, self._clean)
+            got = r.rescored_answer(self.model, inputs, lp, beams, weight, max_new_tokens, self.stop,
+                                    self.processor.tokenizer.pad_token_id, self.processor.im_end_id, self._clean,
+                                    self.processor.tokenizer, rounds)
             outs.append(got.text if got is not None else "")
         return outs
 
@@ -210,15 +213,15 @@ class Generator:
         return UNIT_RE.sub("", self.processor.decode(ids, skip_special_tokens=True)).strip()
 
     def transcript_prefixes(self, records: Sequence[dict[str, Any]], reader: Any, beams: int | None = None,
-                            weight: float | None = None, desc: str = "") -> list[list[int]]:
+                            weight: float | None = None, rounds: int = 0, desc: str = "") -> list[list[int]]:
         """What `Emova.chat` writes before the model goes on with a spoken answer
         (`emova.inference.rescoring.transcript_prefix`)."""
         from emova.inference.rescoring import READER_WEIGHT, TRANSCRIPT_BEAMS, transcript_prefix
 
         beams = TRANSCRIPT_BEAMS if beams is None else beams
         weight = READER_WEIGHT if weight is None else weight
-        return [transcript_prefix(self.model, inputs, self.processor.tokenizer, lp, beams, weight, self.stop)
-                for inputs, lp in self.reader_inputs(records, reader, desc)]
+        return [transcript_prefix(self.model, inputs, self.processor.tokenizer, lp, beams, weight, self.stop,
+                                  rounds=rounds) for inputs, lp in self.reader_inputs(records, reader, desc)]
 
 
 def _start(starts: int | Sequence[int], row: int) -> int:

@@ -39,7 +39,11 @@ from emova.inference.json_repair import parse_answer, units_in
 from emova.inference.messages import Turn, check_messages, load_audio, load_image, resolve_style
 from emova.inference.rescoring import (
     ASR_BEAMS,
+    ASR_READER_WEIGHT,
+    ASR_REFINE_ROUNDS,
+    ASR_WORD_BONUS,
     READER_WEIGHT,
+    REFINE_ALTERNATIVES,
     TRANSCRIPT_BEAMS,
     PhoneReader,
     Rescored,
@@ -207,16 +211,25 @@ class Emova:
         self.silence_margins = (0.2, 0.2)
         #: and pauses inside it longer than this (+ 0.1 s) are cut down to it (`Audio.shorten_pauses`); None: kept
         self.max_pause_s: float | None = 0.05
-        #: `transcribe` asks the LLM for this many transcripts (beam search) and keeps the one whose phones the speech
-        #: tokenizer's CTC reader finds most likely in the units (`emova.inference.rescoring`); 1: the greedy
-        #: transcript. A speech tokenizer without a phone reader, or no espeak-ng, also gives the greedy one
+        #: `transcribe` asks the LLM for this many transcripts (beam search), then searches on from the best one for
+        #: `asr_refine_rounds` rounds (branching at each of its tokens to the LLM's `refine_alternatives` next most
+        #: likely ones), and keeps the candidate with the best LLM log-likelihood + `asr_reader_weight` × the speech
+        #: tokenizer's CTC reader's (how likely its phones are in the units) + `asr_word_bonus` per word
+        #: (`emova.inference.rescoring`); 1 beam: the greedy transcript. A speech tokenizer without a phone reader, or
+        #: no espeak-ng, also gives the greedy one
         self.asr_beams = ASR_BEAMS
-        #: weight of the reader's log-likelihood against the LLM's in that choice (and in the transcript's below)
-        self.asr_reader_weight = READER_WEIGHT
+        self.asr_refine_rounds = ASR_REFINE_ROUNDS
+        self.refine_alternatives = REFINE_ALTERNATIVES
+        self.asr_reader_weight = ASR_READER_WEIGHT
+        self.asr_word_bonus = ASR_WORD_BONUS
         #: a spoken answer begins with the user's words (its "user question text"): the LLM's `transcript_beams`
-        #: best transcripts there (beam search) are rescored the same way and the best is written for it, before it
-        #: goes on with the labels and the reply, which then follow what was said; 1: its own greedy transcript
+        #: best transcripts there (beam search) are rescored by LLM + `transcript_reader_weight` × reader and the best
+        #: is written for it, before it goes on with the labels and the reply, which then follow what was said; 1:
+        #: its own greedy transcript. `transcript_refine_rounds` > 0 refines them as `transcribe` does (not by
+        #: default: measured on `transcribe` only)
         self.transcript_beams = TRANSCRIPT_BEAMS
+        self.transcript_reader_weight = READER_WEIGHT
+        self.transcript_refine_rounds = 0
 
     # ------------------------------------------------------------------------------------ loading
     @classmethod
@@ -306,7 +319,8 @@ class Emova:
         opens the next key (`transcript_beams`); [] when no candidate came out."""
         return transcript_prefix(self.model, inputs, self.processor.tokenizer,
                                  self.speech_tokenizer.phone_log_probs(units), self.transcript_beams,
-                                 self.asr_reader_weight, sorted(self.stop_ids))
+                                 self.transcript_reader_weight, sorted(self.stop_ids),
+                                 rounds=self.transcript_refine_rounds, alternatives=self.refine_alternatives)
 
     @property
     def context_length(self) -> int | None:
@@ -421,7 +435,9 @@ class Emova:
         if beams > 1 and self.can_rescore:
             r = rescored_answer(self.model, inputs, self.speech_tokenizer.phone_log_probs(units), beams,
                                 self.asr_reader_weight, max_new_tokens, sorted(self.stop_ids),
-                                self.processor.tokenizer.pad_token_id, self.processor.im_end_id, self._plain_text)
+                                self.processor.tokenizer.pad_token_id, self.processor.im_end_id, self._plain_text,
+                                self.processor.tokenizer, self.asr_refine_rounds, self.refine_alternatives,
+                                self.asr_word_bonus)
             if r is not None:
                 return r
         text = self._plain_text(list(self._tokens(inputs, self._settings(max_new_tokens, 256))))

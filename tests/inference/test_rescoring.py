@@ -47,8 +47,13 @@ def test_choose_adds_the_weighted_reader_score_and_falls_back_to_the_llm():
     assert choose([-1.0, -2.0], [-math.inf, -math.inf], 1.0) == 0  # nothing fits the units: the LLM decides
     assert choose([-3.0, -2.0], [-math.inf, -math.inf], 0.0) == 1
     assert choose([-1.0, -2.0, -3.0], [-math.inf, -40.0, -30.0], 1.0) == 2
+    assert choose([-1.0, -2.0], [-50.0, -45.0], 1.0, [4.0, 8.0]) == 1  # a bonus (per word) adds to both paths
+    assert choose([-1.0, -2.0], [-50.0, -60.0], 1.0, [4.0, 8.0]) == 0
+    assert choose([-1.0, -2.0], [-math.inf, -math.inf], 1.0, [0.0, 4.0]) == 1
     with pytest.raises(ValueError):
         choose([-1.0], [-1.0, -2.0], 1.0)
+    with pytest.raises(ValueError):
+        choose([-1.0, -2.0], [-1.0, -2.0], 1.0, [1.0])
 
 
 def test_batched_continuation_scores_equal_one_at_a_time(emova, speech):
@@ -66,15 +71,27 @@ def test_batched_continuation_scores_equal_one_at_a_time(emova, speech):
         assert b == pytest.approx(manual, abs=1e-3)
 
 
-def test_transcribe_keeps_the_candidate_with_the_best_combined_score(tiny, question):
+def test_transcribe_keeps_the_candidate_with_the_best_combined_score(tiny, question, monkeypatch):
+    def score(got, i):  # what `transcribe` maximises
+        text = got.candidates[i]
+        return got.llm[i] + tiny.asr_reader_weight * got.reader[i] + tiny.asr_word_bonus * len(text.split())
+
     greedy = tiny.transcribe(question, beams=1)
+    monkeypatch.setattr(tiny, "asr_refine_rounds", 0)  # the beams alone
+    beams = tiny.transcribe_candidates(question, beams=8)
+    monkeypatch.undo()
     r = tiny.transcribe_candidates(question, beams=8)
-    assert 1 < len(r.candidates) <= 8 and len(r.llm) == len(r.reader) == len(r.candidates)
-    total = [a + tiny.asr_reader_weight * b for a, b in zip(r.llm, r.reader)]
-    assert r.chosen == max(range(len(total)), key=total.__getitem__) and r.text == r.candidates[r.chosen]
-    assert tiny.transcribe(question) == r.text  # the default is the rescored path
+    for got in (beams, r):
+        assert len(got.llm) == len(got.reader) == len(got.candidates) == len(set(got.candidates))
+        total = [score(got, i) for i in range(len(got.candidates))]
+        assert got.chosen == max(range(len(total)), key=total.__getitem__) and got.text == got.candidates[got.chosen]
+    assert 1 < len(beams.candidates) <= 8
+    # the refinement adds candidates (the beams' are all still there) and can only raise the chosen one's score
+    assert len(r.candidates) > len(beams.candidates) and set(beams.candidates) <= set(r.candidates)
+    assert score(r, r.chosen) >= score(beams, beams.chosen)
+    assert tiny.transcribe(question) == tiny.transcribe_candidates(question).text  # the default is the rescored path
     # the bundled model's greedy transcript of the example mishears it; the reader picks the words that were said
-    assert r.text == "What color is the circle?" and greedy != r.text
+    assert r.text == beams.text == "What color is the circle?" and greedy != r.text
 
 
 class _NoReader:
@@ -136,7 +153,7 @@ def test_a_generation_prefix_is_emitted_and_read_with_the_prompt(emova, speech):
         list(generate_tokens(emova.model, inputs, {prefix[1]}, GenerationSettings(prefix=lambda: prefix)))
 
 
-def test_a_spoken_turn_begins_with_the_rescored_transcript(tiny, question):
+def test_a_spoken_turn_begins_with_the_rescored_transcript(tiny, question, monkeypatch):
     from emova.inference.rescoring import rescore, transcript_candidates
 
     msgs = [{"role": "user", "content": [{"type": "audio", "audio": question}]}]
@@ -151,6 +168,9 @@ def test_a_spoken_turn_begins_with_the_rescored_transcript(tiny, question):
     assert best == "What color is the circle?"
     streamed = list(tiny.chat(msgs, speak=False, stream=True))[-1].result
     assert streamed.raw == r.raw
+    monkeypatch.setattr(tiny, "transcript_refine_rounds", 2)  # refined as `transcribe` is (off by default)
+    refined = tiny.chat(msgs, speak=False)
+    assert refined.transcript and refined.raw.startswith(opening + refined.transcript + '", "user question emotion"')
 
 
 def test_transcript_beams_one_leaves_the_answer_to_the_model(tiny, question, monkeypatch):
@@ -191,3 +211,76 @@ def test_our_beam_search_finds_what_transformers_beam_search_finds(tiny, questio
                   for r, s in zip(g.sequences[:, ext["input_ids"].shape[1]:].tolist(), g.sequences_scores.tolist())]
         for (text, score), (t2, s2) in zip(list(zip(texts, scores))[:3], theirs[:3]):
             assert text == t2 and score == pytest.approx(s2, abs=1e-3)
+
+
+def _asr_inputs(model: Emova, audio: Audio) -> dict[str, torch.Tensor]:
+    from emova.model.prompts import asr_prompt
+
+    return model._encode([{"role": "user", "content": asr_prompt(model.processor.units_to_string(model._user_units(audio)))}])
+
+
+@pytest.mark.parametrize("with_image", [False, True])
+@pytest.mark.parametrize("score_end_id", [False, True])
+def test_branches_leave_the_best_once_and_score_like_teacher_forcing(emova, image, speech, with_image, score_end_id):
+    """Each branch keeps best[:j], takes another token at j (never a banned one) and goes on greedily until an end
+    token; all branches decode as one batch over the shared prompt (the gap between their starts masked), and their
+    scores are what a forward pass over prompt + branch + end gives (with an image, too; the end token that ended
+    the branch, or `end_id`'s probability there)."""
+    from emova.inference.rescoring import _token_mask, branch_candidates, prefill
+
+    tok = emova.processor.tokenizer
+    inputs = _image_prompt(emova, image, speech) if with_image else _asr_inputs(emova, speech)
+    end_id = emova.processor.im_end_id
+    best = tok.encode(" the red square is", add_special_tokens=False)
+    ends = torch.zeros(len(tok), dtype=torch.bool)
+    ends[::7] = True  # the random model: many ends, so that branches of every length finish
+    ends[best] = False
+    ends[sorted(emova.stop_ids)] = True
+    banned = _token_mask(tok, "unit")
+    got = branch_candidates(emova.model, prefill(emova.model, inputs), best, ends, 3, 12,
+                            end_id if score_end_id else None, banned)
+    assert len({len(seq) for seq, _, _ in got}) > 2, "branches of several lengths"
+    n = inputs["input_ids"].shape[1]
+    extra = {k: inputs[k] for k in ("pixel_values", "image_grid_thw") if k in inputs}
+    for seq, end, score in got:
+        j = next((k for k, (a, b) in enumerate(zip(seq, best)) if a != b), min(len(seq), len(best)))
+        assert seq[:j] == best[:j] and seq != best and len(seq) <= 12 and ends[end]
+        assert not any(t < len(ends) and ends[t] for t in seq)  # (the random model writes vocabulary padding too)
+        assert all(t < len(banned) and not banned[t] for t in seq[j:j + 1])  # the alternative: a real, allowed token
+        last = end_id if score_end_id else end
+        ids = torch.cat([inputs["input_ids"], torch.tensor([seq + [last]])], 1)
+        with torch.no_grad():
+            logp = emova.model(input_ids=ids, **extra).logits[0].float().log_softmax(-1)
+        assert score == pytest.approx(sum(float(logp[n - 1 + k, t]) for k, t in enumerate(seq + [last])), abs=2e-3)
+
+
+def test_refine_climbs_from_the_beams_and_zero_rounds_is_rescoring(emova, speech):
+    from emova.inference.rescoring import (
+        _token_mask,
+        beam_candidates,
+        continuation_log_likelihoods,
+        prefill,
+        refine,
+        rescore,
+    )
+
+    tok = emova.processor.tokenizer
+    inputs = _asr_inputs(emova, speech)
+    stops, end_id = sorted(emova.stop_ids), emova.processor.im_end_id
+    cands = beam_candidates(emova.model, inputs, 4, 10, stops, tok.pad_token_id)
+    llm = continuation_log_likelihoods(emova.model, inputs, cands, end_id)
+    lp = torch.randn(60, 70).log_softmax(-1)  # any reader: the search must climb whatever the scores
+    ends = torch.zeros(len(tok), dtype=torch.bool)
+    ends[stops] = True
+    text_of = lambda seq, _end: emova._plain_text(seq)  # noqa: E731
+    args = ([(c, None, s) for c, s in zip(cands, llm)], text_of, lp, 1.0, ends)
+    start = prefill(emova.model, inputs)
+    zero = refine(emova.model, start, *args, 0, 3, 10, end_id, _token_mask(tok, "unit"))
+    texts = [t for t in dict.fromkeys(text_of(c, None) for c in cands) if t]
+    assert texts, "the beams wrote something"
+    plain = rescore(texts, [max(s for c, s in zip(cands, llm) if text_of(c, None) == t) for t in texts], lp, 1.0)
+    assert zero.text == plain.text
+    two = refine(emova.model, start, *args, 2, 3, 10, end_id, _token_mask(tok, "unit"), 0.5)
+    total = lambda r, bonus: r.llm[r.chosen] + r.reader[r.chosen] + bonus * len(r.text.split())  # noqa: E731
+    assert two is not None and set(zero.candidates) <= set(two.candidates) and total(two, 0.5) >= total(zero, 0.5)
+    assert two.text == two.candidates[two.chosen]
