@@ -329,7 +329,7 @@ def branch_candidates(model: Any, start: tuple[Any, torch.Tensor], best: Sequenc
     return out
 
 
-def refine(model: Any, start: tuple[Any, torch.Tensor], candidates: Sequence[tuple[list[int], int | None, float]],
+def refine(model: Any, start: tuple[Any, torch.Tensor] | None, candidates: Sequence[tuple[list[int], int | None, float]],
            text_of: Callable[[list[int], int | None], str], log_probs: torch.Tensor, weight: float, ends: torch.Tensor,
            rounds: int, alternatives: int, max_new_tokens: int, end_id: int | None = None,
            banned: torch.Tensor | None = None, word_bonus: float = 0.0) -> Rescored | None:
@@ -338,7 +338,15 @@ def refine(model: Any, start: tuple[Any, torch.Tensor], candidates: Sequence[tup
     reader + word_bonus · words` through sentences the beams had pruned, every one still written by the LLM. The
     bonus per word offsets what both scores prefer, shorter sentences: a candidate that drops words loses little
     under the reader, where frames it cannot read are cheap blanks, and gains under the LLM. Candidates are kept
-    per text (the higher LLM score; empty texts dropped). None when no candidate has text."""
+    per text (the higher LLM score; empty texts dropped). None when no candidate has text. `start`: the prefilled
+    prompt the branches share (`prefill`; unused, and may be None, when `rounds` is 0)."""
+    for name, value, least in (("rounds", rounds, 0), ("alternatives", alternatives, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= 64:
+            raise ValueError(f"refine {name} must be an integer in [{least}, 64], got {value!r}")
+    if not math.isfinite(word_bonus):
+        raise ValueError(f"word bonus must be finite, got {word_bonus!r}")
+    if rounds and start is None:
+        raise ValueError("refining needs the prefilled prompt (start)")
     pool: dict[str, tuple[list[int], int | None, float]] = {}
 
     def add(tokens: list[int], end: int | None, llm: float) -> None:

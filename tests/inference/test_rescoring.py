@@ -115,6 +115,15 @@ def test_bad_beam_counts_are_named(tiny, question, bad):
         tiny.transcribe(question, beams=bad)
 
 
+@pytest.mark.parametrize(("attr", "bad", "named"), [("asr_refine_rounds", -1, "rounds"), ("asr_refine_rounds", 1.5, "rounds"),
+                                                    ("refine_alternatives", 0, "alternatives"),
+                                                    ("asr_word_bonus", float("nan"), "bonus")])
+def test_bad_refinement_settings_are_named(tiny, question, monkeypatch, attr, bad, named):
+    monkeypatch.setattr(tiny, attr, bad)
+    with pytest.raises(ValueError, match=named):
+        tiny.transcribe(question)
+
+
 def _image_prompt(emova, image, speech):
     msgs = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "audio", "audio": speech}]}]
     return emova.prepare_chat(msgs).inputs
