@@ -20,7 +20,6 @@ Directory layouts `from_pretrained` accepts:
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -54,14 +53,13 @@ from emova.inference.rescoring import (
 from emova.inference.speech_io import Detokenizer, UnitEncoder, load_speech_pair
 from emova.model.processor import EmovaProcessor, build_image_processor
 from emova.model.prompts import asr_prompt, chat_prompt, tts_prompt
+from emova.speech.tokenizer import UNIT_RE
 from emova.styles import Style
 
 QWEN2VL_DEFAULT_PIXELS = (56 * 56, 28 * 28 * 1280)
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
 
-
-_UNIT_TOKEN = re.compile(r"<\|speech_\d+\|>")
 
 
 class GenerationError(RuntimeError):
@@ -341,7 +339,7 @@ class Emova:
 
     def _plain_text(self, ids: list[int]) -> str:
         """A text answer: decoded, without any speech-unit tokens, stripped."""
-        return _UNIT_TOKEN.sub("", self._decode(ids)).strip()
+        return UNIT_RE.sub("", self._decode(ids)).strip()
 
     def _settings(self, max_new_tokens: int | None, default: int, **kw: Any) -> GenerationSettings:
         return GenerationSettings(max_new_tokens=default if max_new_tokens is None else max_new_tokens,
@@ -409,7 +407,7 @@ class Emova:
         text = raw.replace("<image>", "")
         repairs = []
         if found:
-            text = _UNIT_TOKEN.sub("", text)
+            text = UNIT_RE.sub("", text)
             repairs.append(f"removed {len(found)} speech unit(s) from the text reply")
         text = text.strip()
         style = resolve_style(plan.voice, None, None, plan.style_override)

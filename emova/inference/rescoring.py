@@ -137,6 +137,11 @@ def _quote_or_stop(tokenizer: Any, stop_ids: Sequence[int]) -> torch.Tensor:
     return ends
 
 
+def _quoted_text(tokenizer: Any, stops: set[int], tokens: Sequence[int]) -> str:
+    """The text of a quoted value's tokens (its closing token included or not), before the closing quote."""
+    return tokenizer.decode([t for t in tokens if t not in stops], skip_special_tokens=True).split('"')[0].strip()
+
+
 def transcript_candidates(model: Any, inputs: dict[str, torch.Tensor], opening: Sequence[int], beams: int,
                           max_new_tokens: int, tokenizer: Any, stop_ids: Sequence[int]) -> tuple[list[str], list[float]]:
     """The `beams` best values of a quoted string the answer opens with (`opening`: the answer's first tokens, up to
@@ -146,7 +151,7 @@ def transcript_candidates(model: Any, inputs: dict[str, torch.Tensor], opening: 
     scores: list[float] = []
     stops = set(stop_ids)
     for seq, score in beam_search_quoted(model, inputs, opening, beams, max_new_tokens, tokenizer, stop_ids):
-        text = tokenizer.decode([t for t in seq if t not in stops], skip_special_tokens=True).split('"')[0].strip()
+        text = _quoted_text(tokenizer, stops, seq)
         if text and text not in texts:
             texts.append(text)
             scores.append(score)
@@ -358,22 +363,20 @@ def refine(model: Any, start: tuple[Any, torch.Tensor] | None, candidates: Seque
         add(*c)
     reader: dict[str, float] = {}
     branched: set[str] = set()
-    for r in range(rounds + 1):
+    while pool:
         texts = list(pool)
-        if not texts:
-            return None
         for t in texts:
             if t not in reader:
                 reader[t] = phone_log_likelihood(log_probs, t)
         llm = [pool[t][2] for t in texts]
         k = choose(llm, [reader[t] for t in texts], weight, [word_bonus * len(t.split()) for t in texts])
-        if r == rounds or texts[k] in branched:
+        if len(branched) == rounds or texts[k] in branched:
             return Rescored(texts[k], texts, llm, [reader[t] for t in texts], k)
         branched.add(texts[k])
         for tokens, end, score in branch_candidates(model, start, pool[texts[k]][0], ends, alternatives,
                                                     max_new_tokens, end_id, banned):
             add(tokens, end, score)
-    raise AssertionError("unreachable")
+    return None
 
 
 def rescored_answer(model: Any, inputs: dict[str, torch.Tensor], log_probs: torch.Tensor, beams: int, weight: float,
@@ -388,7 +391,7 @@ def rescored_answer(model: Any, inputs: dict[str, torch.Tensor], log_probs: torc
         return None
     llm = continuation_log_likelihoods(model, inputs, cands, end_id)
     start = prefill(model, inputs) if rounds > 0 else None
-    ends = torch.zeros(len(_token_mask(tokenizer, "unit")), dtype=torch.bool)
+    ends = torch.zeros(len(tokenizer), dtype=torch.bool)
     ends[[t for t in stop_ids if 0 <= t < len(ends)]] = True
     return refine(model, start, [(c, None, s) for c, s in zip(cands, llm)], lambda tokens, _end: decode(tokens),
                   log_probs, weight, ends, rounds, alternatives, max_new_tokens, end_id, _token_mask(tokenizer, "unit"),
@@ -409,8 +412,7 @@ def transcript_prefix(model: Any, inputs: dict[str, torch.Tensor], tokenizer: An
     ends = _quote_or_stop(tokenizer, stop_ids)
 
     def text_of(tokens: list[int], end: int | None) -> str:
-        seq = tokens + ([end] if end is not None else [])
-        return tokenizer.decode([t for t in seq if t not in stops], skip_special_tokens=True).split('"')[0].strip()
+        return _quoted_text(tokenizer, stops, tokens + ([end] if end is not None else []))
 
     beams_out = beam_search_quoted(model, inputs, [], beams, max_new_tokens, tokenizer, stop_ids, start=start)
     cands = [(seq[:-1], seq[-1], sc) if seq and ends[seq[-1]] else (seq, None, sc) for seq, sc in beams_out]

@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 from emova.audio import Audio
 from emova.inference.json_repair import parse_answer, partial_string_field
 from emova.inference.messages import resolve_style
+from emova.speech.tokenizer import UNIT_RE
 
 if TYPE_CHECKING:  # pragma: no cover
     from emova.inference.pipeline import ChatPlan, ChatResult, Emova
 
 REPLY_TEXT_KEY = "assistant response text"
 _SPEECH_OPEN = re.compile(r"assistant response speech\s*[\"\u201d']?\s*[:\uff1a]", re.IGNORECASE)
-_UNIT_TOKEN = re.compile(r"<\|speech_\d+\|>")
 
 
 @dataclass
@@ -150,7 +150,7 @@ def _stream_text(m: Emova, plan: ChatPlan, clock: _Clock, chunks: list[Audio]) -
         ids.append(tok)
         if tok in m._speech_ids:
             continue
-        current = _UNIT_TOKEN.sub("", m._decode(ids)).replace("<image>", "").lstrip()
+        current = UNIT_RE.sub("", m._decode(ids)).replace("<image>", "").lstrip()
         delta, emitted = _text_delta(current, emitted, clock)
         if delta is not None:
             yield delta

@@ -193,7 +193,7 @@ def test_rescored_transcripts_are_among_the_llms_beams(setup):
     model, proc = load_model(root / "model")
     gen = Generator(model, proc, None)
     recs = _load(world, "asr", 2)
-    got = gen.rescored(recs, 6, SpeechTokenizer.from_pretrained("emova-tiny"), beams=3)
+    got = gen.rescored(recs, 6, SpeechTokenizer.from_pretrained("emova-tiny"), beams=3, rounds=0)  # the beams alone
     for r, text in zip(recs, got):
         inputs = {k: v for k, v in gen.prompt(r).items() if k != "labels"}
         cands = beam_candidates(model, inputs, 3, 6, gen.stop, proc.tokenizer.pad_token_id)
