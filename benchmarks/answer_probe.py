@@ -37,10 +37,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--weight", type=float, default=READER_WEIGHT)
     p.add_argument("--world", default="data_cache/world_units")
     p.add_argument("--images", default="data_cache/world", help="the folder the records' image paths start from")
+    p.add_argument("--speech-tokenizer", default="emova-tiny", help="the tokenizer whose phone reader rescores")
     p.add_argument("--out", default="reports/answer_probe.json")
     a = p.parse_args(argv)
     model, proc = load_model("emova-tiny")
-    reader = SpeechTokenizer.from_pretrained("emova-tiny")
+    reader = SpeechTokenizer.from_pretrained(a.speech_tokenizer)
     gen = Generator(model, proc, a.images, batch_size=16)
     recs = [r for r in _load(Path(a.world), "vqa_speech", None) if (r.get("meta") or {}).get("answer")][: a.n]
     tok = proc.tokenizer

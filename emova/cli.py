@@ -117,9 +117,18 @@ def _cmd_train_s2u_anchor(a: argparse.Namespace) -> None:
         print("exported to", export_s2u(run / "final", a.export))
 
 
+def _cmd_train_reader(a: argparse.Namespace) -> None:
+    from emova.train.reader import ReaderTrainConfig, export_reader, train_reader
+
+    cfg = ReaderTrainConfig.load(a.config, tokenizer=a.tokenizer, out_dir=a.out, max_steps=a.max_steps)
+    run = train_reader(cfg)
+    if a.export:
+        print("exported to", export_reader(run, a.export))
+
+
 def _cmd_train_stage(a: argparse.Namespace) -> None:
     if a.stage is None:
-        raise ValueError("`emova train` needs --stage 1|2|3 (with --config) or a subcommand: s2u, s2u-anchor, u2s, vision, recipe, average")
+        raise ValueError("`emova train` needs --stage 1|2|3 (with --config) or a subcommand: s2u, s2u-anchor, reader, u2s, vision, recipe, average")
     from emova.train.omni import train_stage_cli
 
     print(train_stage_cli(a.stage, a.stage_config, a.overrides))
@@ -382,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     fa.add_argument("--overwrite", action="store_true")
     fa.set_defaults(func=_cmd_data_fsdd_augment)
 
-    trp = sub.add_parser("train", help="training: `--stage 1|2|3 --config C`, or a subcommand (s2u, s2u-anchor, u2s, vision, recipe, average)")
+    trp = sub.add_parser("train", help="training: `--stage 1|2|3 --config C`, or a subcommand (s2u, s2u-anchor, reader, u2s, vision, recipe, average)")
     trp.add_argument("--stage", type=int, choices=[1, 2, 3], default=None, help="EMOVA training stage of the omni model")
     trp.add_argument("--config", dest="stage_config", default=None, help="stage config (YAML path or a name in emova/configs/train)")
     trp.add_argument("--set", dest="overrides", nargs="*", default=None, metavar="KEY=VALUE", help="config overrides")
@@ -418,6 +427,15 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--max-steps", type=positive_int, default=None)
     ta.add_argument("--export", default=None, help="write the fine-tuned tokenizer to this directory")
     ta.set_defaults(func=_cmd_train_s2u_anchor)
+
+    tp = tr.add_parser("reader", help="train the unit reader that scores transcripts against the units (encodes the "
+                                      "training speech with the tokenizer first; resumes)")
+    tp.add_argument("--config", default=str(Path(__file__).parent / "configs" / "reader_tiny.yaml"))
+    tp.add_argument("--tokenizer", default=None, help="whose units it reads (name or directory)")
+    tp.add_argument("--out", default=None)
+    tp.add_argument("--max-steps", type=positive_int, default=None)
+    tp.add_argument("--export", default=None, help="write the reader into this directory (the tokenizer's, to use it)")
+    tp.set_defaults(func=_cmd_train_reader)
 
     tu = tr.add_parser("u2s", help="train the speech detokenizer (args: see `python -m emova.train.u2s --help`)",
                        add_help=False)

@@ -5,6 +5,7 @@ import pytest
 from emova.model.config_loader import load_model_config
 from emova.train.engines import fully_shard_module
 from emova.train.omni import OmniTrainConfig, config_data, parse_overrides
+from emova.train.reader import ReaderTrainConfig
 from emova.train.s2u import S2UTrainConfig
 from emova.train.s2u_anchor import S2UAnchorConfig
 from emova.train.u2s_config import U2STrainConfig
@@ -14,6 +15,7 @@ LOADERS = {
     "omni": lambda p: config_data(OmniTrainConfig, p, {}),
     "s2u": S2UTrainConfig.load,
     "s2u_anchor": S2UAnchorConfig.load,
+    "reader": ReaderTrainConfig.load,
     "u2s": U2STrainConfig.load,
     "model": load_model_config,
     "fsdp": lambda p: fully_shard_module(None, p),

@@ -212,7 +212,8 @@ class Emova:
         #: `transcribe` asks the LLM for this many transcripts (beam search), then searches on from the best one for
         #: `asr_refine_rounds` rounds (branching at each of its tokens to the LLM's `refine_alternatives` next most
         #: likely ones), and keeps the candidate with the best LLM log-likelihood + `asr_reader_weight` × the speech
-        #: tokenizer's CTC reader's (how likely its phones are in the units) + `asr_word_bonus` per word
+        #: tokenizer's phone reader's (how likely its phones are in the units; its unit reader, else the S2U's CTC
+        #: side) + `asr_word_bonus` per word
         #: (`emova.inference.rescoring`); 1 beam: the greedy transcript. A speech tokenizer without a phone reader, or
         #: no espeak-ng, also gives the greedy one
         self.asr_beams = ASR_BEAMS

@@ -1,8 +1,9 @@
 """Choosing the transcript: the LLM's candidates, rescored with the speech tokenizer's phone reader, and refined.
 
 The LLM is the recogniser: its answer to the ASR prompt is the transcript. Its first (greedy) choice is often not
-its best one, and the speech tokenizer carries a second opinion it was trained with: the S2U's CTC side reads
-phones from the units alone (`SpeechTokenizer.phone_log_probs`). So `transcribe` asks the LLM for its `beams`
+its best one, and the speech tokenizer carries a second opinion: its phone reader reads phones from the units
+alone (`SpeechTokenizer.phone_log_probs`: the unit reader trained on its units, `emova.speech.reader`, or the S2U's
+own CTC side for a tokenizer without one). So `transcribe` asks the LLM for its `beams`
 best transcripts (beam search), scores each one by
 
     log P_LLM(transcript | prompt)  +  weight · log P_CTC(phones(transcript) | units)  +  bonus · words
@@ -13,8 +14,9 @@ end, `branch_candidates`) and returns the best of all. A spoken chat turn rescor
 text" its JSON answer opens with the same way (`transcript_prefix`, our beam search over one shared prefill; not
 refined by default) and writes the winner for the model (`GenerationSettings.prefix`). Every candidate is one the
 LLM wrote; the reader only chooses among them. Measured on the held-out world (docs/training.md, "Rescoring with the
-phone reader" and "Refining the transcript"): ASR WER 0.488 → 0.245 (16 beams) → 0.202 (refined), FSDD digits
-0.877 → 0.907, spoken-turn transcripts 0.265 → 0.142 (8 beams).
+phone reader", "Refining the transcript" and "A reader trained for the job"): ASR WER 0.488 → 0.245 (16 beams) →
+0.202 (refined) → 0.144 (the unit reader), FSDD digits 0.877 → 0.907 → 0.913, spoken-turn transcripts 0.265 → 0.142
+(8 beams) → 0.126 (the unit reader).
 
 A speech tokenizer without a phone reader (the official one), or a machine without espeak-ng, gives the plain
 greedy transcript.
@@ -38,12 +40,13 @@ from emova.speech.tokenizer import UNIT_RE
 #: the pipeline's defaults, which `emova eval omni` scores too. `transcribe` (`Emova.asr_*`): 16 beams, then
 #: `ASR_REFINE_ROUNDS` rounds of branching from the best candidate to the LLM's `REFINE_ALTERNATIVES` next most likely
 #: tokens at each of its positions (`refine`), chosen by `llm + ASR_READER_WEIGHT · reader + ASR_WORD_BONUS · words`
-#: (weight and bonus chosen on a validation world, docs/training.md, "Refining the transcript"). A spoken turn's
+#: (weight and bonus chosen on a validation world for the speech tokenizer's unit reader, docs/training.md, "A reader
+#: trained for the job"; 0.5 and 4 were chosen for the S2U's CTC side, "Refining the transcript"). A spoken turn's
 #: transcript (`Emova.transcript_*`): 8 beams by `llm + READER_WEIGHT · reader`, not refined (16 beams gave no better
 #: transcripts or answers there)
 ASR_BEAMS = 16
-ASR_READER_WEIGHT = 0.5
-ASR_WORD_BONUS = 4.0
+ASR_READER_WEIGHT = 1.0
+ASR_WORD_BONUS = 2.0
 ASR_REFINE_ROUNDS = 2
 REFINE_ALTERNATIVES = 6
 TRANSCRIPT_BEAMS = 8

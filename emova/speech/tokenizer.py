@@ -14,6 +14,7 @@ from emova.assets import read_config, resolve_model_dir
 from emova.audio import SAMPLE_RATE, Audio, as_audio
 from emova.safetensors_io import load_tensors
 from emova.speech.features import s2u_features
+from emova.speech.reader import READER_CONFIG, READER_WEIGHTS, UnitReader
 from emova.speech.s2u import S2UConfig, S2UModel
 
 UNIT_RE = re.compile(r"<\|speech_(\d+)\|>")
@@ -30,6 +31,8 @@ class SpeechTokenizer:
         self.chunk_units = int(chunk_seconds * 25)
         self.context_units = int(context_seconds * 25)
         self._fingerprint: str | None = None
+        #: the unit reader `phone_log_probs` uses (`emova.speech.reader`); None: the S2U's own CTC side
+        self.reader: UnitReader | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -69,10 +72,28 @@ class SpeechTokenizer:
         if missing or unexpected:
             raise ValueError(f"{weights}: checkpoint does not match the config (missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]})")
-        return cls(model, **kwargs)
+        tok = cls(model, **kwargs)
+        if (d / READER_CONFIG).exists() or (d / READER_WEIGHTS).exists():
+            tok.attach_reader(UnitReader.load(d))
+        return tok
+
+    def attach_reader(self, reader: UnitReader | None) -> None:
+        """Read phones with `reader` (None: the S2U's own CTC side). It must have been trained on this tokenizer's
+        units: its recorded tokenizer fingerprint must match."""
+        if reader is not None:
+            if reader.codebook_size != self.codebook_size:
+                raise ValueError(f"the unit reader reads {reader.codebook_size} codes, this tokenizer makes "
+                                 f"{self.codebook_size}")
+            want = reader.cfg.tokenizer_fingerprint
+            if want and want != self.fingerprint:
+                raise ValueError(f"the unit reader was trained on the units of tokenizer {want}, not this one "
+                                 f"({self.fingerprint}); retrain it (`emova train reader`)")
+            reader.eval()
+        self.reader = reader
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
-        """fp32 by default: in fp16, 0.1% of units flip (measured on held-out speech), so fp16 is not lossless."""
+        """fp32 by default: in fp16, 0.1% of units flip (measured on held-out speech), so fp16 is not lossless. The
+        unit reader, where one is attached, goes along (fp16)."""
         d = Path(path)
         d.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, "s2u": self.config.to_dict(), "sample_rate": SAMPLE_RATE, "unit_rate_hz": 25}
@@ -80,6 +101,11 @@ class SpeechTokenizer:
         sd = {k: (v.to(dtype) if v.is_floating_point() and "code_norm" not in k else v).contiguous()
               for k, v in self.model.state_dict().items()}
         save_file(sd, str(d / "model.safetensors"))
+        if self.reader is not None:
+            self.reader.save(d)
+        else:  # a reader left from another tokenizer would not match these units
+            for name in (READER_CONFIG, READER_WEIGHTS):
+                (d / name).unlink(missing_ok=True)
         return d
 
     # ----------------------------------------------------------------- encoding
@@ -143,9 +169,20 @@ class SpeechTokenizer:
 
     @torch.inference_mode()
     def phone_log_probs(self, units: list[int]) -> torch.Tensor:
-        """Per-unit phone log-probabilities (T, n_phones; index 0 the CTC blank) read from *units* alone by the
-        CTC side the S2U was trained with (FSQ code values → `post` transformer → phone head). Raw 25 Hz or
-        reduced units; raw ones read better (the reduced ones lost their durations)."""
+        """Per-unit phone log-probabilities (T, n_phones; index 0 the CTC blank) read from *units* alone: by the
+        tokenizer's unit reader where it has one (`emova.speech.reader`), else by the CTC side the S2U was trained
+        with. Raw 25 Hz or reduced units."""
+        if self.reader is None:
+            return self.speech_ctc_log_probs(units)
+        units = self._check(list(units))
+        if not units:
+            raise ValueError("no speech units to read")
+        return self.reader.log_probs(units)
+
+    @torch.inference_mode()
+    def speech_ctc_log_probs(self, units: list[int]) -> torch.Tensor:
+        """`phone_log_probs` by the CTC side the S2U was trained with (FSQ code values → `post` transformer → phone
+        head). Raw 25 Hz or reduced units; raw ones read better (the reduced ones lost their durations)."""
         units = self._check(list(units))
         if not units:
             raise ValueError("no speech units to read")

@@ -10,7 +10,8 @@ def plot_log(log_path: str | Path, keys: tuple[str, ...], out: str | Path | None
              ylabel: str | None = None) -> Path | None:
     """Plot columns `keys` of a training CSV against `step` (log scale) as a PNG.
 
-    Blank cells (a term not active yet) are gaps. Returns the PNG path, or None when matplotlib is
+    Blank cells (a term not active yet) are gaps; a column filled in at most half the rows (one logged every few
+    steps) is drawn as its points, joined. Returns the PNG path, or None when matplotlib is
     absent or the log is empty."""
     try:
         import matplotlib
@@ -27,7 +28,11 @@ def plot_log(log_path: str | Path, keys: tuple[str, ...], out: str | Path | None
     fig, ax = plt.subplots(figsize=(7, 4))
     for k in keys:
         vals = [max(1e-4, float(r[k])) if r.get(k) not in (None, "") else float("nan") for r in rows]
-        ax.plot(steps, vals, label=k)
+        present = [(s, v) for s, v in zip(steps, vals) if v == v]
+        if present and len(present) <= len(rows) // 2:  # logged every few rows (a validation loss): join its points
+            ax.plot(*zip(*present), marker="o", markersize=3, label=k)
+        else:
+            ax.plot(steps, vals, label=k)
     ax.set_xlabel("step")
     if ylabel:
         ax.set_ylabel(ylabel)

@@ -1,6 +1,6 @@
 """`emova train recipe tiny`: regenerate the bundled emova-tiny from a clean checkout, step by step.
 
-    speech_corpus → s2u → u2s → world → world_speech → units → world_speech_canonical → units_canonical
+    speech_corpus → s2u → u2s → world → world_speech → units → reader → world_speech_canonical → units_canonical
     → world_speech_canonical_kal16 → units_canonical_kal16 → vision → stage1 → stage2 → stage3 → stage3_cont
     → stage3_cont2 → stage3_cont3 → stage3_cont4 → stage3_cont5 → stage3_cont6 → stage3_cont7 → stage3_cont8
     → average → export
@@ -42,7 +42,7 @@ def _leg_name(n: int, leg: int) -> str:
 
 
 LEG_STEPS = {leg: f"stage{_leg_name(3, leg)}" for leg in STAGE3_LEGS}  # leg → its recipe step
-STEPS = ("speech_corpus", "s2u", "u2s", "world", "world_speech", "units", "world_speech_canonical", "units_canonical",
+STEPS = ("speech_corpus", "s2u", "u2s", "world", "world_speech", "units", "reader", "world_speech_canonical", "units_canonical",
          "world_speech_canonical_kal16", "units_canonical_kal16", "vision", "stage1", "stage2", "stage3",
          *LEG_STEPS.values(), "average", "export")
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -185,6 +185,28 @@ def _units(p: RecipePaths, voice: str | None = None) -> None:
 CORPUS_TASKS = ("corpus_asr", "corpus_tts")
 
 
+def _reader(p: RecipePaths) -> None:
+    """The unit reader of the tokenizer's units (emova.train.reader), exported into the tokenizer's directory."""
+    from emova.speech.tokenizer import SpeechTokenizer
+    from emova.train.reader import ReaderTrainConfig, export_reader, train_reader
+
+    run = p.runs / "reader"
+    meta = run / "units_meta.json"
+    if meta.exists():  # a run on the units of an earlier tokenizer is set aside (kept), not resumed
+        old = json.loads(meta.read_text()).get("tokenizer_fingerprint")
+        if old != SpeechTokenizer.from_pretrained(p.tokenizer).fingerprint:
+            aside = run.with_name(f"reader-{old}")
+            k = 1
+            while aside.exists():
+                aside, k = run.with_name(f"reader-{old}-{k}"), k + 1
+            print(f"[recipe] reader: {run} read another tokenizer's units; moved to {aside}", flush=True)
+            run.rename(aside)
+    cfg = ReaderTrainConfig.load(PACKAGE / "configs" / "reader_tiny.yaml", tokenizer=str(p.tokenizer),
+                                 corpus=str(p.corpus), world_units=str(p.world_units),
+                                 world_speech=str(p.world_speech), heldout_world=str(p.world), out_dir=str(run))
+    export_reader(train_reader(cfg), p.tokenizer)
+
+
 def _corpus_units(p: RecipePaths, tok: Any, voice: str | None = None) -> None:
     """The speech corpus's training renderings as ASR/TTS pairs (EMOVA's stage-2 speech-text data): 7,000
     more sentences than the world's own, minus every sentence the world's held-out split says or answers
@@ -245,7 +267,7 @@ def _export(p: RecipePaths) -> None:
 
 _RUNNERS: dict[str, Callable[[RecipePaths], None]] = {
     "speech_corpus": _speech_corpus, "s2u": _s2u, "u2s": _u2s, "world": _world, "world_speech": _world_speech,
-    "units": _units, "world_speech_canonical": lambda p: _world_speech(p, ONE_VOICE_LEGS[3]),
+    "units": _units, "reader": _reader, "world_speech_canonical": lambda p: _world_speech(p, ONE_VOICE_LEGS[3]),
     "units_canonical": lambda p: _units(p, ONE_VOICE_LEGS[3]),
     "world_speech_canonical_kal16": lambda p: _world_speech(p, ONE_VOICE_LEGS[4]),
     "units_canonical_kal16": lambda p: _units(p, ONE_VOICE_LEGS[4]),
@@ -264,6 +286,7 @@ def _outputs(p: RecipePaths) -> dict[str, Path]:
         "world": p.world / "heldout" / "tts.json",
         "world_speech": p.world_speech / "done",
         "units": p.world_units / "done",
+        "reader": p.tokenizer / "reader.safetensors",
         "world_speech_canonical": p.speech_dir(ONE_VOICE_LEGS[3]) / "done",
         "units_canonical": p.units_dir(ONE_VOICE_LEGS[3]) / "done",
         "world_speech_canonical_kal16": p.speech_dir(ONE_VOICE_LEGS[4]) / "done",

@@ -26,6 +26,7 @@ def question() -> Audio:
 
 
 def test_the_phone_reader_prefers_the_words_that_were_said(tiny, question):
+    assert tiny.speech_tokenizer.reader is not None  # the bundled unit reader (docs/s2u.md), not the S2U's CTC side
     units = tiny._user_units(question)
     lp = tiny.speech_tokenizer.phone_log_probs(units)
     assert lp.shape == (len(units), 70) and torch.allclose(lp.exp().sum(-1), torch.ones(len(units)), atol=1e-4)
