@@ -26,19 +26,11 @@ import torch
 
 from emova.audio import Audio
 from emova.data.speech.phones import ctc_collapse, ids_to_phones, text_to_phones
+from emova.eval.metrics import edit_distance
 from emova.eval.omni import _voice_of, wer, words
 from emova.inference.rescoring import phone_log_likelihood
 from emova.model.processor import EmovaProcessor
 from emova.speech.tokenizer import SpeechTokenizer
-
-
-def edit_distance(a: list, b: list) -> int:
-    d = list(range(len(b) + 1))
-    for i in range(1, len(a) + 1):
-        prev, d[0] = d[0], i
-        for j in range(1, len(b) + 1):
-            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (a[i - 1] != b[j - 1]))
-    return d[len(b)]
 
 
 def load_reader(spec: str, tok: SpeechTokenizer):

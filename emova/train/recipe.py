@@ -42,8 +42,8 @@ def _leg_name(n: int, leg: int) -> str:
 
 
 LEG_STEPS = {leg: f"stage{_leg_name(3, leg)}" for leg in STAGE3_LEGS}  # leg → its recipe step
-STEPS = ("speech_corpus", "s2u", "u2s", "world", "world_speech", "units", "reader", "world_speech_canonical", "units_canonical",
-         "world_speech_canonical_kal16", "units_canonical_kal16", "vision", "stage1", "stage2", "stage3",
+STEPS = ("speech_corpus", "s2u", "u2s", "world", "world_speech", "units", "reader", "world_speech_canonical",
+         "units_canonical", "world_speech_canonical_kal16", "units_canonical_kal16", "vision", "stage1", "stage2", "stage3",
          *LEG_STEPS.values(), "average", "export")
 PACKAGE = Path(__file__).resolve().parents[1]
 DEFAULT_FSDD = Path(__file__).resolve().parents[3] / "shared" / "data" / "fsdd"
