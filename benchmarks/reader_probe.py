@@ -41,13 +41,9 @@ def load_reader(spec: str, tok: SpeechTokenizer):
 
     p = Path(spec)
     if (p / "state.json").is_file():  # a training checkpoint: its run's config
-        from emova.train.checkpoint import load_checkpoint
-        from emova.train.reader import ReaderTrainConfig, _reader_for
+        from emova.train.reader import reader_from_checkpoint
 
-        cfg = ReaderTrainConfig(**json.loads((p.parent / "train_config.json").read_text()))
-        model = _reader_for(cfg, tok)
-        load_checkpoint(p, model)
-        model.eval()
+        model = reader_from_checkpoint(p)
     else:
         model = UnitReader.load(p)
     return model.log_probs

@@ -30,8 +30,8 @@ READER_CONFIG = "reader_config.json"
 @dataclass
 class UnitReaderConfig:
     fsq_levels: list[int] | None = None
-    dim: int = 256
-    layers: int = 4
+    dim: int = 192
+    layers: int = 2
     heads: int = 4
     n_phones: int = 70  # CTC classes incl. blank
     dropout: float = 0.1
@@ -91,15 +91,14 @@ class UnitReader(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         (path / READER_CONFIG).write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
-        state = {k: v.detach().to(dtype).contiguous() for k, v in self.state_dict().items() if v.is_floating_point()}
+        state = {k: v.detach().to(dtype).contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(path / READER_WEIGHTS))
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> UnitReader:
         """The reader saved in directory `path` (clear errors for a missing or malformed one)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from emova.safetensors_io import load_tensors
 
         path = Path(path)
         cfg_path, w_path = path / READER_CONFIG, path / READER_WEIGHTS
@@ -110,16 +109,13 @@ class UnitReader(nn.Module):
         except (json.JSONDecodeError, TypeError) as e:
             raise ValueError(f"{cfg_path} is not a valid unit reader config: {e}") from e
         model = cls(cfg)
-        try:
-            state = load_file(str(w_path))
-        except SafetensorError as e:
-            raise ValueError(f"{w_path} is not a readable safetensors file: {e}") from e
-        expected = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+        state = load_tensors(w_path)
+        expected = model.state_dict()
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         if missing or unexpected:
             raise ValueError(f"{w_path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
         for k, v in state.items():
             if tuple(v.shape) != tuple(expected[k].shape):
                 raise ValueError(f"{w_path}: {k} has shape {tuple(v.shape)}, the config needs {tuple(expected[k].shape)}")
-        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+        model.load_state_dict({k: v.float() for k, v in state.items()})
         return model.eval()

@@ -174,21 +174,22 @@ class SpeechTokenizer:
         with. Raw 25 Hz or reduced units."""
         if self.reader is None:
             return self.speech_ctc_log_probs(units)
-        units = self._check(list(units))
-        if not units:
-            raise ValueError("no speech units to read")
-        return self.reader.log_probs(units)
+        return self.reader.log_probs(self._units_to_read(units))
 
     @torch.inference_mode()
     def speech_ctc_log_probs(self, units: list[int]) -> torch.Tensor:
         """`phone_log_probs` by the CTC side the S2U was trained with (FSQ code values → `post` transformer → phone
         head). Raw 25 Hz or reduced units; raw ones read better (the reduced ones lost their durations)."""
-        units = self._check(list(units))
-        if not units:
-            raise ValueError("no speech units to read")
+        units = self._units_to_read(units)
         q = self.model.fsq.indices_to_codes(torch.tensor(units))[None]
         logits = self.model.ctc_logits(q, torch.zeros(1, len(units), dtype=torch.bool))[0]
         return logits.float().log_softmax(-1)
+
+    def _units_to_read(self, units: list[int]) -> list[int]:
+        units = self._check(list(units))
+        if not units:
+            raise ValueError("no speech units to read")
+        return units
 
     # ------------------------------------------------------------ unit strings
     @staticmethod

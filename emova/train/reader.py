@@ -111,14 +111,14 @@ def _training_clips(cfg: ReaderTrainConfig) -> list[tuple[str, Path, str]]:
 
 
 @torch.inference_mode()
-def build_reader_corpus(cfg: ReaderTrainConfig, progress: bool = True) -> Path:
+def build_reader_corpus(cfg: ReaderTrainConfig, progress: bool = True, tok: SpeechTokenizer | None = None) -> Path:
     """Encode every training clip (clean, then `augment_copies` augmented variants) into `<out_dir>/units.jsonl`;
-    resumes after the last line written."""
+    resumes after the last line written. `tok`: `cfg.tokenizer`, when the caller has it loaded already."""
     from emova.train.s2u import _augment_wave, _freq_warp, batch_mels
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = SpeechTokenizer.from_pretrained(cfg.tokenizer)
+    tok = SpeechTokenizer.from_pretrained(cfg.tokenizer) if tok is None else tok
     path = out / "units.jsonl"
     meta_path = out / "units_meta.json"
     meta = {"tokenizer_fingerprint": tok.fingerprint, "augment_copies": cfg.augment_copies,
@@ -231,8 +231,8 @@ def _ctc_loss(model: UnitReader, items: list, idx: list[int], noise: float, gen:
 def train_reader(cfg: ReaderTrainConfig, progress: bool = True) -> Path:
     """Build the encoded corpus if needed, then train (resuming from the latest checkpoint). Returns the run dir."""
     out = Path(cfg.out_dir)
-    units_path = build_reader_corpus(cfg, progress)
     tok = SpeechTokenizer.from_pretrained(cfg.tokenizer)
+    units_path = build_reader_corpus(cfg, progress, tok)
     exclude: set[str] = set()
     if cfg.heldout_world:
         from emova.data.world_speech import heldout_texts
@@ -310,6 +310,15 @@ def validation_loss(model: UnitReader, items: list, batch_units: int) -> float:
     return total / max(n, 1)
 
 
+def reader_from_checkpoint(ckpt: str | Path) -> UnitReader:
+    """The reader of one training checkpoint (`runs/reader/step-N`), shaped by its run's `train_config.json`."""
+    ckpt = Path(ckpt)
+    cfg = ReaderTrainConfig(**json.loads((ckpt.parent / "train_config.json").read_text()))
+    model = _reader_for(cfg, SpeechTokenizer.from_pretrained(cfg.tokenizer))
+    load_checkpoint(ckpt, model)
+    return model.eval()
+
+
 def export_reader(run_dir: str | Path, dest: str | Path) -> Path:
     """The latest checkpoint of `run_dir` as a reader (fp16 safetensors + config) in `dest`, e.g. a tokenizer
     directory."""
@@ -317,7 +326,4 @@ def export_reader(run_dir: str | Path, dest: str | Path) -> Path:
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise FileNotFoundError(f"no reader checkpoint in {run_dir}")
-    cfg = ReaderTrainConfig(**json.loads((run_dir / "train_config.json").read_text()))
-    model = _reader_for(cfg, SpeechTokenizer.from_pretrained(cfg.tokenizer))
-    load_checkpoint(ckpt, model)
-    return model.save(dest)
+    return reader_from_checkpoint(ckpt).save(dest)
